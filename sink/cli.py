@@ -1,0 +1,259 @@
+"""``sink``: the command line (SPEC section 6). Exit 0 on success, 2 for an unusable argument or
+configuration (one line on stderr), 1 when storage is unavailable (try again later)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from sink.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad argument; reported as one line and exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other usage error
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sink", description="Mail-to-CRM intake.")
+    p.add_argument("--config", help="TOML configuration file (default: $SINK_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command",
+                                                                     required=True)
+    db.add_parser("upgrade", help="create or migrate the schema to the newest version")
+
+    directory = sub.add_parser("directory", help="the who-is-who directory").add_subparsers(
+        dest="directory_command", required=True)
+    imp = directory.add_parser("import", help="upsert users, companies, contacts, ... from JSON")
+    imp.add_argument("file")
+
+    for name, help_text in (("check", "evaluate .eml files without writing anything"),
+                            ("ingest", "process .eml files and commit them")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--box", help="box address (default: the first box in the config)")
+        cmd.add_argument("files", nargs="+", metavar="FILE.eml")
+
+    sub.add_parser("serve", help="run the listeners until SIGTERM")
+
+    msgs = sub.add_parser("messages", help="list stored messages, newest first")
+    msgs.add_argument("--json", action="store_true", help="one JSON object per line")
+    msgs.add_argument("--status", choices=("processed", "failed", "pending"))
+    msgs.add_argument("--verdict")
+    msgs.add_argument("--limit", type=int, default=50)
+
+    show = sub.add_parser("show", help="one message with its trace and records")
+    show.add_argument("id", type=int)
+    show.add_argument("--raw", action="store_true", help="write exactly the stored bytes")
+    return p
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _engine(config: Config, *, require_schema: bool = True):
+    from sink.db.engine import make_engine
+    from sink.db.migrate import schema_is_current
+    engine = make_engine(config.database_url)
+    if require_schema and not schema_is_current(engine):
+        raise UsageError("the database schema is not current: run `sink db upgrade` first")
+    return engine
+
+
+def _read_files(paths: list[str]) -> list[tuple[str, bytes]]:
+    files = []
+    for path in paths:
+        try:
+            files.append((path, Path(path).read_bytes()))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return files
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(type(value).__name__)
+
+
+def _result_json(file: str, box: str, decision=None, **extra) -> dict:
+    body = decision.as_json() if decision is not None else {
+        "verdict": None, "direction": None, "activities": [], "tasks": [], "contact_flags": [],
+        "forbidden": [], "invitations": [], "tickets": [], "trace": []}
+    return {"file": file, "box": box, **body, **extra}
+
+
+# ------------------------------------------------------------------------------------ commands
+
+def cmd_db_upgrade(config: Config, args) -> int:
+    from sink.db.migrate import upgrade
+    revision = upgrade(_engine(config, require_schema=False))
+    print(f"database at revision {revision}")
+    return EXIT_OK
+
+
+def cmd_directory_import(config: Config, args) -> int:
+    from sink.db.directory_store import DirectoryImportError, import_directory
+    try:
+        data = json.loads(Path(args.file).read_text("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.file}: not valid JSON: {exc}") from None
+    engine = _engine(config)
+    try:
+        with engine.begin() as conn:
+            counts = import_directory(conn, data)
+    except DirectoryImportError as exc:
+        raise UsageError(f"{args.file}: {exc}") from None
+    print(json.dumps({"imported": counts}))
+    return EXIT_OK
+
+
+def cmd_check(config: Config, args) -> int:
+    from sink.intake import Envelope, Intake
+    box = config.box(args.box)
+    files = _read_files(args.files)
+    intake = Intake(_engine(config))
+    for path, raw in files:
+        decision = intake.evaluate_only(raw, box, Envelope("cli", rcpt_tos=(box.address,)))
+        _emit(_result_json(path, box.address, decision))
+    return EXIT_OK
+
+
+def cmd_ingest(config: Config, args) -> int:
+    from sink.intake import Envelope, Intake
+    box = config.box(args.box)
+    files = _read_files(args.files)
+    intake = Intake(_engine(config))
+    for path, raw in files:
+        for d in intake.deliver(raw, Envelope("cli", rcpt_tos=(box.address,)), [box]):
+            extra = {"id": d.message_id, "status": d.status}
+            if d.already_stored:
+                extra["already_stored"] = True
+                extra["verdict"] = d.verdict
+            if d.error:
+                extra["error"] = d.error
+            out = _result_json(path, d.box, d.decision, **extra)
+            out["verdict"] = d.verdict
+            _emit(out)
+    return EXIT_OK
+
+
+def cmd_serve(config: Config, args) -> int:
+    from sink.server import run
+    if not config.listeners:
+        raise UsageError("listeners: configure at least one [[listeners]] to serve")
+    config.box(None)
+    return run(config, _engine(config))
+
+
+def cmd_messages(config: Config, args) -> int:
+    from sink.db.queries import list_messages
+    if args.limit < 1:
+        raise UsageError("--limit: expected a positive number")
+    with _engine(config).connect() as conn:
+        rows = list_messages(conn, status=args.status, verdict=args.verdict, limit=args.limit)
+    for row in rows:
+        if args.json:
+            _emit(row)
+        else:
+            when = row["received_at"].strftime("%Y-%m-%d %H:%M:%S") if row["received_at"] else ""
+            print(f"{row['id']:>7}  {when}  {row['channel']:<6} {row['status']:<9} "
+                  f"{(row['verdict'] or '-'):<18} {row['activities']:>3}  "
+                  f"{(row['sender'] or '-')[:32]:<32}  {(row['subject'] or '')[:60]}")
+    return EXIT_OK
+
+
+def cmd_show(config: Config, args) -> int:
+    from sink.db.queries import message_detail, raw_bytes
+    with _engine(config).connect() as conn:
+        if args.raw:
+            raw = raw_bytes(conn, args.id)
+            if raw is None:
+                raise UsageError(f"message {args.id}: not found")
+            sys.stdout.buffer.write(raw)
+            sys.stdout.buffer.flush()
+            return EXIT_OK
+        detail = message_detail(conn, args.id)
+    if detail is None:
+        raise UsageError(f"message {args.id}: not found")
+    _print_detail(detail)
+    return EXIT_OK
+
+
+def _print_detail(d: dict) -> None:
+    fields = ("id", "uuid", "received_at", "channel", "box", "mail_from", "rcpt_to", "sender",
+              "to_addrs", "cc_addrs", "date_header", "subject", "message_id", "size", "sha256",
+              "status", "verdict", "direction", "error", "dkim", "processed_at")
+    for key in fields:
+        value = d.get(key)
+        if isinstance(value, list):
+            value = ", ".join(value)
+        print(f"{key + ':':<14}{'' if value is None else value}")
+    print("trace:")
+    for entry in d.get("trace") or []:
+        detail = f"  ({entry['detail']})" if entry.get("detail") else ""
+        print(f"  {entry['rule']:<22}{entry['outcome']}{detail}")
+    print(f"activities: {len(d['activities'])}")
+    for a in d["activities"]:
+        links = ", ".join(f"{k} {a[k]}" for k in ("contract", "order", "task") if a[k])
+        print(f"  #{a['id']} {a['direction']} responsible={a['responsible']} "
+              f"type={a['type_name']} scope={a['scope']} completed={a['completed']} "
+              f"due={a['due']}" + (f" [{links}]" if links else "")
+              + (f" original={a['original_filename']}" if a["original_filename"] else ""))
+        if a["contacts"] or a["companies"]:
+            print(f"    contacts: {', '.join(a['contacts']) or '-'}; "
+                  f"companies: {', '.join(a['companies']) or '-'}")
+
+
+COMMANDS = {
+    ("db", "upgrade"): cmd_db_upgrade,
+    ("directory", "import"): cmd_directory_import,
+    ("check", None): cmd_check,
+    ("ingest", None): cmd_ingest,
+    ("serve", None): cmd_serve,
+    ("messages", None): cmd_messages,
+    ("show", None): cmd_show,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sink.errors import TransientStorageError, classify
+    from sink.log import configure
+    try:
+        args = build_parser().parse_args(argv)
+        config = load_config(args.config)
+        configure(config.log.level, config.log.file)
+        sub = getattr(args, "db_command", None) or getattr(args, "directory_command", None)
+        return COMMANDS[(args.command, sub)](config, args)
+    except (UsageError, ConfigError) as exc:
+        print(f"sink: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransientStorageError as exc:
+        print(f"sink: storage unavailable, nothing was committed: {exc}", file=sys.stderr)
+        return EXIT_TRANSIENT
+    except Exception as exc:
+        transient = classify(exc)
+        if transient is None:
+            raise
+        print(f"sink: storage unavailable, nothing was committed: {transient}", file=sys.stderr)
+        return EXIT_TRANSIENT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Directory rows <-> the in-memory :class:`sink.directory.Directory` snapshot, and the
+idempotent ``sink directory import`` upsert (SPEC section 6)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
+
+from sink.db import schema as t
+from sink.directory import Company, Contact, Directory, Numbered, User
+from sink.textnorm import fold, fold_address
+
+
+class DirectoryImportError(Exception):
+    """The import file is not in the documented format; the message says where."""
+
+
+def directory_version(conn: Connection) -> int:
+    return conn.execute(select(t.directory_meta.c.version).where(
+        t.directory_meta.c.id == 1)).scalar() or 0
+
+
+def bump_version(conn: Connection) -> None:
+    if conn.execute(update(t.directory_meta).where(t.directory_meta.c.id == 1).values(
+            version=t.directory_meta.c.version + 1)).rowcount == 0:
+        conn.execute(insert(t.directory_meta).values(id=1, version=1))
+
+
+def load_directory(conn: Connection) -> Directory:
+    d = Directory(version=directory_version(conn))
+    role_of = {r.id: r for r in conn.execute(select(t.roles))}
+    by_id = {}
+    for row in conn.execute(select(t.users)):
+        role = role_of.get(row.role_id)
+        user = User(row.id, row.email, row.name, role.name if role else None,
+                    role.level if role else None)
+        by_id[row.id] = user
+        d.users[row.email] = user
+    for row in conn.execute(select(t.user_aliases)):
+        if row.user_id in by_id:
+            d.users.setdefault(row.address, by_id[row.user_id])
+    company_by_id = {r.id: Company(r.id, r.name) for r in conn.execute(select(t.companies))}
+    d.companies = {c.name: c for c in company_by_id.values()}
+    by_address, by_domain = defaultdict(list), defaultdict(list)
+    for row in conn.execute(select(t.company_emails)):
+        by_address[row.address].append(company_by_id[row.company_id])
+    for row in conn.execute(select(t.company_domains)):
+        by_domain[row.domain].append(company_by_id[row.company_id])
+    d.companies_by_address = {k: tuple(v) for k, v in by_address.items()}
+    d.companies_by_domain = {k: tuple(v) for k, v in by_domain.items()}
+    contacts = defaultdict(list)
+    for row in conn.execute(select(t.contacts)):
+        company = company_by_id.get(row.company_id)
+        contacts[row.email].append(Contact(row.id, row.email, row.name,
+                                           company.name if company else None))
+    d.contacts = {k: tuple(v) for k, v in contacts.items()}
+    for table, target, column in ((t.contracts, d.contracts, "number"),
+                                  (t.orders, d.orders, "number"),
+                                  (t.tasks, d.tasks, "number"),
+                                  (t.activity_types, d.activity_types, "name")):
+        for row in conn.execute(select(table.c.id, table.c[column])):
+            target[fold(row[1])] = Numbered(row[0], row[1])
+    return d
+
+
+# ---------------------------------------------------------------------------------- import
+
+def _items(data: dict, key: str) -> list:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise DirectoryImportError(f"{key}: expected a list")
+    return value
+
+
+def _field(where: str, item: dict, key: str, kind=str, required=False, default=None):
+    if key not in item:
+        if required:
+            raise DirectoryImportError(f"{where}.{key}: required")
+        return default
+    value = item[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise DirectoryImportError(f"{where}.{key}: expected {kind.__name__}")
+    return value
+
+
+def _upsert(conn: Connection, table, key_col: str, key, values: dict) -> int:
+    row = conn.execute(select(table.c.id).where(table.c[key_col] == key)).first()
+    if row:
+        if values:
+            conn.execute(update(table).where(table.c.id == row.id).values(**values))
+        return row.id
+    return conn.execute(insert(table).values({key_col: key, **values})).inserted_primary_key[0]
+
+
+def _addresses(where: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DirectoryImportError(f"{where}: expected a list of strings")
+    return list(dict.fromkeys(fold_address(v) for v in value if v.strip()))
+
+
+def import_directory(conn: Connection, data: dict) -> dict[str, int]:
+    """Upsert everything in ``data`` (by e-mail, number or name); return counts per kind."""
+    if not isinstance(data, dict):
+        raise DirectoryImportError("expected a JSON object")
+    known = {"roles", "users", "companies", "contacts", "contracts", "orders", "tasks",
+             "activity_types"}
+    for key in data:
+        if key not in known:
+            raise DirectoryImportError(f"{key}: unknown section")
+    counts = {}
+    role_ids = {r.name: r.id for r in conn.execute(select(t.roles))}
+    for i, item in enumerate(_items(data, "roles")):
+        w = f"roles[{i}]"
+        name = _field(w, item, "name", required=True)
+        role_ids[name] = _upsert(conn, t.roles, "name", name,
+                                 {"level": _field(w, item, "level", int, required=True)})
+    counts["roles"] = len(data.get("roles", []))
+
+    for i, item in enumerate(_items(data, "users")):
+        w = f"users[{i}]"
+        email = fold_address(_field(w, item, "email", required=True))
+        values = {"name": _field(w, item, "name", default="")}
+        role = _field(w, item, "role")
+        if role is not None:
+            if role not in role_ids:
+                raise DirectoryImportError(f"{w}.role: unknown role {role!r}")
+            values["role_id"] = role_ids[role]
+        user_id = _upsert(conn, t.users, "email", email, values)
+        if "aliases" in item:
+            conn.execute(delete(t.user_aliases).where(t.user_aliases.c.user_id == user_id))
+            for alias in _addresses(f"{w}.aliases", item["aliases"]):
+                if alias != email:
+                    conn.execute(delete(t.user_aliases).where(t.user_aliases.c.address == alias))
+                    conn.execute(insert(t.user_aliases).values(address=alias, user_id=user_id))
+    counts["users"] = len(data.get("users", []))
+
+    company_ids = {r.name: r.id for r in conn.execute(select(t.companies.c.id, t.companies.c.name))}
+    for i, item in enumerate(_items(data, "companies")):
+        w = f"companies[{i}]"
+        name = _field(w, item, "name", required=True)
+        company_id = company_ids[name] = _upsert(conn, t.companies, "name", name, {})
+        for key, table, col, fix in (("emails", t.company_emails, "address", fold_address),
+                                     ("domains", t.company_domains, "domain",
+                                      lambda d: d.strip().lower().lstrip("@"))):
+            if key in item:
+                conn.execute(delete(table).where(table.c.company_id == company_id))
+                values = _addresses(f"{w}.{key}", item[key]) if key == "emails" else [
+                    fix(v) for v in _addresses(f"{w}.{key}", item[key])]
+                for value in dict.fromkeys(values):
+                    conn.execute(insert(table).values(company_id=company_id, **{col: value}))
+    counts["companies"] = len(data.get("companies", []))
+
+    for i, item in enumerate(_items(data, "contacts")):
+        w = f"contacts[{i}]"
+        email = fold_address(_field(w, item, "email", required=True))
+        values = {"name": _field(w, item, "name", default="")}
+        company = _field(w, item, "company")
+        if company is not None:
+            if company not in company_ids:
+                raise DirectoryImportError(f"{w}.company: unknown company {company!r}")
+            values["company_id"] = company_ids[company]
+        for flag in ("allow_emails", "allow_bulk_emails", "non_functional"):
+            if flag in item:
+                values[flag] = _field(w, item, flag, bool)
+        _upsert(conn, t.contacts, "email", email, values)
+    counts["contacts"] = len(data.get("contacts", []))
+
+    for section, table, text_col in (("contracts", t.contracts, "name"),
+                                     ("orders", t.orders, "name"),
+                                     ("tasks", t.tasks, "subject")):
+        for i, item in enumerate(_items(data, section)):
+            w = f"{section}[{i}]"
+            number = _field(w, item, "number", required=True)
+            values = {}
+            if text_col in item:
+                values[text_col] = _field(w, item, text_col)
+            if section == "contracts" and "kind" in item:
+                kind = _field(w, item, "kind")
+                if kind not in ("contract", "project"):
+                    raise DirectoryImportError(f"{w}.kind: expected \"contract\" or \"project\"")
+                values["kind"] = kind
+            _upsert(conn, table, "number", number, values)
+        counts[section] = len(data.get(section, []))
+
+    types = _items(data, "activity_types")
+    existing = {fold(r.name) for r in conn.execute(select(t.activity_types.c.name))}
+    for i, name in enumerate(["E-mail", *types]):
+        if not isinstance(name, str) or not name.strip():
+            raise DirectoryImportError(f"activity_types[{i - 1}]: expected a name")
+        if fold(name) not in existing:
+            conn.execute(insert(t.activity_types).values(name=name.strip()))
+            existing.add(fold(name))
+    counts["activity_types"] = len(types)
+    bump_version(conn)
+    return counts

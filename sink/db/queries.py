@@ -1,0 +1,78 @@
+"""Read-side queries for operators: ``sink messages`` and ``sink show``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from sink.db import schema as t
+
+
+def list_messages(conn: Connection, *, status=None, verdict=None, limit=50) -> list[dict]:
+    counts = (select(t.activities.c.message_id, func.count().label("n"))
+              .group_by(t.activities.c.message_id).subquery())
+    m = t.messages.c
+    query = (select(m.id, m.received_at, m.channel, m.box, m.message_id, m.sender, m.subject,
+                    m.status, m.verdict, func.coalesce(counts.c.n, 0).label("activities"))
+             .outerjoin(counts, counts.c.message_id == m.id)
+             .order_by(m.id.desc()).limit(limit))
+    if status:
+        query = query.where(m.status == status)
+    if verdict:
+        query = query.where(m.verdict == verdict)
+    rows = [dict(row._mapping) for row in conn.execute(query)]
+    for row in rows:
+        row["received_at"] = as_utc(row["received_at"])
+    return rows
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time we store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def raw_bytes(conn: Connection, message_id: int) -> bytes | None:
+    return conn.execute(select(t.raw_messages.c.content).where(
+        t.raw_messages.c.message_id == message_id)).scalar()
+
+
+def message_detail(conn: Connection, message_id: int) -> dict | None:
+    row = conn.execute(select(t.messages).where(t.messages.c.id == message_id)).first()
+    if row is None:
+        return None
+    detail = dict(row._mapping)
+    for key in ("received_at", "processed_at"):
+        detail[key] = as_utc(detail[key])
+    a, u = t.activities.c, t.users.c
+    acts = []
+    query = (select(t.activities, u.email.label("responsible"))
+             .join(t.users, u.id == a.responsible_id)
+             .where(a.message_id == message_id).order_by(a.id))
+    for act in conn.execute(query):
+        act = dict(act._mapping)
+        act["contract"] = _number(conn, t.contracts, act.pop("contract_id"))
+        act["order"] = _number(conn, t.orders, act.pop("order_id"))
+        act["task"] = _number(conn, t.tasks, act.pop("task_id"))
+        act["contacts"] = list(conn.execute(
+            select(t.contacts.c.email).join(t.activity_contacts,
+                                            t.activity_contacts.c.contact_id == t.contacts.c.id)
+            .where(t.activity_contacts.c.activity_id == act["id"]).order_by(t.contacts.c.email)
+        ).scalars())
+        act["companies"] = list(conn.execute(
+            select(t.companies.c.name).join(t.activity_companies,
+                                            t.activity_companies.c.company_id == t.companies.c.id)
+            .where(t.activity_companies.c.activity_id == act["id"]).order_by(t.companies.c.name)
+        ).scalars())
+        acts.append(act)
+    detail["activities"] = acts
+    return detail
+
+
+def _number(conn: Connection, table, record_id):
+    if record_id is None:
+        return None
+    return conn.execute(select(table.c.number).where(table.c.id == record_id)).scalar()

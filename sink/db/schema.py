@@ -1,0 +1,189 @@
+"""Tables (SQLAlchemy Core). The alembic migrations in ``migrations/`` create exactly these;
+a test compares the two so they cannot drift apart."""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary,
+                        MetaData, String, Table, Text, UniqueConstraint)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+# ----------------------------------------------------------------------------------- directory
+directory_meta = Table(
+    "directory_meta", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+roles = Table(
+    "roles", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("level", Integer, nullable=False),
+)
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("role_id", Integer, ForeignKey("roles.id"), nullable=True),
+)
+
+user_aliases = Table(
+    "user_aliases", metadata,
+    Column("address", String(320), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+)
+
+companies = Table(
+    "companies", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(300), nullable=False, unique=True),
+    Column("allow_emails", Boolean, nullable=False, default=True),
+    Column("allow_bulk_emails", Boolean, nullable=False, default=True),
+    Column("non_functional", Boolean, nullable=False, default=False),
+)
+
+company_emails = Table(
+    "company_emails", metadata,
+    Column("company_id", Integer, ForeignKey("companies.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("address", String(320), primary_key=True, index=True),
+)
+
+company_domains = Table(
+    "company_domains", metadata,
+    Column("company_id", Integer, ForeignKey("companies.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("domain", String(255), primary_key=True, index=True),
+)
+
+contacts = Table(
+    "contacts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("company_id", Integer, ForeignKey("companies.id"), nullable=True),
+    Column("allow_emails", Boolean, nullable=False, default=True),
+    Column("allow_bulk_emails", Boolean, nullable=False, default=True),
+    Column("non_functional", Boolean, nullable=False, default=False),
+)
+
+contracts = Table(
+    "contracts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("number", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False, default=""),
+    Column("kind", String(20), nullable=False, default="contract"),
+)
+
+orders = Table(
+    "orders", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("number", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False, default=""),
+)
+
+tasks = Table(
+    "tasks", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("number", String(100), nullable=False, unique=True),
+    Column("subject", Text, nullable=False, default=""),
+    Column("status", String(200), nullable=True),
+)
+
+activity_types = Table(
+    "activity_types", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+)
+
+# ------------------------------------------------------------------------------------ messages
+messages = Table(
+    "messages", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("box", String(320), nullable=False),
+    Column("mail_from", String(320), nullable=True),
+    Column("rcpt_to", JSON, nullable=False),
+    Column("sender", String(320), nullable=True),
+    Column("to_addrs", JSON, nullable=False),
+    Column("cc_addrs", JSON, nullable=False),
+    Column("date_header", Text, nullable=False, default=""),
+    Column("subject", Text, nullable=False, default=""),
+    Column("message_id", Text, nullable=True),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("verdict", String(40), nullable=True),
+    Column("direction", String(10), nullable=True),
+    Column("trace", JSON, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("dkim", String(20), nullable=True),
+    Column("processed_at", DateTime(timezone=True), nullable=True),
+    # The same bytes for the same box are the same delivery (an MTA retry after a lost 250):
+    # stored once, however many times they arrive, across every sink instance.
+    UniqueConstraint("box", "sha256"),
+    Index(None, "status", "id"),
+    Index(None, "verdict", "id"),
+)
+
+raw_messages = Table(
+    "raw_messages", metadata,
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("content", LargeBinary, nullable=False),
+)
+
+dedup_keys = Table(
+    "dedup_keys", metadata,
+    Column("box", String(320), primary_key=True),
+    Column("kind", String(20), primary_key=True),
+    Column("digest", String(64), primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+)
+
+# ------------------------------------------------------------------------------------- records
+activities = Table(
+    "activities", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("direction", String(10), nullable=False),
+    Column("responsible_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("type_id", Integer, ForeignKey("activity_types.id"), nullable=True),
+    Column("type_name", String(200), nullable=False),
+    Column("scope", String(220), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("date", DateTime(timezone=True), nullable=True),
+    Column("contract_id", Integer, ForeignKey("contracts.id"), nullable=True),
+    Column("order_id", Integer, ForeignKey("orders.id"), nullable=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=True),
+    Column("ticket_id", Integer, nullable=True),
+    Column("completed", Boolean, nullable=False),
+    Column("due", Boolean, nullable=False),
+    Column("original_filename", String(100), nullable=True),
+)
+
+activity_contacts = Table(
+    "activity_contacts", metadata,
+    Column("activity_id", Integer, ForeignKey("activities.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("contact_id", Integer, ForeignKey("contacts.id"), primary_key=True),
+)
+
+activity_companies = Table(
+    "activity_companies", metadata,
+    Column("activity_id", Integer, ForeignKey("activities.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("company_id", Integer, ForeignKey("companies.id"), primary_key=True),
+)

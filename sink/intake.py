@@ -1,0 +1,209 @@
+"""Store-then-decide for one message: raw bytes, message row, rule outcome and records in one
+transaction per box. Every ingress (LMTP/SMTP, pollers, eml directory, ``sink ingest``) ends here.
+
+Guarantees, in the order they are established:
+- the same bytes for the same box are stored once (unique ``(box, sha256)``): an MTA that lost
+  our 250 and resends gets 250 again without a second row;
+- a message whose dedup key was already processed is stored as DUPLICATE and creates nothing
+  (the keys are unique rows, so two instances racing on PostgreSQL cannot both process it);
+- a rule that raises leaves the message stored as ``failed`` with the error, never lost;
+- a storage failure raises :class:`~sink.errors.TransientStorageError`: nothing was committed,
+  the caller answers 4xx and the MTA retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from sink.config import BoxConfig
+from sink.db import schema as t
+from sink.db.directory_store import directory_version, load_directory
+from sink.directory import Directory
+from sink.errors import TransientStorageError, classify
+from sink.executor import apply, record_counts
+from sink.log import get_logger
+from sink.mailparse import ParsedMessage, parse_message
+from sink.pipeline import evaluate
+from sink.pipeline.decision import Decision
+
+log = get_logger("sink.intake")
+RACE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Envelope:
+    channel: str                      # lmtp, smtp, pop3, imap, emldir, cli
+    mail_from: str | None = None
+    rcpt_tos: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()         # recipients known from a journal envelope or own copy
+
+
+@dataclass(frozen=True)
+class Delivery:
+    box: str
+    message_id: int
+    status: str                       # processed | failed
+    verdict: str | None
+    decision: Decision | None
+    already_stored: bool = False
+    error: str | None = None
+
+
+class DirectoryCache:
+    """The directory snapshot, reloaded when its version row changes (every import bumps it)."""
+
+    def __init__(self) -> None:
+        self._snapshot: Directory | None = None
+        self._lock = threading.Lock()
+
+    def get(self, conn: Connection) -> Directory:
+        version = directory_version(conn)
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.version == version:
+            return snapshot
+        with self._lock:
+            if self._snapshot is None or self._snapshot.version != version:
+                self._snapshot = load_directory(conn)
+            return self._snapshot
+
+
+def _seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]], bool]:
+    def seen(keys: Iterable[tuple[str, str]]) -> bool:
+        for kind, digest in keys:
+            if conn.execute(select(t.dedup_keys.c.message_id).where(
+                    t.dedup_keys.c.box == box, t.dedup_keys.c.kind == kind,
+                    t.dedup_keys.c.digest == digest)).first():
+                return True
+        return False
+    return seen
+
+
+class Intake:
+    def __init__(self, engine: Engine, *, rules=evaluate, clock=lambda: datetime.now(timezone.utc)):
+        self.engine = engine
+        self.rules = rules
+        self.clock = clock
+        self.directory = DirectoryCache()
+
+    # ------------------------------------------------------------------------------ public
+    def deliver(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> list[Delivery]:
+        """Store and process ``raw`` for each box; raise TransientStorageError to defer."""
+        started = time.perf_counter()
+        sha256 = hashlib.sha256(raw).hexdigest()
+        parsed: ParsedMessage | None = None
+        deliveries = []
+        for box in boxes:
+            for attempt in range(RACE_RETRIES):
+                try:
+                    with self.engine.begin() as conn:
+                        existing = conn.execute(
+                            select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict)
+                            .where(t.messages.c.box == box.address,
+                                   t.messages.c.sha256 == sha256)).first()
+                        if existing is not None:
+                            delivery = Delivery(box.address, existing.id, existing.status,
+                                                existing.verdict, None, already_stored=True)
+                            break
+                        if parsed is None:
+                            parsed = parse_message(raw, bcc=envelope.bcc)
+                        delivery = self._store(conn, raw, sha256, parsed, envelope, box)
+                    break
+                except sa_exc.IntegrityError:
+                    # Another session or instance committed the same bytes or dedup key first;
+                    # run again and we see its row.
+                    if attempt == RACE_RETRIES - 1:
+                        raise TransientStorageError("kept racing on a unique key") from None
+                except Exception as error:
+                    transient = classify(error)
+                    if transient is None:
+                        raise
+                    log.warning("message.deferred", box=box.address, channel=envelope.channel,
+                                size=len(raw), reason=str(transient), no_space=transient.no_space)
+                    raise transient from error
+            deliveries.append(delivery)
+            self._log(delivery, envelope, parsed, len(raw), started)
+        return deliveries
+
+    def evaluate_only(self, raw: bytes, box: BoxConfig, envelope: Envelope) -> Decision:
+        """What ``deliver`` would decide, writing nothing (``sink check``)."""
+        parsed = parse_message(raw, bcc=envelope.bcc)
+        with self.engine.connect() as conn:
+            try:
+                directory = self.directory.get(conn)
+                return self.rules(parsed, box, directory, _seen_in(conn, box.address))
+            finally:
+                conn.rollback()
+
+    # ------------------------------------------------------------------------------ steps
+    def _store(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
+               envelope: Envelope, box: BoxConfig) -> Delivery:
+        now = self.clock()
+        message_id = conn.execute(insert(t.messages).values(
+            uuid=str(uuid.uuid4()), received_at=now, channel=envelope.channel, box=box.address,
+            mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
+            sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
+            date_header=parsed.date_header, subject=parsed.subject,
+            message_id=parsed.message_id, size=len(raw), sha256=sha256, status="pending",
+            trace=[],
+        )).inserted_primary_key[0]
+        conn.execute(insert(t.raw_messages).values(message_id=message_id, content=raw))
+        directory = self.directory.get(conn)
+        try:
+            decision = self.rules(parsed, box, directory, _seen_in(conn, box.address))
+        except Exception as error:
+            return self._mark_failed(conn, message_id, box, "rules", error)
+        savepoint = conn.begin_nested()
+        try:
+            apply(conn, message_id, decision, directory)
+            if decision.verdict != "DUPLICATE":
+                for kind, digest in decision.dedup_keys:
+                    conn.execute(insert(t.dedup_keys).values(
+                        box=box.address, kind=kind, digest=digest, message_id=message_id))
+            savepoint.commit()
+        except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.InterfaceError):
+            raise
+        except Exception as error:
+            if classify(error) is not None:
+                raise
+            savepoint.rollback()
+            return self._mark_failed(conn, message_id, box, "executor", error)
+        conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(
+            status="processed", verdict=decision.verdict, direction=decision.direction,
+            trace=[e.as_json() for e in decision.trace], processed_at=self.clock()))
+        return Delivery(box.address, message_id, "processed", decision.verdict, decision)
+
+    def _mark_failed(self, conn: Connection, message_id: int, box: BoxConfig, stage: str,
+                     error: Exception) -> Delivery:
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        where = traceback.extract_tb(error.__traceback__)
+        if where:
+            frame = where[-1]
+            detail += f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})"
+        text = f"{stage}: {detail}"[:4000]
+        conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(
+            status="failed", error=text, trace=[], processed_at=self.clock()))
+        return Delivery(box.address, message_id, "failed", None, None, error=text)
+
+    def _log(self, delivery: Delivery, envelope: Envelope, parsed: ParsedMessage | None,
+             size: int, started: float) -> None:
+        fields = dict(id=delivery.message_id, box=delivery.box, channel=envelope.channel,
+                      sender=parsed.sender if parsed else None, verdict=delivery.verdict,
+                      status=delivery.status, size=size,
+                      duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        if delivery.already_stored:
+            log.info("message.already_stored", **fields)
+        elif delivery.status == "failed":
+            log.error("message.failed", error=delivery.error, **fields)
+        else:
+            log.info("message.processed", **record_counts(delivery.decision), **fields)

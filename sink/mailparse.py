@@ -1,0 +1,231 @@
+"""Turn stored raw bytes into the facts the rules read — defensively.
+
+The raw bytes are already stored when this runs; nothing here may lose a message. Python's
+``email`` package does the parsing (compat32 structure, which never raises on access, with
+:func:`email.header.decode_header` and :func:`email.utils.getaddresses` for headers). Every
+field is read under its own guard and hostile input is bounded: at most ``MAX_PARTS`` MIME parts
+are visited, headers longer than ``MAX_HEADER`` are cut, and at most ``MAX_TEXT`` characters of
+body reach the rules, so one message cannot stall the others.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.header import decode_header, make_header
+from email.message import Message
+from email.policy import Compat32
+from email.utils import getaddresses, parsedate_to_datetime
+
+from selectolax.lexbor import LexborHTMLParser as HTMLParser
+
+from sink.textnorm import fold_address
+
+MAX_PARTS = 1000
+MAX_DEPTH = 50
+MAX_HEADER = 64 * 1024
+MAX_ADDRESSES = 5000
+MAX_TEXT = 512 * 1024
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_SPECIALS = set('<>()[],;:\\"')
+
+
+class _LenientPolicy(Compat32):
+    """compat32 that hands back 8-bit header bytes as UTF-8 text (SMTPUTF8, RFC 6532)."""
+
+    def header_fetch_parse(self, name, value):
+        if any("\udc80" <= ch <= "\udcff" for ch in value):
+            value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+        return _FOLD.sub("", value[:MAX_HEADER]).strip()
+
+
+_POLICY = _LenientPolicy()
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    sender: str | None            # From address, folded; None when there is none
+    sender_valid: bool
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()     # known only for own copies or a journal envelope
+    subject: str = ""
+    date_header: str = ""
+    date: datetime | None = None
+    message_id: str | None = None
+    body_text: str = ""
+    html: str | None = None
+    content_type: str = "text/plain"
+    defects: tuple[str, ...] = ()
+    message: Message | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """To + Cc + Bcc, first occurrence order, no repeats."""
+        return tuple(dict.fromkeys(self.to + self.cc + self.bcc))
+
+
+def is_valid_address(address: str | None) -> bool:
+    """A usable mailbox: one @, a non-empty local part, a dotted domain, no specials or space."""
+    if not address or address.count("@") != 1 or len(address) > 320:
+        return False
+    local, domain = address.split("@")
+    if not local or not domain or "." not in domain.strip("."):
+        return False
+    if domain.startswith(".") or domain.endswith(".") or ".." in domain:
+        return False
+    return not any(ch.isspace() or ch in _SPECIALS for ch in address)
+
+
+def decode_text_header(value: str | None) -> str:
+    """RFC 2047 decoding with a fallback to the raw text for broken encodings or charsets."""
+    if not value:
+        return ""
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # unknown charset, bad base64, ... keep the raw text
+        return value
+
+
+def _addresses(msg: Message, name: str, defects: list[str]) -> tuple[str, ...]:
+    try:
+        values = msg.get_all(name) or []
+        pairs = getaddresses([str(v) for v in values])
+    except Exception as exc:
+        defects.append(f"{name}: {type(exc).__name__}")
+        return ()
+    found = []
+    for _, addr in pairs[:MAX_ADDRESSES]:
+        addr = fold_address(addr)
+        if addr:
+            found.append(addr)
+    if len(pairs) > MAX_ADDRESSES:
+        defects.append(f"{name}: only the first {MAX_ADDRESSES} addresses read")
+    return tuple(dict.fromkeys(found))
+
+
+def _decode_payload(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = "utf-8"
+    try:
+        charset = part.get_content_charset() or "utf-8"
+        return payload.decode(charset, "replace")
+    except (LookupError, UnicodeError, ValueError):
+        return payload.decode("utf-8", "replace")
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML body (selectolax/lexbor), scripts and styles dropped."""
+    try:
+        tree = HTMLParser(html)
+        tree.strip_tags(["script", "style", "head"])
+        root = tree.body or tree.root
+        return root.text(separator=" ") if root is not None else ""
+    except Exception:
+        return ""
+
+
+def walk_parts(msg: Message):
+    """Yield (part, depth) breadth-first, bounded in count and depth."""
+    queue = [(msg, 0)]
+    seen = 0
+    while queue and seen < MAX_PARTS:
+        part, depth = queue.pop(0)
+        seen += 1
+        yield part, depth
+        if part.is_multipart() and depth < MAX_DEPTH:
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                queue.extend((p, depth + 1) for p in payload[: MAX_PARTS - seen])
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
+    return disposition == "attachment"
+
+
+def _bodies(msg: Message, defects: list[str]) -> tuple[str, str | None]:
+    plain = html = None
+    for part, _ in walk_parts(msg):
+        if part.is_multipart() or _is_attachment(part):
+            continue
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            continue
+        try:
+            if ctype == "text/plain" and plain is None:
+                plain = _decode_payload(part)
+            elif ctype == "text/html" and html is None:
+                html = _decode_payload(part)
+        except Exception as exc:
+            defects.append(f"body: {type(exc).__name__}")
+        if plain is not None and html is not None:
+            break
+    if html is not None:
+        html = html[: MAX_TEXT * 4]
+    text = plain if plain is not None else (html_to_text(html) if html else "")
+    return text[:MAX_TEXT], html
+
+
+def _date(value: str, defects: list[str]) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except Exception:
+        defects.append("date: unparseable")
+        return None
+    if parsed is None:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
+    """Parse ``raw``; never raises for content (a defect list records what was unreadable)."""
+    defects: list[str] = []
+    try:
+        msg = email.message_from_bytes(raw, policy=_POLICY)
+    except Exception as exc:  # pragma: no cover - compat32 parses anything, but be sure
+        return ParsedMessage(sender=None, sender_valid=False, defects=(f"parse: {exc!r}",))
+
+    def header(name: str) -> str:
+        try:
+            return str(msg.get(name) or "")
+        except Exception:
+            defects.append(f"{name}: unreadable")
+            return ""
+
+    senders = _addresses(msg, "From", defects)
+    sender = senders[0] if senders else None
+    try:
+        content_type = msg.get_content_type()
+    except Exception:
+        content_type = "text/plain"
+    try:
+        body, html = _bodies(msg, defects)
+    except Exception as exc:
+        defects.append(f"body: {type(exc).__name__}")
+        body, html = "", None
+    date_header = " ".join(header("Date").split())
+    message_id = header("Message-ID").strip() or None
+    return ParsedMessage(
+        sender=sender,
+        sender_valid=len(senders) == 1 and is_valid_address(sender),
+        to=_addresses(msg, "To", defects),
+        cc=_addresses(msg, "Cc", defects),
+        bcc=tuple(dict.fromkeys(fold_address(a) for a in bcc)),
+        subject=" ".join(decode_text_header(header("Subject")).split()),
+        date_header=date_header,
+        date=_date(date_header, defects),
+        message_id=message_id,
+        body_text=body,
+        html=html,
+        content_type=content_type,
+        defects=tuple(defects),
+        message=msg,
+    )
