@@ -101,7 +101,8 @@ class Intake:
         """Store and process ``raw`` for each box; raise TransientStorageError to defer."""
         started = time.perf_counter()
         sha256 = hashlib.sha256(raw).hexdigest()
-        parsed: ParsedMessage | None = None
+        # Parse before any transaction: CPU work must not hold SQLite's write lock.
+        parsed = parse_message(raw, bcc=envelope.bcc)
         deliveries = []
         for box in boxes:
             for attempt in range(RACE_RETRIES):
@@ -115,8 +116,6 @@ class Intake:
                             delivery = Delivery(box.address, existing.id, existing.status,
                                                 existing.verdict, None, already_stored=True)
                             break
-                        if parsed is None:
-                            parsed = parse_message(raw, bcc=envelope.bcc)
                         delivery = self._store(conn, raw, sha256, parsed, envelope, box)
                     break
                 except sa_exc.IntegrityError:
@@ -195,10 +194,10 @@ class Intake:
             status="failed", error=text, trace=[], processed_at=self.clock()))
         return Delivery(box.address, message_id, "failed", None, None, error=text)
 
-    def _log(self, delivery: Delivery, envelope: Envelope, parsed: ParsedMessage | None,
+    def _log(self, delivery: Delivery, envelope: Envelope, parsed: ParsedMessage,
              size: int, started: float) -> None:
         fields = dict(id=delivery.message_id, box=delivery.box, channel=envelope.channel,
-                      sender=parsed.sender if parsed else None, verdict=delivery.verdict,
+                      sender=parsed.sender, verdict=delivery.verdict,
                       status=delivery.status, size=size,
                       duration_ms=round((time.perf_counter() - started) * 1000, 2))
         if delivery.already_stored:

@@ -1,0 +1,319 @@
+"""The LMTP/SMTP listeners: a thin aiosmtpd shell around :class:`sink.intake.Intake`.
+
+Everything a mail administrator sees on the wire is decided in this module:
+
+==========================================  =================================================
+situation                                   reply
+==========================================  =================================================
+RCPT for an address that is not a box       ``550 5.1.1`` at RCPT
+more RCPTs than ``max_recipients``          ``452 4.5.3`` (the client sends the rest later)
+message over ``max_message_size``           ``552 5.3.4`` (after the data, RFC 5321 4.2.5)
+stored and processed (or rules failed:      ``250 2.0.0`` with the stored message id
+stored as ``failed`` for replay)
+database or storage unavailable             ``451 4.3.0`` - the MTA keeps it and retries
+out of disk or database space               ``452 4.3.1``
+any error of our own                        ``451 4.3.0`` (never aiosmtpd's default ``500``)
+client outside ``allowed_networks``         ``554 5.7.1`` greeting, then close
+over ``max_connections``                    ``421 4.7.0`` greeting, then close
+==========================================  =================================================
+
+LMTP answers once per accepted RCPT after DATA, in RCPT order (RFC 2033 4.2); aiosmtpd sends
+one reply, so the handler returns the per-recipient lines joined by CRLF. Storage runs in a
+thread pool and is shielded from cancellation: a client that times out or disconnects after the
+final dot cannot interrupt a commit half-way (its resend is then recognised as already stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+
+from sink.config import Config, ListenerConfig
+from sink.errors import TransientStorageError, classify
+from sink.intake import Envelope, Intake
+from sink.log import get_logger
+from sink.textnorm import fold_address
+
+log = get_logger("sink.server")
+
+REPLY_TRANSIENT = "451 4.3.0 Temporary storage failure, try again later"
+REPLY_NO_SPACE = "452 4.3.1 Insufficient system storage, try again later"
+REPLY_TOO_BIG = "552 5.3.4 Message too big for this system"
+REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+REPLY_NOT_ALLOWED = "554 5.7.1 Your address is not allowed to use this service"
+REPLY_BUSY = "421 4.7.0 Too many connections, try again later"
+
+# aiosmtpd's own replies that must not reach an MTA as they are (a bare 500 for a long line
+# would bounce the message; its 552 has no enhanced status code).
+_REWRITE = {
+    "552 Error: Too much mail data": REPLY_TOO_BIG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": REPLY_TOO_BIG,
+}
+
+
+def reply_for(error: BaseException) -> str:
+    transient = classify(error)
+    if transient is not None and transient.no_space:
+        return REPLY_NO_SPACE
+    return REPLY_TRANSIENT
+
+
+class ListenerState:
+    """Shared by every connection of one listener: limits and the live connection count."""
+
+    def __init__(self, listener: ListenerConfig, live: set):
+        self.listener = listener
+        self.live = live
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in listener.allowed_networks]
+        self.connections = 0
+
+    def allowed(self, peer) -> bool:
+        if not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer[0].split("%")[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+
+class _Guarded:
+    """Connection admission and reply rewriting shared by the SMTP and LMTP protocols."""
+
+    state: ListenerState
+    _refused = False
+
+    def connection_made(self, transport):
+        peer = transport.get_extra_info("peername")
+        state = self.state
+        refusal = None
+        if not state.allowed(peer):
+            refusal = REPLY_NOT_ALLOWED
+        elif state.connections >= state.listener.max_connections:
+            refusal = REPLY_BUSY
+        if refusal:
+            self._refused = True
+            log.warning("connection.refused", peer=_peer(peer), reply=refusal[:3],
+                        listener=state.listener.address)
+            transport.write(refusal.encode() + b"\r\n")
+            transport.close()
+            return
+        state.connections += 1
+        state.live.add(self)
+        log.info("connection.open", peer=_peer(peer), listener=state.listener.address,
+                 protocol=state.listener.protocol)
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        if self._refused:
+            return
+        self.state.connections -= 1
+        self.state.live.discard(self)
+        log.info("connection.close", peer=_peer(self.session.peer if self.session else None),
+                 listener=self.state.listener.address)
+        super().connection_lost(error)
+
+    def eof_received(self):
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    async def push(self, status):
+        if isinstance(status, str):
+            status = _REWRITE.get(status, status)
+        await super().push(status)
+
+
+class SinkSMTP(_Guarded, SMTP):
+    pass
+
+
+class SinkLMTP(_Guarded, LMTP):
+    pass
+
+
+def _peer(peer) -> str | None:
+    if not peer:
+        return None
+    return f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer[0])
+
+
+class Handler:
+    """aiosmtpd handler hooks: RCPT admission and DATA -> storage -> replies."""
+
+    def __init__(self, config: Config, intake: Intake, pool: ThreadPoolExecutor,
+                 listener: ListenerConfig, tracker: "InFlight"):
+        self.boxes = {b.address: b for b in config.boxes}
+        self.intake = intake
+        self.pool = pool
+        self.listener = listener
+        self.lmtp = listener.protocol == "lmtp"
+        self.tracker = tracker
+
+    async def handle_RCPT(self, server, session: Session, envelope: SmtpEnvelope, address: str,
+                          rcpt_options):
+        if fold_address(address) not in self.boxes:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: not a box of this sink"
+        if len(envelope.rcpt_tos) >= self.listener.max_recipients:
+            return REPLY_TOO_MANY_RCPTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session: Session, envelope: SmtpEnvelope):
+        raw = envelope.original_content
+        rcpts = [fold_address(r) for r in envelope.rcpt_tos]
+        boxes = [self.boxes[a] for a in dict.fromkeys(rcpts)]
+        meta = Envelope(channel=self.listener.protocol, mail_from=envelope.mail_from,
+                        rcpt_tos=tuple(rcpts))
+        if not self.lmtp:
+            return await self._store(meta, boxes, raw)
+        # LMTP: each box is its own transaction and its own reply, repeated for every RCPT
+        # that named it, in RCPT order.
+        per_box = {}
+        for box in boxes:
+            per_box[box.address] = await self._store(meta, [box], raw)
+        return "\r\n".join(per_box[a] for a in rcpts)
+
+    async def _store(self, meta: Envelope, boxes, raw: bytes) -> str:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.pool, self.intake.deliver, raw, meta, boxes)
+        self.tracker.add(future)
+        try:
+            deliveries = await asyncio.shield(future)
+        except TransientStorageError as error:
+            return REPLY_NO_SPACE if error.no_space else REPLY_TRANSIENT
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if classify(error) is None:
+                log.exception("message.store_error", error=type(error).__name__)
+            return reply_for(error)
+        ids = ", ".join(f"#{d.message_id}" for d in deliveries)
+        if any(d.status == "failed" for d in deliveries):
+            return f"250 2.0.0 Ok: stored as {ids} (rules failed, kept for replay)"
+        if any(d.already_stored for d in deliveries):
+            return f"250 2.0.0 Ok: already stored as {ids}"
+        return f"250 2.0.0 Ok: stored as {ids}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("session.error", error=f"{type(error).__name__}: {error}"[:300])
+        return reply_for(error)
+
+
+class InFlight:
+    """Storage futures not yet finished: SIGTERM waits for them before exiting."""
+
+    def __init__(self):
+        self.futures: set[asyncio.Future] = set()
+
+    def add(self, future: asyncio.Future) -> None:
+        self.futures.add(future)
+        future.add_done_callback(self.futures.discard)
+
+    async def drain(self, timeout: float) -> int:
+        pending = set(self.futures)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return len(pending)
+
+
+def _tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    if not listener.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(listener.tls_cert, listener.tls_key)
+    return context
+
+
+class SinkServer:
+    """All configured listeners on one event loop, sharing one storage pool."""
+
+    def __init__(self, config: Config, intake: Intake, *, threads: int | None = None):
+        self.config = config
+        self.intake = intake
+        default = 4 if intake.engine.dialect.name == "sqlite" else 8
+        self.pool = ThreadPoolExecutor(max_workers=threads or config.storage_threads or default,
+                                       thread_name_prefix="sink-store")
+        self.tracker = InFlight()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.live: set = set()      # open sessions of every listener, closed at shutdown
+
+    def _factory(self, listener: ListenerConfig):
+        handler = Handler(self.config, self.intake, self.pool, listener, self.tracker)
+        base = SinkLMTP if listener.protocol == "lmtp" else SinkSMTP
+        # One protocol class per listener: its state, and a line limit that only the size limit
+        # bounds (RFC 5322's 998 is a SHOULD; a stored message must equal what was sent).
+        # aiosmtpd reads line_length_limit in __init__, hence a class attribute.
+        protocol = type(f"{base.__name__}_{listener.port}", (base,), {
+            "state": ListenerState(listener, self.live),
+            "line_length_limit": listener.max_message_size + 1024,
+        })
+        tls = _tls_context(listener)
+        return lambda: protocol(handler, data_size_limit=listener.max_message_size,
+                                enable_SMTPUTF8=True, decode_data=False,
+                                hostname=listener.hostname, ident="crm-sink", tls_context=tls,
+                                timeout=listener.timeout)
+
+    async def start(self) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        bound = []
+        for listener in self.config.listeners:
+            server = await loop.create_server(self._factory(listener), listener.host,
+                                              listener.port)
+            self.servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            bound.append((host, port))
+            log.info("listener.started", protocol=listener.protocol, address=f"{host}:{port}")
+            self.bound[listener.port] = port
+        return bound
+
+    async def stop(self, grace: float = 60.0) -> None:
+        """Stop accepting, let every message in flight commit and get its reply, then close."""
+        for server in self.servers:
+            server.close()
+        left = await self.tracker.drain(grace)
+        await asyncio.sleep(0.2)          # let the finished handlers write their replies
+        for proto in list(self.live):
+            if proto.transport is not None:
+                proto.transport.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.pool.shutdown(wait=True)
+        log.info("server.stopped", in_flight_at_stop=left)
+
+
+async def serve_until_signal(server: SinkServer) -> None:
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("server.stopping", in_flight=len(server.tracker.futures))
+    await server.stop()
+
+
+def run(config: Config, engine) -> int:
+    from sink.db.engine import DurabilityError, check_durability
+    try:
+        settings = check_durability(engine)
+    except DurabilityError as exc:
+        log.error("durability.refused", reason=str(exc))
+        raise SystemExit(f"sink: error: refusing to start: {exc}") from None
+    log.info("durability.ok", **settings)
+    try:
+        import uvloop  # noqa: F401 - optional speed-up
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(serve_until_signal(SinkServer(config, Intake(engine))))
+    return 0

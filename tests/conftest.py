@@ -1,0 +1,138 @@
+"""Fixtures: databases (SQLite and real PostgreSQL), the directory, an in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from sink.config import parse_config
+from sink.db.directory_store import import_directory
+from sink.db.engine import make_engine
+from sink.db.migrate import upgrade
+from sink.intake import Intake
+from tests.support import DIRECTORY, require
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def postgres_available() -> bool:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    return postgres_available()
+
+
+def create_pg_database(name: str) -> str:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_pg_database(name: str) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path, pg_available):
+    """A fresh, empty database URL: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/sink.db"
+        return
+    require(pg_available, "PostgreSQL at 127.0.0.1:5432")
+    name = f"sink_test_{uuid.uuid4().hex[:12]}"
+    url = create_pg_database(name)
+    yield url
+    drop_pg_database(name)
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        import_directory(conn, DIRECTORY)
+    yield engine
+    engine.dispose()
+
+
+def config_for(db_url: str, *, listeners=(), **box) -> "Config":
+    data = {"database": {"url": db_url},
+            "listeners": [dict(l) for l in listeners],
+            "boxes": [{"address": "crm@firma.cz", **box}]}
+    return parse_config(data)
+
+
+@pytest.fixture
+def config(db_url):
+    return config_for(db_url, listeners=[{"protocol": "lmtp", "address": "127.0.0.1:0"},
+                                         {"protocol": "smtp", "address": "127.0.0.1:0"}])
+
+
+class RunningServer:
+    """A SinkServer on its own event loop in a background thread, bound to free ports."""
+
+    def __init__(self, config, intake: Intake):
+        from sink.server import SinkServer
+        self.server = SinkServer(config, intake)
+        self.loop = asyncio.new_event_loop()
+        self.ports = self.loop.run_until_complete(self.server.start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def lmtp_port(self) -> int:
+        return self.port_for("lmtp")
+
+    @property
+    def smtp_port(self) -> int:
+        return self.port_for("smtp")
+
+    def port_for(self, protocol: str) -> int:
+        for listener, (_, port) in zip(self.server.config.listeners, self.ports):
+            if listener.protocol == protocol:
+                return port
+        raise KeyError(protocol)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=10), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def start_server(engine, config):
+    """Call with an optional Intake (e.g. with a rules function that raises) and config."""
+    running = []
+
+    def start(intake: Intake | None = None, cfg=None) -> RunningServer:
+        server = RunningServer(cfg or config, intake or Intake(engine))
+        running.append(server)
+        return server
+    yield start
+    for server in running:
+        server.stop()
+
+
+def with_listener_limits(config, **limits):
+    return dataclasses.replace(config, listeners=tuple(
+        dataclasses.replace(l, **limits) for l in config.listeners))
