@@ -69,6 +69,7 @@ class ListenerState:
 
     def __init__(self, listener: ListenerConfig, live: set):
         self.listener = listener
+        self.address = listener.address
         self.live = live
         self.networks = [ipaddress.ip_network(n, strict=False) for n in listener.allowed_networks]
         self.connections = 0
@@ -102,13 +103,13 @@ class _Guarded:
         if refusal:
             self._refused = True
             log.warning("connection.refused", peer=_peer(peer), reply=refusal[:3],
-                        listener=state.listener.address)
+                        listener=state.address)
             transport.write(refusal.encode() + b"\r\n")
             transport.close()
             return
         state.connections += 1
         state.live.add(self)
-        log.info("connection.open", peer=_peer(peer), listener=state.listener.address,
+        log.info("connection.open", peer=_peer(peer), listener=state.address,
                  protocol=state.listener.protocol)
         super().connection_made(transport)
 
@@ -118,7 +119,7 @@ class _Guarded:
         self.state.connections -= 1
         self.state.live.discard(self)
         log.info("connection.close", peer=_peer(self.session.peer if self.session else None),
-                 listener=self.state.listener.address)
+                 listener=self.state.address)
         super().connection_lost(error)
 
     def eof_received(self):
@@ -253,12 +254,13 @@ class SinkServer:
         # One protocol class per listener: its state, and a line limit that only the size limit
         # bounds (RFC 5322's 998 is a SHOULD; a stored message must equal what was sent).
         # aiosmtpd reads line_length_limit in __init__, hence a class attribute.
+        state = ListenerState(listener, self.live)
         protocol = type(f"{base.__name__}_{listener.port}", (base,), {
-            "state": ListenerState(listener, self.live),
+            "state": state,
             "line_length_limit": listener.max_message_size + 1024,
         })
         tls = _tls_context(listener)
-        return lambda: protocol(handler, data_size_limit=listener.max_message_size,
+        return state, lambda: protocol(handler, data_size_limit=listener.max_message_size,
                                 enable_SMTPUTF8=True, decode_data=False,
                                 hostname=listener.hostname, ident="crm-sink", tls_context=tls,
                                 timeout=listener.timeout)
@@ -267,13 +269,13 @@ class SinkServer:
         loop = asyncio.get_running_loop()
         bound = []
         for listener in self.config.listeners:
-            server = await loop.create_server(self._factory(listener), listener.host,
-                                              listener.port)
+            state, factory = self._factory(listener)
+            server = await loop.create_server(factory, listener.host, listener.port)
             self.servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
             bound.append((host, port))
+            state.address = f"{host}:{port}"
             log.info("listener.started", protocol=listener.protocol, address=f"{host}:{port}")
-            self.bound[listener.port] = port
         return bound
 
     async def stop(self, grace: float = 60.0) -> None:
