@@ -1,0 +1,160 @@
+"""Storage guarantees on SQLite and PostgreSQL: schema, durability, concurrency, directory."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, func, select
+
+from sink.config import parse_config
+from sink.db import schema as t
+from sink.db.directory_store import DirectoryImportError, import_directory
+from sink.db.engine import DurabilityError, check_durability, make_engine
+from sink.db.migrate import schema_is_current
+from sink.intake import Envelope, Intake
+from tests.support import make_mail
+
+BOX = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+LMTP = Envelope("lmtp", "mta@firma.cz", ("crm@firma.cz",))
+
+
+def rows(engine, table):
+    with engine.connect() as conn:
+        return conn.execute(select(table)).all()
+
+
+def test_migrations_create_exactly_the_models(engine):
+    assert schema_is_current(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), t.metadata)
+    assert diff == []
+
+
+def test_email_activity_type_always_exists(db_url):
+    from sink.db.migrate import upgrade
+    engine = make_engine(db_url)
+    upgrade(engine)
+    assert [r.name for r in rows(engine, t.activity_types)] == ["E-mail"]
+    engine.dispose()
+
+
+def test_durable_settings_are_asserted(engine):
+    settings = check_durability(engine)
+    assert settings.get("synchronous") in ("FULL", "EXTRA") or \
+        settings.get("synchronous_commit") not in (None, "off")
+
+
+def test_sqlite_without_wal_is_refused(tmp_path):
+    plain = create_engine(f"sqlite:///{tmp_path}/plain.db")
+    with pytest.raises(DurabilityError, match="WAL"):
+        check_durability(plain)
+
+
+@pytest.mark.postgres
+def test_postgres_with_synchronous_commit_off_is_refused(pg_available):
+    from tests.conftest import PG_ADMIN_URL
+    from tests.support import require
+    require(pg_available, "PostgreSQL at 127.0.0.1:5432")
+    unsafe = create_engine(PG_ADMIN_URL, connect_args={"options": "-c synchronous_commit=off"})
+    with pytest.raises(DurabilityError, match="synchronous_commit"):
+        check_durability(unsafe)
+    unsafe.dispose()
+
+
+def test_raw_bytes_and_summary_stored(engine):
+    raw = make_mail(subject="Zakázka:2023-015", message_id="<sum@test>")
+    [delivery] = Intake(engine).deliver(raw, LMTP, [BOX])
+    [msg] = rows(engine, t.messages)
+    [stored] = rows(engine, t.raw_messages)
+    assert stored.content == raw and msg.size == len(raw)
+    assert (msg.channel, msg.box, msg.mail_from, msg.rcpt_to) == (
+        "lmtp", "crm@firma.cz", "mta@firma.cz", ["crm@firma.cz"])
+    assert (msg.sender, msg.to_addrs, msg.subject, msg.message_id) == (
+        "jan@acme.cz", ["alice@firma.cz"], "Zakázka:2023-015", "<sum@test>")
+    assert (msg.status, msg.verdict, msg.direction) == ("processed", "PROCESSED", "incoming")
+    assert msg.trace[0] == {"rule": "duplicate", "outcome": "pass"}
+    import hashlib
+    assert msg.sha256 == hashlib.sha256(raw).hexdigest()
+    [activity] = rows(engine, t.activities)
+    assert activity.message_id == delivery.message_id
+
+
+@pytest.mark.parametrize("same_bytes", [True, False])
+def test_concurrent_deliveries_of_one_message_record_it_once(engine, same_bytes):
+    """Eight sessions racing with the same message (identical bytes, or forwarded copies with
+    the same Message-ID): one message is processed and one activity exists."""
+    base = make_mail(message_id="<race@test>")
+    copies = [base if same_bytes else f"X-Copy: {i}\r\n".encode() + base for i in range(8)]
+    barrier = threading.Barrier(len(copies))
+    results, errors = [], []
+
+    def send(raw):
+        intake = Intake(engine)
+        barrier.wait()
+        try:
+            results.extend(intake.deliver(raw, LMTP, [BOX]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=send, args=(c,)) for c in copies]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert errors == []
+    assert len(results) == 8
+    verdicts = sorted(m.verdict for m in rows(engine, t.messages))
+    if same_bytes:
+        assert verdicts == ["PROCESSED"]
+    else:
+        assert verdicts == ["DUPLICATE"] * 7 + ["PROCESSED"]
+    assert len(rows(engine, t.activities)) == 1
+
+
+def test_directory_import_is_idempotent_and_updates(engine):
+    before = {table.name: len(rows(engine, table)) for table in
+              (t.users, t.user_aliases, t.companies, t.company_emails, t.company_domains,
+               t.contacts, t.contracts, t.orders, t.tasks, t.activity_types, t.roles)}
+    from tests.support import DIRECTORY
+    with engine.begin() as conn:
+        import_directory(conn, DIRECTORY)
+    after = {table.name: len(rows(engine, table)) for table in
+             (t.users, t.user_aliases, t.companies, t.company_emails, t.company_domains,
+              t.contacts, t.contracts, t.orders, t.tasks, t.activity_types, t.roles)}
+    assert after == before
+    with engine.begin() as conn:
+        import_directory(conn, {"users": [{"email": "Dave@Firma.cz", "name": "David",
+                                           "role": "Sales", "aliases": ["d@firma.cz"]}],
+                                "activity_types": ["e-mail", "Meeting"]})
+    [dave] = [u for u in rows(engine, t.users) if u.email == "dave@firma.cz"]
+    assert dave.name == "David" and dave.role_id is not None
+    assert {a.address for a in rows(engine, t.user_aliases) if a.user_id == dave.id} == \
+        {"d@firma.cz"}
+    assert sorted(r.name for r in rows(engine, t.activity_types)) == [
+        "Documentation", "E-mail", "Meeting", "Phone call"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"users": [{"name": "no e-mail"}]}, r"users\[0\].email: required"),
+    ({"users": [{"email": "x@firma.cz", "role": "Nobody"}]}, "unknown role"),
+    ({"contracts": [{"number": "1", "kind": "deal"}]}, r"contracts\[0\].kind"),
+    ({"people": []}, "people: unknown section"),
+    ({"roles": [{"name": "R", "level": "high"}]}, r"roles\[0\].level: expected int"),
+])
+def test_directory_import_errors_name_the_place(engine, data, message):
+    with pytest.raises(DirectoryImportError, match=message):
+        with engine.begin() as conn:
+            import_directory(conn, data)
+
+
+def test_directory_changes_reach_a_running_intake(engine):
+    intake = Intake(engine)
+    raw = make_mail(to=("newbie@firma.cz",))
+    [first] = intake.deliver(raw, LMTP, [BOX])
+    assert first.verdict == "NOT_PROCESSED"
+    with engine.begin() as conn:
+        import_directory(conn, {"users": [{"email": "newbie@firma.cz", "name": "New"}]})
+    [second] = intake.deliver(make_mail(to=("newbie@firma.cz",), subject="Another"), LMTP, [BOX])
+    assert second.verdict == "PROCESSED"
