@@ -272,3 +272,8 @@ def test_json_shape(directory):
         "due", "original_attached", "contacts", "companies"}
     for key in ("tasks", "contact_flags", "forbidden", "invitations", "tickets"):
         assert data[key] == []
+
+
+def test_contacts_company_is_linked_with_the_contact(directory):
+    act = only(run(directory, sender="eva@globex.com"))
+    assert act.contacts == ("eva@globex.com",) and act.companies == ("Globex",)

@@ -182,6 +182,8 @@ def _linked(ctx: Context) -> tuple[tuple[str, ...], tuple[str, ...]]:
             continue
         for contact in ctx.directory.contacts.get(address, ()):
             contacts[contact.email] = None
+            if contact.company:        # mail with a company's contact belongs to the company
+                companies[contact.company] = None
         for company in ctx.directory.companies_by_address.get(address, ()):
             companies[company.name] = None
         domain = domain_of(address)
