@@ -96,6 +96,10 @@ tasks = Table(
     Column("number", String(100), nullable=False, unique=True),
     Column("subject", Text, nullable=False, default=""),
     Column("status", String(200), nullable=True),
+    # Tasks the rules create or update (SPEC 5 steps 2 and 8); NULL for imported tasks.
+    Column("origin", String(20), nullable=True),            # troubleshooting | new-task
+    Column("contract_number", String(100), nullable=True),  # a troubleshooting problem's contract
+    Column("approver_id", Integer, ForeignKey("users.id"), nullable=True),
 )
 
 activity_types = Table(
@@ -186,4 +190,82 @@ activity_companies = Table(
     Column("activity_id", Integer, ForeignKey("activities.id", ondelete="CASCADE"),
            primary_key=True),
     Column("company_id", Integer, ForeignKey("companies.id"), primary_key=True),
+)
+
+# ------------------------------------------------------------------------- side-effect records
+# (SPEC 5 step 8 and step 2; written by sink.executor in the message's transaction)
+
+task_solvers = Table(
+    "task_solvers", metadata,
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+)
+
+task_changes = Table(
+    # What each message did to a task (the task keeps only its current values).
+    "task_changes", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("action", String(10), nullable=False),           # created | updated
+    Column("subject", Text, nullable=False),
+    Column("status", String(200), nullable=True),
+)
+
+forbidden_addresses = Table(
+    "forbidden_addresses", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("type", String(20), nullable=False),             # do-not-send | broken
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True,
+           index=True),
+    UniqueConstraint("email", "type"),
+)
+
+flag_changes = Table(
+    "flag_changes", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("entity", String(10), nullable=False),           # contact | company
+    Column("entity_id", Integer, nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("changes", JSON, nullable=False),                # {"allow_emails": false, ...}
+)
+
+invitations = Table(
+    "invitations", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("uid", String(500), nullable=False),
+    Column("method", String(10), nullable=False),           # REQUEST | CANCEL | REPLY
+    Column("status", String(20), nullable=False),           # CONFIRMED, TENTATIVE, CANCELLED
+    Column("sequence", Integer, nullable=False),
+    Column("dtstamp", String(16), nullable=True),           # UTC, 20261101T090000Z
+    # Sortable (SEQUENCE, DTSTAMP, CANCEL-wins) key: a write never replaces a larger one.
+    Column("revision", String(40), nullable=False),
+    Column("summary", Text, nullable=False, default=""),
+    Column("location", Text, nullable=False, default=""),
+    Column("dtstart", String(40), nullable=True),           # ISO 8601, with offset when known
+    Column("dtstart_tzid", String(200), nullable=True),     # TZID as the calendar names it
+    Column("dtend", String(40), nullable=True),
+    Column("dtend_tzid", String(200), nullable=True),
+    Column("rrule", Text, nullable=True),
+    Column("organizer", String(320), nullable=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True,
+           index=True),
+    UniqueConstraint("user_id", "uid"),
+)
+
+invitation_responses = Table(
+    "invitation_responses", metadata,
+    Column("invitation_id", Integer, ForeignKey("invitations.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("attendee", String(320), primary_key=True),
+    Column("partstat", String(40), nullable=False),         # ACCEPTED, DECLINED, TENTATIVE, ...
+    Column("revision", String(40), nullable=False),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True,
+           index=True),
 )
