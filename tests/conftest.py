@@ -15,7 +15,11 @@ from sink.db.directory_store import import_directory
 from sink.db.engine import make_engine
 from sink.db.migrate import upgrade
 from sink.intake import Intake
+from sink.log import configure
 from tests.support import DIRECTORY, require
+
+# JSON log lines at warning and above only: server threads outlive a test's output capture.
+configure("warning")
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

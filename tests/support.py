@@ -141,3 +141,64 @@ class MailClient:
         except OSError:
             pass
         self.sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SinkProcess:
+    """A real `sink serve` process; stops itself (SIGTERM, then SIGKILL) when closed."""
+
+    def __init__(self, config_path, port: int, log_path=None):
+        import subprocess
+        import sys
+        self.port = port
+        self.log_path = log_path or f"{config_path}.{port}.log"
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sink", "--config", str(config_path), "serve"],
+            stdout=self.log, stderr=self.log)
+        self.wait_listening()
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sink serve exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"sink serve did not listen on {self.port}: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with open(self.log_path, "rb") as f:
+            return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        import signal
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+
+def write_config(path, db_url: str, port: int, protocol: str = "lmtp", **box) -> None:
+    lines = [f'[database]\nurl = "{db_url}"\n',
+             f'[[listeners]]\nprotocol = "{protocol}"\naddress = "127.0.0.1:{port}"\n',
+             '[[boxes]]\naddress = "crm@firma.cz"']
+    for key, value in box.items():
+        lines.append(f"{key} = {value!r}".replace("'", '"').replace("True", "true")
+                     .replace("False", "false"))
+    path.write_text("\n".join(lines) + "\n")

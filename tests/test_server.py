@@ -255,3 +255,92 @@ def test_unknown_box_config_and_multiple_boxes(engine, db_url, start_server):
     with engine.connect() as conn:
         boxes = sorted(conn.execute(select(t.messages.c.box)).scalars())
     assert boxes == ["crm2@firma.cz", "crm@firma.cz"]
+
+
+def wait_for(predicate, timeout=20.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_client_gone_right_after_the_final_dot_still_commits(engine, start_server):
+    server = start_server()
+    client = MailClient(server.lmtp_port)
+    client.hello()
+    client.cmd("MAIL FROM:<mta@firma.cz>")
+    client.cmd("RCPT TO:<crm@firma.cz>")
+    client.cmd("DATA")
+    raw = make_mail(message_id="<gone@test>")
+    client.sock.sendall(raw + b".\r\n")
+    client.sock.close()
+    assert wait_for(lambda: count(engine, t.messages, t.messages.c.status == "processed") == 1)
+    assert stored_raw(engine, "<gone@test>") == [raw]
+    assert count(engine, t.activities) == 1
+
+
+def test_handler_slower_than_the_session_timeout_finishes_its_commit(engine, config,
+                                                                     start_server):
+    import time
+
+    def slow_rules(msg, box, directory, seen):
+        time.sleep(1.5)
+        return evaluate(msg, box, directory, seen)
+    server = start_server(Intake(engine, rules=slow_rules),
+                          cfg=with_listener_limits(config, timeout=0.5))
+    client = MailClient(server.lmtp_port)
+    client.hello()
+    raw = make_mail(message_id="<slow@test>")
+    try:
+        client.send(raw)
+    except (ConnectionError, OSError):
+        pass                            # the session timed out: the MTA will resend
+    assert wait_for(lambda: count(engine, t.messages, t.messages.c.status == "processed") == 1)
+    # the MTA's resend is recognised, not stored again
+    again = MailClient(server.lmtp_port)
+    again.hello()
+    assert "already stored" in again.send(raw)[-1][1]
+    again.close()
+    assert count(engine, t.messages) == 1 and count(engine, t.activities) == 1
+
+
+def test_an_error_of_our_own_is_451_never_500(engine, start_server, monkeypatch):
+    from sink.server import Handler
+
+    async def broken_rcpt(self, *args):
+        raise RuntimeError("bug in the sink")
+    monkeypatch.setattr(Handler, "handle_RCPT", broken_rcpt)
+    server = start_server()
+    client = MailClient(server.lmtp_port)
+    client.hello()
+    client.cmd("MAIL FROM:<mta@firma.cz>")
+    code, text = client.cmd("RCPT TO:<crm@firma.cz>")
+    client.close()
+    assert code == 451 and text.startswith("4.3.0")
+
+
+def test_one_log_event_per_message_without_body(engine, tmp_path):
+    import json
+    from sink.intake import Envelope
+    from sink.config import parse_config
+    from sink.log import configure
+    log_file = tmp_path / "sink.jsonl"
+    configure("info", str(log_file))
+    try:
+        box = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+        raw = make_mail(body="SECRET-BODY-TEXT", subject="Contract:2023-015")
+        [delivery] = Intake(engine).deliver(raw, Envelope("lmtp", "m@x.cz", ("crm@firma.cz",)),
+                                            [box])
+    finally:
+        configure("warning")
+    events = [json.loads(l) for l in log_file.read_text().splitlines()]
+    [event] = [e for e in events if e["event"] == "message.processed"]
+    assert event["id"] == delivery.message_id and event["box"] == "crm@firma.cz"
+    assert (event["channel"], event["sender"], event["verdict"]) == ("lmtp", "jan@acme.cz",
+                                                                    "PROCESSED")
+    assert event["activities"] == 1 and event["size"] == len(raw)
+    assert event["duration_ms"] > 0 and "timestamp" in event
+    assert "SECRET-BODY-TEXT" not in log_file.read_text()
