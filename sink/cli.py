@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     msgs.add_argument("--verdict")
     msgs.add_argument("--limit", type=int, default=50)
 
+    export = sub.add_parser("export", help="write stored raw messages as DIR/YYYY-MM-DD/<uuid>.eml")
+    export.add_argument("directory")
+    export.add_argument("--since", type=_date, help="received on or after this day (YYYY-MM-DD)")
+    export.add_argument("--until", type=_date, help="received before this day (YYYY-MM-DD)")
+    export.add_argument("--status", choices=("processed", "failed", "pending"))
+
     show = sub.add_parser("show", help="one message with its trace and records")
     show.add_argument("id", type=int)
     show.add_argument("--raw", action="store_true", help="write exactly the stored bytes")
@@ -58,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+def _date(text: str):
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+
 
 def _engine(config: Config, *, require_schema: bool = True):
     from sink.db.engine import make_engine
@@ -179,6 +192,26 @@ def cmd_messages(config: Config, args) -> int:
     return EXIT_OK
 
 
+def cmd_export(config: Config, args) -> int:
+    from sink.db.queries import export_raw
+    target = Path(args.directory)
+    written = skipped = 0
+    with _engine(config).connect() as conn:
+        for day, name, raw in export_raw(conn, since=args.since, until=args.until,
+                                         status=args.status):
+            path = target / day / f"{name}.eml"
+            if path.exists() and path.stat().st_size == len(raw):
+                skipped += 1
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".eml.part")
+            partial.write_bytes(raw)
+            partial.replace(path)          # never a half-written .eml under its final name
+            written += 1
+    print(json.dumps({"exported": written, "already_there": skipped, "directory": str(target)}))
+    return EXIT_OK
+
+
 def cmd_show(config: Config, args) -> int:
     from sink.db.queries import message_detail, raw_bytes
     with _engine(config).connect() as conn:
@@ -229,6 +262,7 @@ COMMANDS = {
     ("serve", None): cmd_serve,
     ("messages", None): cmd_messages,
     ("show", None): cmd_show,
+    ("export", None): cmd_export,
 }
 
 

@@ -194,3 +194,23 @@ def test_config_defaults(tmp_path):
     assert (box.ignore_subjects, box.system_senders, box.incoming_as_pending,
             box.block_free_mail) == ((), (), False, False)
     assert cfg.database_url == f"sqlite:///{tmp_path}/var/sink.db"   # relative to the config
+
+
+def test_export_writes_dated_eml_files_byte_exact(setup, tmp_path):
+    config, mails = setup
+    sink(config, "ingest", mails["in.eml"], mails["out.eml"], check=True)
+    target = tmp_path / "export"
+    result = json.loads(sink(config, "export", target, check=True).stdout)
+    assert result["exported"] == 2
+    files = sorted(target.glob("*/*.eml"))
+    assert len(files) == 2
+    import re
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", f.parent.name) for f in files)
+    assert sorted(f.read_bytes() for f in files) == sorted(
+        [mails["in.eml"].read_bytes(), mails["out.eml"].read_bytes()])
+    again = json.loads(sink(config, "export", target, check=True).stdout)
+    assert (again["exported"], again["already_there"]) == (0, 2)
+    none = json.loads(sink(config, "export", tmp_path / "e2", "--until", "2000-01-01",
+                           check=True).stdout)
+    assert none["exported"] == 0
+    assert sink(config, "export", target, "--since", "yesterday").returncode == 2

@@ -76,3 +76,21 @@ def _number(conn: Connection, table, record_id):
     if record_id is None:
         return None
     return conn.execute(select(table.c.number).where(table.c.id == record_id)).scalar()
+
+
+def export_raw(conn: Connection, *, since=None, until=None, status=None):
+    """Yield (YYYY-MM-DD, uuid, raw bytes) one message at a time, oldest first."""
+    m = t.messages.c
+    query = select(m.id, m.uuid, m.received_at).order_by(m.id)
+    if since is not None:
+        query = query.where(m.received_at >= datetime.combine(since, datetime.min.time(),
+                                                              timezone.utc))
+    if until is not None:
+        query = query.where(m.received_at < datetime.combine(until, datetime.min.time(),
+                                                             timezone.utc))
+    if status:
+        query = query.where(m.status == status)
+    for row in conn.execute(query).all():
+        raw = raw_bytes(conn, row.id)
+        if raw is not None:
+            yield as_utc(row.received_at).strftime("%Y-%m-%d"), row.uuid, raw
