@@ -344,3 +344,28 @@ def test_one_log_event_per_message_without_body(engine, tmp_path):
     assert event["activities"] == 1 and event["size"] == len(raw)
     assert event["duration_ms"] > 0 and "timestamp" in event
     assert "SECRET-BODY-TEXT" not in log_file.read_text()
+
+
+def test_starttls_with_configured_certificate(engine, config, start_server, tmp_path):
+    import shutil
+    import smtplib
+    import ssl
+    import subprocess
+    from tests.support import require
+    require(shutil.which("openssl") is not None, "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=sink.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = start_server(cfg=with_listener_limits(config, tls_cert=str(cert), tls_key=str(key)))
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("starttls")
+        smtp.starttls(context=context)
+        smtp.ehlo()
+        refused = smtp.sendmail("mta@firma.cz", ["crm@firma.cz"], make_mail(
+            message_id="<tls@test>"))
+    assert refused == {}
+    assert count(engine, t.messages, t.messages.c.message_id == "<tls@test>") == 1
