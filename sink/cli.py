@@ -143,8 +143,8 @@ def cmd_check(config: Config, args) -> int:
     files = _read_files(args.files)
     intake = Intake(_engine(config))
     for path, raw in files:
-        decision = intake.evaluate_only(raw, box, Envelope("cli", rcpt_tos=(box.address,)))
-        _emit(_result_json(path, box.address, decision))
+        for decision in intake.evaluate_only(raw, box, Envelope("cli", rcpt_tos=(box.address,))):
+            _emit(_result_json(path, box.address, decision))
     return EXIT_OK
 
 
@@ -154,17 +154,21 @@ def cmd_ingest(config: Config, args) -> int:
     files = _read_files(args.files)
     intake = Intake(_engine(config))
     for path, raw in files:
-        for d in intake.deliver(raw, Envelope("cli", rcpt_tos=(box.address,)), [box]):
-            extra = {"id": d.message_id, "status": d.status}
-            if d.already_stored:
-                extra["already_stored"] = True
-                extra["verdict"] = d.verdict
-            if d.error:
-                extra["error"] = d.error
-            out = _result_json(path, d.box, d.decision, **extra)
-            out["verdict"] = d.verdict
-            _emit(out)
+        for delivery in intake.deliver(raw, Envelope("cli", rcpt_tos=(box.address,)), [box]):
+            for d in delivery.processed_messages():
+                _emit_delivery(path, d)
     return EXIT_OK
+
+
+def _emit_delivery(path: str, d) -> None:
+    extra = {"id": d.message_id, "status": d.status}
+    if d.already_stored:
+        extra["already_stored"] = True
+    if d.error:
+        extra["error"] = d.error
+    out = _result_json(path, d.box, d.decision, **extra)
+    out["verdict"] = d.verdict
+    _emit(out)
 
 
 def cmd_serve(config: Config, args) -> int:
@@ -232,11 +236,12 @@ def cmd_show(config: Config, args) -> int:
 def _print_detail(d: dict) -> None:
     fields = ("id", "uuid", "received_at", "channel", "box", "mail_from", "rcpt_to", "sender",
               "to_addrs", "cc_addrs", "date_header", "subject", "message_id", "size", "sha256",
-              "status", "verdict", "direction", "error", "dkim", "processed_at")
+              "status", "verdict", "direction", "error", "dkim", "processed_at", "parent_id",
+              "carried")
     for key in fields:
         value = d.get(key)
         if isinstance(value, list):
-            value = ", ".join(value)
+            value = ", ".join(f"#{v}" if isinstance(v, int) else v for v in value)
         print(f"{key + ':':<14}{'' if value is None else value}")
     print("trace:")
     for entry in d.get("trace") or []:

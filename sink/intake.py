@@ -13,6 +13,7 @@ Guarantees, in the order they are established:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -36,8 +37,10 @@ from sink.log import get_logger
 from sink.mailparse import ParsedMessage, parse_message
 from sink.pipeline import evaluate
 from sink.pipeline.decision import Decision
+from sink.unwrap import Unwrapped, unwrap
 
 log = get_logger("sink.intake")
+UNWRAPPED = "UNWRAPPED"     # verdict of a journal report, wrapper or PEC envelope
 RACE_RETRIES = 3
 
 
@@ -58,6 +61,12 @@ class Delivery:
     decision: Decision | None
     already_stored: bool = False
     error: str | None = None
+    carried: tuple["Delivery", ...] = ()   # a journal report / wrapper / PEC: its messages
+    sender: str | None = None              # for the log: a carried message's own sender
+
+    def processed_messages(self) -> tuple["Delivery", ...]:
+        """What counts as processed mail: the carried messages of a wrapper, else itself."""
+        return self.carried or (self,)
 
 
 class DirectoryCache:
@@ -103,6 +112,7 @@ class Intake:
         sha256 = hashlib.sha256(raw).hexdigest()
         # Parse before any transaction: CPU work must not hold SQLite's write lock.
         parsed = parse_message(raw, bcc=envelope.bcc)
+        carried = unwrap(parsed)
         deliveries = []
         for box in boxes:
             for attempt in range(RACE_RETRIES):
@@ -116,7 +126,8 @@ class Intake:
                             delivery = Delivery(box.address, existing.id, existing.status,
                                                 existing.verdict, None, already_stored=True)
                             break
-                        delivery = self._store(conn, raw, sha256, parsed, envelope, box)
+                        delivery = self._store(conn, raw, sha256, parsed, envelope, box,
+                                               carried)
                     break
                 except sa_exc.IntegrityError:
                     # Another session or instance committed the same bytes or dedup key first;
@@ -131,32 +142,72 @@ class Intake:
                                 size=len(raw), reason=str(transient), no_space=transient.no_space)
                     raise transient from error
             deliveries.append(delivery)
-            self._log(delivery, envelope, parsed, len(raw), started)
+            for item in (delivery, *delivery.carried):
+                self._log(item, envelope, parsed, len(raw), started)
         return deliveries
 
-    def evaluate_only(self, raw: bytes, box: BoxConfig, envelope: Envelope) -> Decision:
-        """What ``deliver`` would decide, writing nothing (``sink check``)."""
+    def evaluate_only(self, raw: bytes, box: BoxConfig, envelope: Envelope) -> list[Decision]:
+        """What ``deliver`` would decide, writing nothing (``sink check``): one decision per
+        processed message (a wrapper yields one for each message it carries)."""
         parsed = parse_message(raw, bcc=envelope.bcc)
+        carried = unwrap(parsed)
+        messages = [i.parsed for i in carried.inner] if carried else [parsed]
         with self.engine.connect() as conn:
             try:
                 directory = self.directory.get(conn)
-                return self.rules(parsed, box, directory, _seen_in(conn, box.address))
+                return [self.rules(m, box, directory, _seen_in(conn, box.address))
+                        for m in messages]
             finally:
                 conn.rollback()
 
     # ------------------------------------------------------------------------------ steps
     def _store(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
-               envelope: Envelope, box: BoxConfig) -> Delivery:
-        now = self.clock()
+               envelope: Envelope, box: BoxConfig, carried: Unwrapped | None = None) -> Delivery:
+        message_id = self._insert_message(conn, raw, sha256, parsed, envelope, box)
+        if carried is None:
+            return self._decide(conn, message_id, parsed, box)
+        return self._store_carried(conn, message_id, carried, envelope, box)
+
+    def _insert_message(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
+                        envelope: Envelope, box: BoxConfig, parent_id: int | None = None) -> int:
         message_id = conn.execute(insert(t.messages).values(
-            uuid=str(uuid.uuid4()), received_at=now, channel=envelope.channel, box=box.address,
-            mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
+            uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
+            box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
             sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
             date_header=parsed.date_header, subject=parsed.subject,
             message_id=parsed.message_id, size=len(raw), sha256=sha256, status="pending",
-            trace=[],
+            trace=[], parent_id=parent_id,
         )).inserted_primary_key[0]
         conn.execute(insert(t.raw_messages).values(message_id=message_id, content=raw))
+        return message_id
+
+    def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
+                       envelope: Envelope, box: BoxConfig) -> Delivery:
+        """The wrapper's own row records what it carried; each carried message is a message of
+        its own (child row, own raw bytes, own decision), in the same transaction."""
+        children = []
+        for inner in carried.inner:
+            sha = hashlib.sha256(inner.raw).hexdigest()
+            existing = conn.execute(select(t.messages.c.id, t.messages.c.status,
+                                           t.messages.c.verdict).where(
+                t.messages.c.box == box.address, t.messages.c.sha256 == sha)).first()
+            if existing is not None:
+                children.append(Delivery(box.address, existing.id, existing.status,
+                                         existing.verdict, None, already_stored=True))
+                continue
+            child_id = self._insert_message(conn, inner.raw, sha, inner.parsed, envelope, box,
+                                            parent_id=outer_id)
+            children.append(dataclasses.replace(self._decide(conn, child_id, inner.parsed, box),
+                                                sender=inner.parsed.sender))
+        detail = f"{carried.kind}: " + ", ".join(f"#{c.message_id}" for c in children)
+        conn.execute(update(t.messages).where(t.messages.c.id == outer_id).values(
+            status="processed", verdict=UNWRAPPED, processed_at=self.clock(),
+            trace=[{"rule": "unwrap", "outcome": "hit", "detail": detail}]))
+        return Delivery(box.address, outer_id, "processed", UNWRAPPED, None,
+                        carried=tuple(children))
+
+    def _decide(self, conn: Connection, message_id: int, parsed: ParsedMessage,
+                box: BoxConfig) -> Delivery:
         directory = self.directory.get(conn)
         try:
             decision = self.rules(parsed, box, directory, _seen_in(conn, box.address))
@@ -197,11 +248,14 @@ class Intake:
     def _log(self, delivery: Delivery, envelope: Envelope, parsed: ParsedMessage,
              size: int, started: float) -> None:
         fields = dict(id=delivery.message_id, box=delivery.box, channel=envelope.channel,
-                      sender=parsed.sender, verdict=delivery.verdict,
+                      sender=delivery.sender or parsed.sender, verdict=delivery.verdict,
                       status=delivery.status, size=size,
                       duration_ms=round((time.perf_counter() - started) * 1000, 2))
         if delivery.already_stored:
             log.info("message.already_stored", **fields)
+        elif delivery.carried:
+            log.info("message.unwrapped", carried=[c.message_id for c in delivery.carried],
+                     **fields)
         elif delivery.status == "failed":
             log.error("message.failed", error=delivery.error, **fields)
         else:

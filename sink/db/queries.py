@@ -69,6 +69,8 @@ def message_detail(conn: Connection, message_id: int) -> dict | None:
         ).scalars())
         acts.append(act)
     detail["activities"] = acts
+    detail["carried"] = list(conn.execute(select(t.messages.c.id).where(
+        t.messages.c.parent_id == message_id).order_by(t.messages.c.id)).scalars())
     return detail
 
 

@@ -133,6 +133,9 @@ messages = Table(
     Column("error", Text, nullable=True),
     Column("dkim", String(20), nullable=True),
     Column("processed_at", DateTime(timezone=True), nullable=True),
+    # A message carried by a journal report, wrapper or PEC envelope points to that envelope.
+    Column("parent_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=True,
+           index=True),
     # The same bytes for the same box are the same delivery (an MTA retry after a lost 250):
     # stored once, however many times they arrive, across every sink instance.
     UniqueConstraint("box", "sha256"),
