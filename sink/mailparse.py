@@ -229,3 +229,32 @@ def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
         defects=tuple(defects),
         message=msg,
     )
+
+
+ATTACHED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "text/rfc822-headers",
+                                    "message/rfc822-headers"})
+
+
+def own_parts(msg: Message | None):
+    """The parts of ``msg`` itself, bounded like :func:`walk_parts`, without the parts of a
+    message attached to it (a returned or forwarded original is not this message's content)."""
+    if msg is None:
+        return
+    inside: set[int] = set()
+    for part, _ in walk_parts(msg):
+        enclosed = id(part) in inside
+        if enclosed or part.get_content_type() in ATTACHED_MESSAGE_TYPES:
+            payload = part.get_payload() if part.is_multipart() else None
+            if isinstance(payload, list):
+                inside.update(id(p) for p in payload)
+        if not enclosed:
+            yield part
+
+
+def part_text(part: Message, limit: int = MAX_TEXT) -> str:
+    """A leaf part's decoded text (transfer encoding and charset), at most ``limit`` characters;
+    '' when it cannot be read."""
+    try:
+        return _decode_payload(part)[:limit]
+    except Exception:
+        return ""

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 from sink.config import BoxConfig
 from sink.directory import Directory, User
 from sink.mailparse import ParsedMessage
+from sink.pipeline.records import MemoryRecords, Records
 from sink.textnorm import domain_of, fold
 
 Seen = Callable[[Iterable[tuple[str, str]]], bool]
@@ -34,6 +35,7 @@ class Context:
     seen: Seen
     direction: str | None = None
     facts: dict = field(default_factory=dict)
+    records: Records = field(default_factory=MemoryRecords)
 
     # -- addresses ---------------------------------------------------------------------------
     @cached_property
@@ -62,6 +64,21 @@ class Context:
         domain = domain_of(address)
         return domain in self.box.exception_domains or (
             self.box.block_free_mail and domain in self.free_mail)
+
+    def is_ours(self, address: str) -> bool:
+        """The box, an internal address or a user's (an alias may be in another domain)."""
+        return (address == self.box.address or self.is_internal(address)
+                or self.user(address) is not None)
+
+    @cached_property
+    def recipient_users(self) -> tuple[User, ...]:
+        """Users among the recipients, once each, in recipient order (the box is no user)."""
+        users: dict[int, User] = {}
+        for address in self.recipients:
+            user = self.user(address)
+            if user is not None and address != self.box.address:
+                users.setdefault(user.id, user)
+        return tuple(users.values())
 
     @cached_property
     def counterparts(self) -> tuple[str, ...]:

@@ -54,6 +54,70 @@ class ActivityAction:
 
 
 @dataclass(frozen=True)
+class TaskAction:
+    """A task created or updated: by a troubleshooting mail (keyed by its problem ID) or by a
+    "New task:" subject (its number is assigned when it is stored, so ``check`` shows null)."""
+    action: str                      # "created" | "updated"
+    number: str | None
+    subject: str
+    status: str | None = None
+    solvers: tuple[str, ...] = ()    # user e-mails
+    approver: str | None = None      # user e-mail
+    origin: str = "troubleshooting"  # | "new-task"
+    contract: str | None = None      # the problem's contract number (troubleshooting)
+
+    def as_json(self) -> dict:
+        return {"action": self.action, "number": self.number, "subject": self.subject,
+                "status": self.status, "solvers": list(self.solvers), "approver": self.approver}
+
+
+@dataclass(frozen=True)
+class FlagAction:
+    """Flags changed on one contact or company (only the flags whose value changes)."""
+    entity: str                      # "contact" | "company"
+    entity_id: int
+    email: str                       # the address it was found by
+    changes: tuple[tuple[str, bool], ...]
+
+    def as_json(self) -> dict:
+        return {"email": self.email, **dict(self.changes)}
+
+
+@dataclass(frozen=True)
+class ForbiddenAction:
+    email: str
+    type: str                        # "do-not-send" | "broken"
+
+    def as_json(self) -> dict:
+        return {"email": self.email, "type": self.type}
+
+
+@dataclass(frozen=True)
+class InvitationAction:
+    """One user's invitation, keyed by (user, UID). ``revision`` orders versions: a write never
+    replaces a larger one. A REPLY carries the attendees' answers for the organiser's copy."""
+    user: str                        # user e-mail
+    uid: str
+    method: str                      # "REQUEST" | "CANCEL" | "REPLY"
+    status: str                      # CONFIRMED, TENTATIVE, CANCELLED
+    sequence: int
+    revision: str
+    dtstamp: str | None = None
+    summary: str = ""
+    location: str = ""
+    dtstart: str | None = None       # ISO 8601 with offset when known
+    dtstart_tzid: str | None = None
+    dtend: str | None = None
+    dtend_tzid: str | None = None
+    rrule: str | None = None
+    organizer: str | None = None
+    responses: tuple[tuple[str, str], ...] = ()   # REPLY: (attendee, PARTSTAT)
+
+    def as_json(self) -> dict:
+        return {"user": self.user, "uid": self.uid, "method": self.method}
+
+
+@dataclass(frozen=True)
 class TraceEntry:
     rule: str
     outcome: str                     # "pass" | "hit" | "skip"
@@ -71,10 +135,10 @@ class Decision:
     verdict: str
     direction: str | None = None
     activities: list[ActivityAction] = field(default_factory=list)
-    tasks: list = field(default_factory=list)
-    contact_flags: list = field(default_factory=list)
-    forbidden: list = field(default_factory=list)
-    invitations: list = field(default_factory=list)
+    tasks: list[TaskAction] = field(default_factory=list)
+    contact_flags: list[FlagAction] = field(default_factory=list)
+    forbidden: list[ForbiddenAction] = field(default_factory=list)
+    invitations: list[InvitationAction] = field(default_factory=list)
     tickets: list = field(default_factory=list)
     trace: list[TraceEntry] = field(default_factory=list)
     dedup_keys: tuple[tuple[str, str], ...] = ()

@@ -7,10 +7,12 @@ Rules never write anywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from sink.pipeline.context import Context, dedup_keys
-from sink.pipeline.decision import ActivityAction, Verdict
+from sink.pipeline.decision import (ActivityAction, FlagAction, ForbiddenAction,
+                                    InvitationAction, TaskAction, Verdict)
 from sink.pipeline.references import KINDS, find_references, scope_token
 from sink.textnorm import domain_of, fold
 
@@ -25,6 +27,12 @@ class Result:
     detail: str = ""
     direction: str | None = None
     activities: tuple[ActivityAction, ...] = ()
+    tasks: tuple[TaskAction, ...] = ()
+    contact_flags: tuple[FlagAction, ...] = ()
+    forbidden: tuple[ForbiddenAction, ...] = ()
+    invitations: tuple[InvitationAction, ...] = ()
+    # Merged into ctx.facts for the rules after this one (e.g. {"completed": False}).
+    facts: Mapping[str, object] = field(default_factory=dict)
 
 
 PASS = Result()

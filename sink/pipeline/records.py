@@ -1,0 +1,67 @@
+"""Read-only answers about records the directory snapshot does not hold.
+
+The side-effect rules need a little current state: whether a task with a problem ID exists,
+the current flags of a contact or company (to report only what changes), whether an address is
+already forbidden, and the revision of an invitation or an answer (so that an older SEQUENCE
+never replaces a newer one). They ask a :class:`Records` object, the same way they ask ``seen``:
+``sink.db.records.DbRecords`` answers from the message's own transaction, :class:`MemoryRecords`
+from dictionaries (unit tests, and the default when nothing is known).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
+
+FLAGS = ("allow_emails", "allow_bulk_emails", "non_functional")
+DEFAULT_FLAGS: Mapping[str, bool] = {"allow_emails": True, "allow_bulk_emails": True,
+                                     "non_functional": False}
+
+
+@dataclass(frozen=True)
+class TaskState:
+    number: str
+    subject: str
+    status: str | None
+
+
+class Records(Protocol):
+    def task(self, number: str) -> TaskState | None:
+        """The task with exactly this number, or None."""
+
+    def flags(self, entity: str, entity_id: int) -> Mapping[str, bool]:
+        """Current flags of a contact or company (``entity`` is "contact" or "company")."""
+
+    def forbidden(self, email: str, kind: str) -> bool:
+        """Whether ``email`` is already a forbidden address of this type."""
+
+    def invitation(self, user_id: int, uid: str) -> str | None:
+        """The stored revision of this user's invitation, or None."""
+
+    def response(self, user_id: int, uid: str, attendee: str) -> str | None:
+        """The stored revision of an attendee's answer on this user's invitation, or None."""
+
+
+@dataclass
+class MemoryRecords:
+    """Records held in dictionaries; everything unknown reads as absent or default."""
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    entity_flags: dict[tuple[str, int], dict[str, bool]] = field(default_factory=dict)
+    forbidden_addresses: set[tuple[str, str]] = field(default_factory=set)
+    invitations: dict[tuple[int, str], str] = field(default_factory=dict)
+    responses: dict[tuple[int, str, str], str] = field(default_factory=dict)
+
+    def task(self, number: str) -> TaskState | None:
+        return self.tasks.get(number)
+
+    def flags(self, entity: str, entity_id: int) -> Mapping[str, bool]:
+        return {**DEFAULT_FLAGS, **self.entity_flags.get((entity, entity_id), {})}
+
+    def forbidden(self, email: str, kind: str) -> bool:
+        return (email, kind) in self.forbidden_addresses
+
+    def invitation(self, user_id: int, uid: str) -> str | None:
+        return self.invitations.get((user_id, uid))
+
+    def response(self, user_id: int, uid: str, attendee: str) -> str | None:
+        return self.responses.get((user_id, uid, attendee))
