@@ -257,6 +257,35 @@ def _print_detail(d: dict) -> None:
         if a["contacts"] or a["companies"]:
             print(f"    contacts: {', '.join(a['contacts']) or '-'}; "
                   f"companies: {', '.join(a['companies']) or '-'}")
+    _print_side_effects(d)
+
+
+def _print_side_effects(d: dict) -> None:
+    tasks, flags = d.get("tasks") or [], d.get("contact_flags") or []
+    forbidden, invitations = d.get("forbidden") or [], d.get("invitations") or []
+    responses = d.get("responses") or []
+    print(f"tasks: {len(tasks)}")
+    for k in tasks:
+        print(f"  {k['action']} {k['number']} subject={k['subject']!r} status={k['status']} "
+              f"contract={k['contract_number'] or '-'} approver={k['approver'] or '-'} "
+              f"solvers={', '.join(k['solvers']) or '-'}")
+    print(f"contact flags: {len(flags)}")
+    for f in flags:
+        changes = ", ".join(f"{name}={value}" for name, value in f["changes"].items())
+        print(f"  {f['entity']} {f['email']}: {changes}")
+    print(f"forbidden: {len(forbidden)}")
+    for f in forbidden:
+        print(f"  {f['type']} {f['email']}")
+    print(f"invitations: {len(invitations)}")
+    for i in invitations:
+        when = " - ".join(f"{i[k]}" + (f" ({i[k + '_tzid']})" if i[k + "_tzid"] else "")
+                          for k in ("dtstart", "dtend") if i[k])
+        print(f"  {i['user']} {i['method']} {i['status']} uid={i['uid']} sequence={i['sequence']} "
+              f"summary={i['summary']!r} {when}"
+              + (f" rrule={i['rrule']}" if i["rrule"] else "")
+              + (f" organizer={i['organizer']}" if i["organizer"] else ""))
+    for r in responses:
+        print(f"  answer on {r['user']}'s uid={r['uid']}: {r['attendee']} {r['partstat']}")
 
 
 COMMANDS = {

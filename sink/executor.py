@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert
+from dataclasses import replace
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
+from sink.db.directory_store import bump_version
+from sink.db.records import ENTITY_TABLES
 from sink.directory import Directory
-from sink.pipeline.decision import Decision
+from sink.pipeline.decision import (Decision, FlagAction, ForbiddenAction, InvitationAction,
+                                    TaskAction)
 from sink.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
+INVITATION_COLUMNS = ("method", "status", "sequence", "dtstamp", "revision", "summary",
+                      "location", "dtstart", "dtstart_tzid", "dtend", "dtend_tzid", "rrule",
+                      "organizer")
 
 
 def apply(conn: Connection, message_id: int, decision: Decision, directory: Directory) -> dict:
@@ -44,6 +53,14 @@ def apply(conn: Connection, message_id: int, decision: Decision, directory: Dire
         if company_ids:
             conn.execute(insert(t.activity_companies), [
                 {"activity_id": activity_id, "company_id": cid} for cid in sorted(company_ids)])
+    for index, task in enumerate(decision.tasks):
+        decision.tasks[index] = _store_task(conn, message_id, task, directory)
+    for change in decision.contact_flags:
+        _store_flags(conn, message_id, change)
+    for forbidden in decision.forbidden:
+        _store_forbidden(conn, message_id, forbidden)
+    for invitation in decision.invitations:
+        _store_invitation(conn, message_id, invitation, directory)
     return record_counts(decision)
 
 
@@ -61,3 +78,99 @@ def _id(table: dict, number: str | None) -> int | None:
 
 def _company_ids(directory: Directory, names) -> set[int]:
     return {directory.companies[name].id for name in names if name in directory.companies}
+
+
+# --------------------------------------------------------------------------- side-effect records
+# Every write is safe when several sessions or sink instances race: keyed rows are upserted
+# (ON CONFLICT, which PostgreSQL and SQLite both speak), never read-then-inserted.
+
+def _upsert(conn: Connection, table):
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _new_task_number(conn: Connection, message_id: int) -> str:
+    """"MAIL-<message id>": unique among mail-made tasks; suffixed if an import took it."""
+    base = number = f"MAIL-{message_id}"
+    suffix = 1
+    while conn.execute(select(t.tasks.c.id).where(t.tasks.c.number == number)).first():
+        suffix += 1
+        number = f"{base}-{suffix}"
+    return number
+
+
+def _store_task(conn: Connection, message_id: int, task: TaskAction,
+                directory: Directory) -> TaskAction:
+    """Create or update the task (keyed by number); returns the action with its number."""
+    approver = directory.user(task.approver) if task.approver else None
+    values = {"subject": task.subject, "status": task.status, "origin": task.origin,
+              "contract_number": task.contract, "approver_id": approver.id if approver else None}
+    if task.number is None:
+        task = replace(task, number=_new_task_number(conn, message_id))
+        conn.execute(insert(t.tasks).values(number=task.number, **values))
+    else:
+        stmt = _upsert(conn, t.tasks).values(number=task.number, **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[t.tasks.c.number], set_={
+            "subject": stmt.excluded.subject, "status": stmt.excluded.status,
+            "contract_number": stmt.excluded.contract_number,
+            "origin": func.coalesce(t.tasks.c.origin, stmt.excluded.origin)}))
+    task_id = conn.execute(select(t.tasks.c.id).where(t.tasks.c.number == task.number)
+                           ).scalar_one()
+    solver_ids = sorted({u.id for u in map(directory.user, task.solvers) if u is not None})
+    for user_id in solver_ids:
+        conn.execute(_upsert(conn, t.task_solvers).values(task_id=task_id, user_id=user_id)
+                     .on_conflict_do_nothing())
+    conn.execute(insert(t.task_changes).values(message_id=message_id, task_id=task_id,
+                                               action=task.action, subject=task.subject,
+                                               status=task.status))
+    if task.action == "created":
+        bump_version(conn)      # the directory snapshot learns the new number ("Task:4711")
+    return task
+
+
+def _store_flags(conn: Connection, message_id: int, change: FlagAction) -> None:
+    table = ENTITY_TABLES[change.entity]
+    flags = dict(change.changes)
+    conn.execute(update(table).where(table.c.id == change.entity_id).values(**flags))
+    conn.execute(insert(t.flag_changes).values(message_id=message_id, entity=change.entity,
+                                               entity_id=change.entity_id, email=change.email,
+                                               changes=flags))
+
+
+def _store_forbidden(conn: Connection, message_id: int, forbidden: ForbiddenAction) -> None:
+    conn.execute(_upsert(conn, t.forbidden_addresses).values(
+        email=forbidden.email, type=forbidden.type, message_id=message_id
+    ).on_conflict_do_nothing(index_elements=["email", "type"]))
+
+
+def _store_invitation(conn: Connection, message_id: int, invitation: InvitationAction,
+                      directory: Directory) -> None:
+    """REQUEST/CANCEL replace the stored version only when theirs is not older (the WHERE of
+    the upsert, so a race cannot lose the newest); REPLY records answers the same way."""
+    user = directory.user(invitation.user)
+    if user is None:
+        return
+    key = ["user_id", "uid"]
+    values = {c: getattr(invitation, c) for c in INVITATION_COLUMNS}
+    if invitation.method != "REPLY":
+        stmt = _upsert(conn, t.invitations).values(user_id=user.id, uid=invitation.uid,
+                                                   message_id=message_id, **values)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=key,
+            set_={c: stmt.excluded[c] for c in (*INVITATION_COLUMNS, "message_id")},
+            where=t.invitations.c.revision <= stmt.excluded.revision))
+        return
+    # The organiser's invitation, made from the reply when none is stored yet; revision ""
+    # lets any real REQUEST or CANCEL replace what a reply could tell.
+    conn.execute(_upsert(conn, t.invitations).values(
+        user_id=user.id, uid=invitation.uid, message_id=message_id, **{**values, "revision": ""}
+    ).on_conflict_do_nothing(index_elements=key))
+    invitation_id = conn.execute(select(t.invitations.c.id).where(
+        t.invitations.c.user_id == user.id, t.invitations.c.uid == invitation.uid)).scalar_one()
+    for attendee, partstat in invitation.responses:
+        stmt = _upsert(conn, t.invitation_responses).values(
+            invitation_id=invitation_id, attendee=attendee, partstat=partstat,
+            revision=invitation.revision, message_id=message_id)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["invitation_id", "attendee"],
+            set_={c: stmt.excluded[c] for c in ("partstat", "revision", "message_id")},
+            where=t.invitation_responses.c.revision <= stmt.excluded.revision))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import threading
 import time
 import traceback
@@ -30,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from sink.config import BoxConfig
 from sink.db import schema as t
 from sink.db.directory_store import directory_version, load_directory
+from sink.db.records import DbRecords
 from sink.directory import Directory
 from sink.errors import TransientStorageError, classify
 from sink.executor import apply, record_counts
@@ -98,10 +100,23 @@ def _seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]]
     return seen
 
 
+def _takes_records(rules) -> bool:
+    """Whether a rules function accepts the fifth argument, ``records`` (functions written for
+    the four-argument form, e.g. test doubles wrapping ``evaluate``, still work)."""
+    try:
+        params = list(inspect.signature(rules).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 5
+
+
 class Intake:
     def __init__(self, engine: Engine, *, rules=evaluate, clock=lambda: datetime.now(timezone.utc)):
         self.engine = engine
         self.rules = rules
+        self._rules_take_records = _takes_records(rules)
         self.clock = clock
         self.directory = DirectoryCache()
 
@@ -155,8 +170,7 @@ class Intake:
         with self.engine.connect() as conn:
             try:
                 directory = self.directory.get(conn)
-                return [self.rules(m, box, directory, _seen_in(conn, box.address))
-                        for m in messages]
+                return [self._evaluate(conn, m, box, directory) for m in messages]
             finally:
                 conn.rollback()
 
@@ -206,11 +220,19 @@ class Intake:
         return Delivery(box.address, outer_id, "processed", UNWRAPPED, None,
                         carried=tuple(children))
 
+    def _evaluate(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
+                  directory: Directory) -> Decision:
+        """Run the rules with read-only lookups answered inside this transaction."""
+        seen = _seen_in(conn, box.address)
+        if self._rules_take_records:
+            return self.rules(parsed, box, directory, seen, DbRecords(conn))
+        return self.rules(parsed, box, directory, seen)
+
     def _decide(self, conn: Connection, message_id: int, parsed: ParsedMessage,
                 box: BoxConfig) -> Delivery:
         directory = self.directory.get(conn)
         try:
-            decision = self.rules(parsed, box, directory, _seen_in(conn, box.address))
+            decision = self._evaluate(conn, parsed, box, directory)
         except Exception as error:
             return self._mark_failed(conn, message_id, box, "rules", error)
         savepoint = conn.begin_nested()

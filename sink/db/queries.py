@@ -71,7 +71,43 @@ def message_detail(conn: Connection, message_id: int) -> dict | None:
     detail["activities"] = acts
     detail["carried"] = list(conn.execute(select(t.messages.c.id).where(
         t.messages.c.parent_id == message_id).order_by(t.messages.c.id)).scalars())
+    detail.update(side_effect_records(conn, message_id))
     return detail
+
+
+def side_effect_records(conn: Connection, message_id: int) -> dict[str, list[dict]]:
+    """Tasks, flag changes, forbidden addresses, invitations and answers this message wrote
+    (an invitation or task a later message changed shows here with its current values)."""
+    tc, tk, u = t.task_changes.c, t.tasks.c, t.users.c
+    tasks = []
+    for row in conn.execute(select(tc.action, tc.subject, tc.status, tk.id, tk.number,
+                                   tk.origin, tk.contract_number, u.email.label("approver"))
+                            .join(t.tasks, tk.id == tc.task_id)
+                            .outerjoin(t.users, u.id == tk.approver_id)
+                            .where(tc.message_id == message_id).order_by(tc.id)):
+        task = dict(row._mapping)
+        task["solvers"] = list(conn.execute(
+            select(u.email).join(t.task_solvers, t.task_solvers.c.user_id == u.id)
+            .where(t.task_solvers.c.task_id == task.pop("id")).order_by(u.email)).scalars())
+        tasks.append(task)
+    fc, fa = t.flag_changes.c, t.forbidden_addresses.c
+    flags = [dict(r._mapping) for r in conn.execute(
+        select(fc.entity, fc.email, fc.changes).where(fc.message_id == message_id)
+        .order_by(fc.id))]
+    forbidden = [dict(r._mapping) for r in conn.execute(
+        select(fa.email, fa.type).where(fa.message_id == message_id).order_by(fa.id))]
+    i, r = t.invitations.c, t.invitation_responses.c
+    invitations = [dict(row._mapping) for row in conn.execute(
+        select(u.email.label("user"), i.uid, i.method, i.status, i.sequence, i.summary,
+               i.location, i.dtstart, i.dtstart_tzid, i.dtend, i.dtend_tzid, i.rrule,
+               i.organizer).join(t.users, u.id == i.user_id)
+        .where(i.message_id == message_id).order_by(i.id))]
+    responses = [dict(row._mapping) for row in conn.execute(
+        select(u.email.label("user"), i.uid, r.attendee, r.partstat)
+        .join(t.invitations, i.id == r.invitation_id).join(t.users, u.id == i.user_id)
+        .where(r.message_id == message_id).order_by(i.id, r.attendee))]
+    return {"tasks": tasks, "contact_flags": flags, "forbidden": forbidden,
+            "invitations": invitations, "responses": responses}
 
 
 def _number(conn: Connection, table, record_id):
