@@ -193,6 +193,13 @@ class SinkProcess:
         self.log.close()
         return self.proc.returncode
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (a crash, an OOM kill, a power cut of the process)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
+
 
 def write_config(path, db_url: str, port: int, protocol: str = "lmtp", **box) -> None:
     lines = [f'[database]\nurl = "{db_url}"\n',

@@ -1,0 +1,47 @@
+"""Shared by the reliability tests: the figures each test reports, and a seeded database."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from sink.db.directory_store import import_directory
+from sink.db.engine import make_engine
+from sink.db.migrate import upgrade
+from tests.support import DIRECTORY
+
+FIGURES_ENV = "SINK_RELIABILITY_FIGURES"
+
+
+@pytest.fixture
+def figures(request):
+    """``figures(**numbers)`` records what a run did (messages, kills, lost, duplicated, ...):
+    printed on the terminal and, with $SINK_RELIABILITY_FIGURES=FILE, appended to FILE as one
+    JSON line (docs/RELIABILITY.md quotes the last run)."""
+    recorded = {}
+
+    def report(**numbers):
+        recorded.update(numbers)
+    yield report
+    if not recorded:
+        return
+    line = {"test": request.node.nodeid, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **recorded}
+    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.write_line(f"RELIABILITY {json.dumps(line)}")
+    path = os.environ.get(FIGURES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def seeded(url: str):
+    """An engine on ``url`` with the current schema and the test directory."""
+    engine = make_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        import_directory(conn, DIRECTORY)
+    return engine
