@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -111,8 +111,7 @@ def _store_task(conn: Connection, message_id: int, task: TaskAction,
         stmt = _upsert(conn, t.tasks).values(number=task.number, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=[t.tasks.c.number], set_={
             "subject": stmt.excluded.subject, "status": stmt.excluded.status,
-            "contract_number": stmt.excluded.contract_number,
-            "origin": func.coalesce(t.tasks.c.origin, stmt.excluded.origin)}))
+            "contract_number": stmt.excluded.contract_number}))
     task_id = conn.execute(select(t.tasks.c.id).where(t.tasks.c.number == task.number)
                            ).scalar_one()
     solver_ids = sorted({u.id for u in map(directory.user, task.solvers) if u is not None})

@@ -491,7 +491,8 @@ TROUBLESHOOTING_HTML = """<html><head><style>td {{ padding: 2px }}</style></head
 def troubleshooting_mail(html: str | None = None, *, subject="Problem No. 4711",
                          sender="helpdesk@support.example.cz", to=("alice@firma.cz",),
                          contract="2023-015", pid="4711", status="Open",
-                         problem_subject="Printer &amp; toner", verb="created") -> bytes:
+                         problem_subject="Printer &amp; toner", verb="created",
+                         date=DATE) -> bytes:
     if html is None:
         html = TROUBLESHOOTING_HTML.format(contract=contract, pid=pid, status=status,
                                            subject=problem_subject, verb=verb)
@@ -499,7 +500,7 @@ def troubleshooting_mail(html: str | None = None, *, subject="Problem No. 4711",
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     msg["Subject"] = subject
-    msg["Date"] = DATE
+    msg["Date"] = date
     msg["Message-ID"] = f"<{uuid.uuid4().hex}@support.example.cz>"
     msg.set_content(html, subtype="html")
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
