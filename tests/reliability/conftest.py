@@ -45,3 +45,21 @@ def seeded(url: str):
     with engine.begin() as conn:
         import_directory(conn, DIRECTORY)
     return engine
+
+
+@pytest.fixture
+def private_pg():
+    """``private_pg(settings={...})`` -> a started PrivateCluster, destroyed after the test."""
+    from tests.reliability import pgcluster
+    from tests.support import free_port, require
+    require(pgcluster.available(), "root and Debian's PostgreSQL binaries (a private cluster)")
+    clusters = []
+
+    def make(settings=None):
+        cluster = pgcluster.PrivateCluster(free_port(), settings=settings)
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+    yield make
+    for cluster in clusters:
+        cluster.destroy()
