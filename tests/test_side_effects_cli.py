@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import structlog
 from sqlalchemy import select
 
 from sink.cli import main
@@ -37,9 +38,11 @@ def cli(tmp_path, db_url, capsys):
     def run(*args) -> tuple[int, str]:
         code = main(["--config", str(config), *[str(a) for a in args]])
         return code, capsys.readouterr().out
+    logging = structlog.get_config()    # main() points the log at capsys' stream
     assert run("db", "upgrade")[0] == 0
     assert run("directory", "import", tmp_path / "directory.json")[0] == 0
-    return run, tmp_path
+    yield run, tmp_path
+    structlog.configure(**logging)
 
 
 def by_file(output: str) -> dict[str, dict]:

@@ -29,7 +29,7 @@ METHODS = ("REQUEST", "CANCEL", "REPLY")
 MAX_CALENDAR = 1024 * 1024
 MAX_EVENTS = 200
 MAX_UID = 500
-MAX_SEQUENCE = 10 ** 10 - 1
+MAX_SEQUENCE = 2 ** 31 - 1      # stored in an INTEGER column
 MAX_TEXT = 2000
 NO_STAMP = "00000000T000000Z"
 
@@ -51,9 +51,14 @@ def _first(value):
     return value[0] if isinstance(value, list) and value else value
 
 
+def _clean(text: str) -> str:
+    """No NUL characters: PostgreSQL text cannot hold them."""
+    return text.replace("\x00", "")
+
+
 def _text(component, name: str, limit: int = MAX_TEXT) -> str:
     value = _first(component.get(name))
-    return "" if value is None else " ".join(str(value).split())[:limit]
+    return "" if value is None else " ".join(_clean(str(value)).split())[:limit]
 
 
 def _sequence(component) -> int:
@@ -83,7 +88,7 @@ def _when(component, name: str) -> tuple[str | None, str | None]:
     if tzid is None and isinstance(value, datetime) and value.tzinfo is not None \
             and value.utcoffset() is not None and not value.utcoffset():
         tzid = "UTC"
-    return value.isoformat(), (str(tzid)[:200] if tzid else None)
+    return value.isoformat(), (_clean(str(tzid))[:200] or None if tzid else None)
 
 
 def _rrule(component) -> str | None:
@@ -92,14 +97,14 @@ def _rrule(component) -> str | None:
     texts = []
     for rule in rules:
         try:
-            texts.append(rule.to_ical().decode("utf-8", "replace"))
+            texts.append(_clean(rule.to_ical().decode("utf-8", "replace")))
         except Exception:
             continue
     return "\n".join(texts) or None
 
 
 def _address(value) -> str:
-    text = str(value or "").strip()
+    text = _clean(str(value or "")).strip()
     if text.lower().startswith("mailto:"):
         text = text[7:]
     return fold_address(text)[:320]

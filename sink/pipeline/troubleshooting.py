@@ -23,7 +23,7 @@ from sink.textnorm import fold
 
 ORIGIN = "troubleshooting"
 _CONTRACT = re.compile(r"\bcontract\s*:\s*([^\s<>,;]+)", re.IGNORECASE)
-_PROBLEM_ID = re.compile(r"&\s*id\s*=\s*(\d+)", re.IGNORECASE)
+_PROBLEM_ID = re.compile(r"&\s*id\s*=\s*(\d{1,100})(?!\d)", re.IGNORECASE)
 # Elements that end a line of text: text on either side of them is not one word.
 _BLOCKS = ("address, article, aside, blockquote, br, dd, div, dl, dt, footer, h1, h2, h3, h4, h5, "
            "h6, header, hr, li, ol, p, pre, section, table, tbody, td, tfoot, th, thead, tr, ul")
@@ -45,7 +45,7 @@ class Problem:
 
 
 def _words(text: str) -> str:
-    return " ".join(text.split())[:MAX_VALUE]
+    return " ".join(text.replace("\x00", "").split())[:MAX_VALUE]
 
 
 def _problem_id(tree: LexborHTMLParser) -> str | None:
@@ -83,7 +83,7 @@ def _contract(tree: LexborHTMLParser) -> str | None:
     match = _CONTRACT.search(root.text(deep=True, separator=""))
     if not match:
         return None
-    return match.group(1).rstrip(".:") or None
+    return _words(match.group(1)).rstrip(".:")[:100] or None
 
 
 def read_problem(html: str) -> Problem:
@@ -98,7 +98,9 @@ def read_problem(html: str) -> Problem:
             node.insert_before(" ")
             node.insert_after(" ")
         values = _table_values(tree)
-        return Problem(_contract(tree), problem_id, values.get("status"), values.get("subject"))
+        status = values.get("status")
+        return Problem(_contract(tree), problem_id, status and status[:200],
+                       values.get("subject"))
     except Exception:  # a parser failure is a mail without the attributes, never a crash
         return Problem()
 
