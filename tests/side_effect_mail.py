@@ -488,14 +488,19 @@ TROUBLESHOOTING_HTML = """<html><head><style>td {{ padding: 2px }}</style></head
 </body></html>"""
 
 
+def troubleshooting_html(contract="2023-015", pid="4711", status="Open",
+                         problem_subject="Printer &amp; toner", verb="created") -> str:
+    return TROUBLESHOOTING_HTML.format(contract=contract, pid=pid, status=status,
+                                       subject=problem_subject, verb=verb)
+
+
 def troubleshooting_mail(html: str | None = None, *, subject="Problem No. 4711",
                          sender="helpdesk@support.example.cz", to=("alice@firma.cz",),
                          contract="2023-015", pid="4711", status="Open",
                          problem_subject="Printer &amp; toner", verb="created",
                          date=DATE) -> bytes:
     if html is None:
-        html = TROUBLESHOOTING_HTML.format(contract=contract, pid=pid, status=status,
-                                           subject=problem_subject, verb=verb)
+        html = troubleshooting_html(contract, pid, status, problem_subject, verb)
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(to)
