@@ -364,41 +364,35 @@ Content-Type: message/rfc822
 
 # ------------------------------------------------------------------------------ seed forms
 
+def _plain_bounce(sender: str, subject: str, text: str) -> bytes:
+    domain = sender.split("@")[1]
+    return crlf(f"""From: {sender}
+To: alice@firma.cz
+Subject: {subject}
+Date: {DATE}
+Message-ID: <{uuid.uuid4().hex}@{domain}>
+Content-Type: text/plain; charset=utf-8
+
+{text}""")
+
+
 def seed_undeliverable(failed: tuple[str, ...]) -> bytes:
     """Seed 000 ch. 13, first form: "Undeliverable Mail" / "The following mail failed to be
     delivered" and "To:"."""
     listing = "\n".join(f"To: {a}" for a in failed)
-    return crlf(f"""From: postmaster@mail.partner.cz
-To: alice@firma.cz
-Subject: Undeliverable Mail
-Date: {DATE}
-Message-ID: <{uuid.uuid4().hex}@mail.partner.cz>
-Content-Type: text/plain; charset=utf-8
-
-The following mail failed to be delivered...
-
-From: alice@firma.cz
-{listing}
-Subject: Offer 2023-015
-Reason: 550 mailbox unavailable
-""")
+    return _plain_bounce("postmaster@mail.partner.cz", "Undeliverable Mail",
+                         "The following mail failed to be delivered...\n\n"
+                         f"From: alice@firma.cz\n{listing}\nSubject: Offer 2023-015\n"
+                         "Reason: 550 mailbox unavailable\n")
 
 
 def seed_undelivered(failed: tuple[str, ...]) -> bytes:
     """Seed 000 ch. 13, second form: "Undelivered Mail" / "message could not" and "be
     delivered to one or more recipients"."""
     listing = "\n".join(f"    {a}" for a in failed)
-    return crlf(f"""From: mailer@relay.partner.cz
-To: alice@firma.cz
-Subject: Undelivered Mail
-Date: {DATE}
-Message-ID: <{uuid.uuid4().hex}@relay.partner.cz>
-Content-Type: text/plain; charset=utf-8
-
-Your message could not be delivered to one or more recipients:
-
-{listing}
-""")
+    return _plain_bounce("mailer@relay.partner.cz", "Undelivered Mail",
+                         "Your message could not be delivered to one or more recipients:\n\n"
+                         f"{listing}\n")
 
 
 # ------------------------------------------------------------------------------ calendars
@@ -450,18 +444,23 @@ def vcalendar(method: str | None, *events: str, timezone: str = OUTLOOK_TZ) -> s
     return (head + timezone + "".join(events) + "END:VCALENDAR\n").replace("\n", "\r\n")
 
 
+def _headers(sender: str, to, subject: str, date: str, domain: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg["Date"] = date
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@{domain}>"
+    return msg
+
+
 def invitation_mail(calendar: str, *, sender="jan@acme.cz",
                     to=("alice@firma.cz", "bob@firma.cz"), method="REQUEST",
                     subject="Porada", attach_ics=False) -> bytes:
     """An invitation as Outlook and Gmail send it: multipart/alternative with text, HTML and
     text/calendar (method parameter), and optionally the same calendar attached as invite.ics
     (Gmail)."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = subject
-    msg["Date"] = DATE
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@test>"
+    msg = _headers(sender, to, subject, DATE, "test")
     msg.set_content("You are invited.")
     msg.add_alternative("<p>You are invited.</p>", subtype="html")
     params = {"method": method} if method else {}
@@ -501,12 +500,7 @@ def troubleshooting_mail(html: str | None = None, *, subject="Problem No. 4711",
                          date=DATE) -> bytes:
     if html is None:
         html = troubleshooting_html(contract, pid, status, problem_subject, verb)
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = subject
-    msg["Date"] = date
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@support.example.cz>"
+    msg = _headers(sender, to, subject, date, "support.example.cz")
     msg.set_content(html, subtype="html")
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
