@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
@@ -71,14 +72,31 @@ class Delivery:
         return self.carried or (self,)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A received message made ready for storage, once, whatever the number of boxes: its
+    digest and parse (CPU work, done before any transaction so that it never holds SQLite's
+    write lock)."""
+    raw: bytes
+    envelope: Envelope
+    sha256: str
+    parsed: ParsedMessage
+    carried: Unwrapped | None
+    started: float                    # perf_counter() at receipt, for the log's duration_ms
+
+
 class DirectoryCache:
     """The directory snapshot, reloaded when its version row changes (every import bumps it)."""
 
     def __init__(self) -> None:
         self._snapshot: Directory | None = None
         self._lock = threading.Lock()
+        self._pinned = threading.local()
 
     def get(self, conn: Connection) -> Directory:
+        pinned = getattr(self._pinned, "snapshot", None)
+        if pinned is not None:
+            return pinned
         version = directory_version(conn)
         snapshot = self._snapshot
         if snapshot is not None and snapshot.version == version:
@@ -87,6 +105,17 @@ class DirectoryCache:
             if self._snapshot is None or self._snapshot.version != version:
                 self._snapshot = load_directory(conn)
             return self._snapshot
+
+    @contextmanager
+    def pinned(self, conn: Connection):
+        """Within the block, this thread's ``get`` answers one snapshot without asking the
+        version row again: a batch of messages reads the directory version once."""
+        self._pinned.snapshot = None
+        self._pinned.snapshot = self.get(conn)
+        try:
+            yield self._pinned.snapshot
+        finally:
+            self._pinned.snapshot = None
 
 
 def _seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]], bool]:
@@ -123,26 +152,13 @@ class Intake:
     # ------------------------------------------------------------------------------ public
     def deliver(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> list[Delivery]:
         """Store and process ``raw`` for each box; raise TransientStorageError to defer."""
-        started = time.perf_counter()
-        sha256 = hashlib.sha256(raw).hexdigest()
-        # Parse before any transaction: CPU work must not hold SQLite's write lock.
-        parsed = parse_message(raw, bcc=envelope.bcc)
-        carried = unwrap(parsed)
+        prepared = self.prepare(raw, envelope)
         deliveries = []
         for box in boxes:
             for attempt in range(RACE_RETRIES):
                 try:
                     with self.engine.begin() as conn:
-                        existing = conn.execute(
-                            select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict)
-                            .where(t.messages.c.box == box.address,
-                                   t.messages.c.sha256 == sha256)).first()
-                        if existing is not None:
-                            delivery = Delivery(box.address, existing.id, existing.status,
-                                                existing.verdict, None, already_stored=True)
-                            break
-                        delivery = self._store(conn, raw, sha256, parsed, envelope, box,
-                                               carried)
+                        delivery = self.store(conn, prepared, box)
                     break
                 except sa_exc.IntegrityError:
                     # Another session or instance committed the same bytes or dedup key first;
@@ -157,9 +173,35 @@ class Intake:
                                 size=len(raw), reason=str(transient), no_space=transient.no_space)
                     raise transient from error
             deliveries.append(delivery)
-            for item in (delivery, *delivery.carried):
-                self._log(item, envelope, parsed, len(raw), started)
+            self.log_delivery(delivery, prepared)
         return deliveries
+
+    def prepare(self, raw: bytes, envelope: Envelope) -> Prepared:
+        """Digest and parse ``raw`` (and unwrap what it carries); no database work."""
+        started = time.perf_counter()
+        parsed = parse_message(raw, bcc=envelope.bcc)
+        return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
+                        started)
+
+    def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
+        """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
+        bytes already stored for the box: that row, marked ``already_stored``). Raises
+        IntegrityError when another transaction stored the same bytes or dedup key first."""
+        existing = conn.execute(
+            select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict)
+            .where(t.messages.c.box == box.address,
+                   t.messages.c.sha256 == prepared.sha256)).first()
+        if existing is not None:
+            return Delivery(box.address, existing.id, existing.status, existing.verdict, None,
+                            already_stored=True)
+        return self._store(conn, prepared.raw, prepared.sha256, prepared.parsed,
+                           prepared.envelope, box, prepared.carried)
+
+    def log_delivery(self, delivery: Delivery, prepared: Prepared) -> None:
+        """The log events of one committed delivery (and of the messages it carried)."""
+        for item in (delivery, *delivery.carried):
+            self._log(item, prepared.envelope, prepared.parsed, len(prepared.raw),
+                      prepared.started)
 
     def evaluate_only(self, raw: bytes, box: BoxConfig, envelope: Envelope) -> list[Decision]:
         """What ``deliver`` would decide, writing nothing (``sink check``): one decision per

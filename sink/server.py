@@ -18,9 +18,11 @@ over ``max_connections``                    ``421 4.7.0`` greeting, then close
 ==========================================  =================================================
 
 LMTP answers once per accepted RCPT after DATA, in RCPT order (RFC 2033 4.2); aiosmtpd sends
-one reply, so the handler returns the per-recipient lines joined by CRLF. Storage runs in a
-thread pool and is shielded from cancellation: a client that times out or disconnects after the
-final dot cannot interrupt a commit half-way (its resend is then recognised as already stored).
+one reply, so the handler returns the per-recipient lines joined by CRLF. Storage runs in the
+group committer's threads (:mod:`sink.batching`: every message ready at the moment shares one
+transaction and one fsync; each session is answered after its own message's commit) and is
+shielded from cancellation: a client that times out or disconnects after the final dot cannot
+interrupt a commit half-way (its resend is then recognised as already stored).
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import asyncio
 import ipaddress
 import signal
 import ssl
-from concurrent.futures import ThreadPoolExecutor
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 
+from sink.batching import GroupCommitter
 from sink.config import Config, ListenerConfig
-from sink.errors import TransientStorageError, classify
+from sink.errors import classify
 from sink.intake import Envelope, Intake
 from sink.log import get_logger
 from sink.textnorm import fold_address
@@ -150,11 +152,11 @@ def _peer(peer) -> str | None:
 class Handler:
     """aiosmtpd handler hooks: RCPT admission and DATA -> storage -> replies."""
 
-    def __init__(self, config: Config, intake: Intake, pool: ThreadPoolExecutor,
+    def __init__(self, config: Config, intake: Intake, committer: GroupCommitter,
                  listener: ListenerConfig, tracker: "InFlight"):
         self.boxes = {b.address: b for b in config.boxes}
         self.intake = intake
-        self.pool = pool
+        self.committer = committer
         self.listener = listener
         self.lmtp = listener.protocol == "lmtp"
         self.tracker = tracker
@@ -175,39 +177,43 @@ class Handler:
         boxes = [self.boxes[a] for a in dict.fromkeys(rcpts)]
         meta = Envelope(channel=self.listener.protocol, mail_from=envelope.mail_from,
                         rcpt_tos=tuple(rcpts))
+        outcomes = await self._store(meta, boxes, raw)
         if not self.lmtp:
-            return await self._store(meta, boxes, raw)
-        # LMTP: each box is its own transaction and its own reply, repeated for every RCPT
-        # that named it, in RCPT order.
-        per_box = {}
-        for box in boxes:
-            per_box[box.address] = await self._store(meta, [box], raw)
+            return _reply(outcomes)
+        # LMTP: each box has its own outcome (its own savepoint in the batch) and its own
+        # reply, repeated for every RCPT that named it, in RCPT order.
+        per_box = {box.address: _reply([outcome]) for box, outcome in zip(boxes, outcomes)}
         return "\r\n".join(per_box[a] for a in rcpts)
 
-    async def _store(self, meta: Envelope, boxes, raw: bytes) -> str:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.pool, self.intake.deliver, raw, meta, boxes)
-        self.tracker.add(future)
+    async def _store(self, meta: Envelope, boxes, raw: bytes) -> list:
+        """One outcome per box: a Delivery, or the error to answer 4xx for."""
         try:
-            deliveries = await asyncio.shield(future)
-        except TransientStorageError as error:
-            return REPLY_NO_SPACE if error.no_space else REPLY_TRANSIENT
+            future = asyncio.wrap_future(self.committer.submit(raw, meta, boxes))
+            self.tracker.add(future)
+            return list(await asyncio.shield(future))
         except asyncio.CancelledError:
             raise
         except Exception as error:
             if classify(error) is None:
                 log.exception("message.store_error", error=type(error).__name__)
-            return reply_for(error)
-        ids = ", ".join(f"#{d.message_id}" for d in deliveries)
-        if any(d.status == "failed" for d in deliveries):
-            return f"250 2.0.0 Ok: stored as {ids} (rules failed, kept for replay)"
-        if any(d.already_stored for d in deliveries):
-            return f"250 2.0.0 Ok: already stored as {ids}"
-        return f"250 2.0.0 Ok: stored as {ids}"
+            return [error] * len(boxes)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("session.error", error=f"{type(error).__name__}: {error}"[:300])
         return reply_for(error)
+
+
+def _reply(outcomes) -> str:
+    """The one reply for these outcomes: 4xx when any failed, else 250 with the ids."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            return reply_for(outcome)
+    ids = ", ".join(f"#{d.message_id}" for d in outcomes)
+    if any(d.status == "failed" for d in outcomes):
+        return f"250 2.0.0 Ok: stored as {ids} (rules failed, kept for replay)"
+    if any(d.already_stored for d in outcomes):
+        return f"250 2.0.0 Ok: already stored as {ids}"
+    return f"250 2.0.0 Ok: stored as {ids}"
 
 
 class InFlight:
@@ -236,20 +242,24 @@ def _tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
 
 
 class SinkServer:
-    """All configured listeners on one event loop, sharing one storage pool."""
+    """All configured listeners on one event loop, sharing one group committer."""
 
     def __init__(self, config: Config, intake: Intake, *, threads: int | None = None):
         self.config = config
         self.intake = intake
-        default = 4 if intake.engine.dialect.name == "sqlite" else 8
-        self.pool = ThreadPoolExecutor(max_workers=threads or config.storage_threads or default,
-                                       thread_name_prefix="sink-store")
+        # SQLite has one write lock: one writer, whose batches carry everything. PostgreSQL
+        # takes several writers (each with its own batches and connection).
+        if intake.engine.dialect.name == "sqlite":
+            writers = 1
+        else:
+            writers = threads or config.storage_threads or 4
+        self.committer = GroupCommitter(intake, writers=writers)
         self.tracker = InFlight()
         self.servers: list[asyncio.AbstractServer] = []
         self.live: set = set()      # open sessions of every listener, closed at shutdown
 
     def _factory(self, listener: ListenerConfig):
-        handler = Handler(self.config, self.intake, self.pool, listener, self.tracker)
+        handler = Handler(self.config, self.intake, self.committer, listener, self.tracker)
         base = SinkLMTP if listener.protocol == "lmtp" else SinkSMTP
         # One protocol class per listener: its state, and a line limit that only the size limit
         # bounds (RFC 5322's 998 is a SHOULD; a stored message must equal what was sent).
@@ -289,7 +299,7 @@ class SinkServer:
                 proto.transport.close()
         for server in self.servers:
             await server.wait_closed()
-        self.pool.shutdown(wait=True)
+        self.committer.close()
         log.info("server.stopped", in_flight_at_stop=left)
 
 

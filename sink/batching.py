@@ -1,0 +1,234 @@
+"""Group commit: every message ready at the moment shares one transaction and one fsync.
+
+A durable commit costs an fsync (milliseconds on a real disk); SQLite has one writer at a time.
+One transaction per message therefore caps a server at a few hundred messages a second however
+many sessions deliver. :class:`GroupCommitter` keeps every guarantee of
+:class:`sink.intake.Intake` and pays the fsync once per *batch*:
+
+- ``submit`` hands a received message to the *prepare* thread, which digests and parses it
+  (:meth:`Intake.prepare`) outside any transaction;
+- a *writer* thread takes every prepared message waiting at that moment (up to ``max_batch``
+  and ``max_bytes``), opens ONE transaction, stores each message for each of its boxes inside
+  its own SAVEPOINT (:meth:`Intake.store`: the same code, the same rules, the same executor as
+  ``Intake.deliver``), commits once, and only then resolves each message's future - the session
+  answers 250 after its own message's commit, never before;
+- per message, inside the batch (:func:`store_one`):
+  - identical bytes twice in one batch: the second finds the first's row (``already stored``);
+  - a unique-key race (the same bytes or dedup key committed by another instance, or by another
+    writer): that savepoint is rolled back and the message is stored again, now seeing the
+    winner's row - one PROCESSED, the rest DUPLICATE / already stored;
+  - a rule that raises: the message is stored ``failed`` by ``Intake`` itself (250);
+  - an unexpected error of our own: only that message's savepoint is rolled back and only it
+    is answered 4xx; the batch goes on (one bad message never blocks the ones behind it);
+- a transient error (database gone, disk full, lock timeout) or a failing COMMIT: the whole
+  transaction is rolled back and every message of the batch gets the transient error (451/452);
+  nothing of the batch was committed.
+
+SQLite gets one writer (it has one write lock anyway); PostgreSQL may use several, each with its
+own batches and connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence, Union
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+
+from sink.config import BoxConfig
+from sink.errors import TransientStorageError, classify
+from sink.intake import RACE_RETRIES, Delivery, Envelope, Intake, Prepared
+from sink.log import get_logger
+
+log = get_logger("sink.batching")
+
+Outcome = Union[Delivery, BaseException]     # per box: stored, or why not (answer 4xx)
+
+
+@dataclass
+class Job:
+    raw: bytes
+    envelope: Envelope
+    boxes: tuple[BoxConfig, ...]
+    future: Future = field(default_factory=Future)
+    prepared: Prepared | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.raw) * max(1, len(self.boxes))
+
+
+def store_one(intake: Intake, conn: Connection, prepared: Prepared, box: BoxConfig) -> Outcome:
+    """One message for one box inside the batch's transaction, in its own savepoint.
+
+    Returns the Delivery, or the exception that only this message answers 4xx for. Raises
+    what must fail the whole batch (a transient database error)."""
+    for _ in range(RACE_RETRIES):
+        savepoint = conn.begin_nested()
+        try:
+            delivery = intake.store(conn, prepared, box)
+        except sa_exc.IntegrityError:
+            # Someone stored the same bytes or dedup key first: again, and we see its row.
+            _rollback_to(conn, savepoint)
+            continue
+        except Exception as error:
+            if classify(error) is not None:
+                raise
+            _rollback_to(conn, savepoint)
+            log.exception("message.store_error", box=box.address,
+                          channel=prepared.envelope.channel, error=type(error).__name__)
+            return error
+        savepoint.commit()
+        return delivery
+    return TransientStorageError("kept racing on a unique key")
+
+
+def _rollback_to(conn: Connection, savepoint) -> None:
+    """Roll back to ``savepoint``, first closing any savepoint the failed code left open
+    inside it (so that SQLAlchemy's bookkeeping follows the database's)."""
+    inner = conn.get_nested_transaction()
+    while inner is not None and inner is not savepoint and inner.is_active:
+        inner.rollback()
+        inner = conn.get_nested_transaction()
+    savepoint.rollback()
+
+
+class GroupCommitter:
+    """A prepare thread and ``writers`` writer threads; see the module docstring."""
+
+    def __init__(self, intake: Intake, *, writers: int = 1, max_batch: int = 256,
+                 max_bytes: int = 64 * 1024 * 1024, name: str = "sink-commit"):
+        self.intake = intake
+        self.max_batch = max_batch
+        self.max_bytes = max_bytes
+        self._incoming: deque[Job] = deque()
+        self._ready: deque[Job] = deque()
+        self._lock = threading.Condition()
+        self._closing = False
+        self._busy = 0                          # jobs taken by a thread, not yet resolved
+        self._threads = [threading.Thread(target=self._prepare_loop, name=f"{name}-prepare",
+                                          daemon=True)]
+        self._threads += [threading.Thread(target=self._write_loop, name=f"{name}-{i}",
+                                           daemon=True) for i in range(writers)]
+        for thread in self._threads:
+            thread.start()
+
+    # ------------------------------------------------------------------------------ public
+    def submit(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> Future:
+        """Queue ``raw`` for every box; the future gives one :data:`Outcome` per box, in
+        order, once the batch holding it has committed (or the batch's transient error)."""
+        job = Job(raw, envelope, tuple(boxes))
+        with self._lock:
+            if self._closing:
+                raise TransientStorageError("shutting down")
+            self._incoming.append(job)
+            self._lock.notify_all()
+        return job.future
+
+    def deliver(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> list[Delivery]:
+        """Like :meth:`Intake.deliver`, through the batches: raise the first failure."""
+        outcomes = self.submit(raw, envelope, boxes).result()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return list(outcomes)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish every queued message, then stop the threads."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------------------ prepare
+    def _prepare_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._incoming and not self._closing:
+                    self._lock.wait()
+                if not self._incoming:           # closing and nothing left
+                    self._lock.notify_all()
+                    return
+                job = self._incoming.popleft()
+                self._busy += 1
+            try:
+                job.prepared = self.intake.prepare(job.raw, job.envelope)
+            except BaseException as error:       # parsing never raises; be sure anyway
+                self._resolve(job, exception=classify(error) or error)
+                continue
+            with self._lock:
+                self._busy -= 1
+                self._ready.append(job)
+                self._lock.notify_all()
+
+    # ------------------------------------------------------------------------------ write
+    def _take_batch(self) -> list[Job] | None:
+        with self._lock:
+            while not self._ready:
+                if self._closing and not self._incoming and not self._busy_preparing():
+                    return None
+                self._lock.wait(0.5)
+            batch, size = [], 0
+            while self._ready and len(batch) < self.max_batch:
+                if batch and size + self._ready[0].size > self.max_bytes:
+                    break
+                job = self._ready.popleft()
+                batch.append(job)
+                size += job.size
+            return batch
+
+    def _busy_preparing(self) -> bool:
+        return self._busy > 0
+
+    def _write_loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            try:
+                self._commit(batch)
+            except BaseException as error:       # never leave a session without an answer
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(classify(error) or error)
+
+    def _commit(self, batch: Sequence[Job]) -> None:
+        intake = self.intake
+        outcomes: list[list[Outcome]] = []
+        try:
+            with intake.engine.begin() as conn, intake.directory.pinned(conn):
+                for job in batch:
+                    outcomes.append([store_one(intake, conn, job.prepared, box)
+                                     for box in job.boxes])
+        except Exception as error:
+            transient = classify(error)
+            if transient is None:
+                log.exception("batch.store_error", messages=len(batch),
+                              error=type(error).__name__)
+                transient = TransientStorageError(f"storage error: {type(error).__name__}")
+            log.warning("batch.deferred", messages=len(batch), reason=str(transient),
+                        no_space=transient.no_space)
+            for job in batch:
+                log.warning("message.deferred", box=",".join(b.address for b in job.boxes),
+                            channel=job.envelope.channel, size=len(job.raw),
+                            reason=str(transient), no_space=transient.no_space)
+                job.future.set_exception(transient)
+            return
+        # Committed: answer every session first, then write the log lines.
+        for job, results in zip(batch, outcomes):
+            job.future.set_result(results)
+        for job, results in zip(batch, outcomes):
+            for outcome in results:
+                if isinstance(outcome, Delivery):
+                    intake.log_delivery(outcome, job.prepared)
+
+    def _resolve(self, job: Job, *, exception: BaseException) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._lock.notify_all()
+        if not job.future.done():
+            job.future.set_exception(exception)
