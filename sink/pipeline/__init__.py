@@ -42,7 +42,8 @@ RECORDS = ("activities", "tasks", "contact_flags", "forbidden", "invitations")
 
 def evaluate(msg: ParsedMessage, box: BoxConfig, directory: Directory, seen: Seen,
              records: Records | None = None) -> Decision:
-    ctx = Context(msg, box, directory, seen, records=MemoryRecords() if records is None else records)
+    records = MemoryRecords() if records is None else records
+    ctx = Context(msg, box, directory, seen, records=records)
     decision = Decision(verdict=Verdict.NOT_PROCESSED, dedup_keys=dedup_keys(msg))
     for name, rule in PIPELINE:
         result = rule(ctx)
