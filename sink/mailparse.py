@@ -30,6 +30,7 @@ MAX_ADDRESSES = 5000
 MAX_TEXT = 512 * 1024
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SPECIALS = set('<>()[],;:\\"')
 
 
@@ -37,9 +38,9 @@ class _LenientPolicy(Compat32):
     """compat32 that hands back 8-bit header bytes as UTF-8 text (SMTPUTF8, RFC 6532)."""
 
     def header_fetch_parse(self, name, value):
-        if any("\udc80" <= ch <= "\udcff" for ch in value):
+        if not value.isascii() and any("\udc80" <= ch <= "\udcff" for ch in value):
             value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-        return _FOLD.sub("", value[:MAX_HEADER]).strip()
+        return storable(_FOLD.sub("", value[:MAX_HEADER]).strip())
 
 
 _POLICY = _LenientPolicy()
@@ -68,6 +69,15 @@ class ParsedMessage:
         return tuple(dict.fromkeys(self.to + self.cc + self.bcc))
 
 
+def storable(text: str) -> str:
+    """``text`` as every database stores it: NUL (which PostgreSQL refuses in text) and lone
+    surrogates (8-bit bytes that were not UTF-8) become U+FFFD. Text taken from a message must
+    never make its storage fail: that would defer the message for ever."""
+    if text and _UNSTORABLE.search(text):
+        return _UNSTORABLE.sub("\ufffd", text)
+    return text
+
+
 def is_valid_address(address: str | None) -> bool:
     """A usable mailbox: one @, a non-empty local part, a dotted domain, no specials or space."""
     if not address or address.count("@") != 1 or len(address) > 320:
@@ -85,9 +95,9 @@ def decode_text_header(value: str | None) -> str:
     if not value:
         return ""
     try:
-        return str(make_header(decode_header(value)))
+        return storable(str(make_header(decode_header(value))))
     except Exception:  # unknown charset, bad base64, ... keep the raw text
-        return value
+        return storable(value)
 
 
 def _addresses(msg: Message, name: str, defects: list[str]) -> tuple[str, ...]:
@@ -114,9 +124,9 @@ def _decode_payload(part: Message) -> str:
     charset = "utf-8"
     try:
         charset = part.get_content_charset() or "utf-8"
-        return payload.decode(charset, "replace")
+        return storable(payload.decode(charset, "replace"))
     except (LookupError, UnicodeError, ValueError):
-        return payload.decode("utf-8", "replace")
+        return storable(payload.decode("utf-8", "replace"))
 
 
 def html_to_text(html: str) -> str:

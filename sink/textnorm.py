@@ -8,21 +8,72 @@ collapse to one space so that a line break inside a phrase still matches.
 
 from __future__ import annotations
 
-import re
 import unicodedata
+from functools import lru_cache
 
 from unidecode import unidecode
 
-_SPACES = re.compile(r"\s+")
+
+class _Transliteration(dict):
+    """Code point -> its unidecode replacement, computed on first use.
+
+    unidecode replaces each character on its own, so replacing character by character from
+    this table equals ``unidecode(text)`` - and str.translate does the loop in C, about ten
+    times faster than unidecode's Python loop."""
+
+    LIMIT = 65536         # distinct characters remembered; a hostile text cannot grow it more
+
+    def __missing__(self, codepoint: int) -> str:
+        value = unidecode(chr(codepoint))
+        if len(self) < self.LIMIT:
+            self[codepoint] = value
+        return value
+
+
+_TRANSLITERATION = _Transliteration()
+
+
+# Below U+0800 (Latin, Greek, Cyrillic, Hebrew, Arabic, ...) a list indexed by code point:
+# str.translate looks a list up fastest. Other text goes through the dictionary.
+_TABLE_SIZE = 0x800
+_TABLE = [_TRANSLITERATION[codepoint] for codepoint in range(_TABLE_SIZE)]
+
+
+def _transliterate(text: str) -> str:
+    """``unidecode(text)``: the same per-character replacements, the loop in C."""
+    if ord(max(text)) < _TABLE_SIZE:
+        return text.translate(_TABLE)
+    return text.translate(_TRANSLITERATION)
+
+
+def _collapse_spaces(text: str) -> str:
+    """``re.sub(r"\\s+", " ", text)``, three times faster (split() knows the same spaces)."""
+    words = text.split()
+    if not words:
+        return " " if text else ""
+    out = " ".join(words)
+    if text[0].isspace():
+        out = " " + out
+    if text[-1].isspace():
+        out += " "
+    return out
+
+
+def _fold(text: str) -> str:
+    if not text.isascii():
+        text = _transliterate(unicodedata.normalize("NFKC", text))
+    return _collapse_spaces(text.casefold())
+
+
+_fold_short = lru_cache(maxsize=8192)(_fold)     # keywords, phrases, subjects, names
+_fold_long = lru_cache(maxsize=8)(_fold)         # a body, which several rules fold
 
 
 def fold(text: str) -> str:
     """Return the comparison form of ``text`` (ASCII, case-folded, single-spaced)."""
     if not text:
         return ""
-    if not text.isascii():
-        text = unidecode(unicodedata.normalize("NFKC", text))
-    return _SPACES.sub(" ", text.casefold())
+    return _fold_short(text) if len(text) <= 256 else _fold_long(text)
 
 
 def fold_address(address: str) -> str:
