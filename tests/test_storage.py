@@ -158,3 +158,39 @@ def test_directory_changes_reach_a_running_intake(engine):
         import_directory(conn, {"users": [{"email": "newbie@firma.cz", "name": "New"}]})
     [second] = intake.deliver(make_mail(to=("newbie@firma.cz",), subject="Another"), LMTP, [BOX])
     assert second.verdict == "PROCESSED"
+
+
+def test_every_migration_keeps_the_data_already_stored(db_url):
+    """Upgrade revision by revision from 0001 with mail, raw bytes, an activity linked to a task
+    already stored: nothing may be lost on the way (SQLite rebuilds tables to alter them)."""
+    from alembic.script import ScriptDirectory
+    from sink.db.migrate import alembic_config, upgrade
+    engine = make_engine(db_url)
+    revisions = [r.revision for r in reversed(list(
+        ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()))]
+    assert revisions[0] == "0001" and len(revisions) >= 3
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        import_directory(conn, {"users": [{"email": "a@firma.cz"}],
+                                "tasks": [{"number": "T-1", "subject": "old"}]})
+        conn.exec_driver_sql(
+            "INSERT INTO messages (uuid, received_at, channel, box, rcpt_to, to_addrs, cc_addrs,"
+            " date_header, subject, size, sha256, status, trace) VALUES ('u1',"
+            " '2026-11-02 10:00:00', 'cli', 'crm@firma.cz', '[]', '[]', '[]', '', 's', 1, 'x',"
+            " 'processed', '[]')")
+        conn.exec_driver_sql("INSERT INTO raw_messages (message_id, content) "
+                             "SELECT id, 'raw' FROM messages")
+        conn.exec_driver_sql(
+            "INSERT INTO activities (message_id, direction, responsible_id, type_name, scope,"
+            " subject, text, task_id, completed, due) SELECT m.id, 'incoming', u.id, 'E-mail',"
+            " 'none', '', '', k.id, true, false FROM messages m, tasks k, users u")
+    for revision in revisions[1:]:
+        upgrade(engine, revision)
+        with engine.connect() as conn:
+            counts = [conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+                      for table in ("messages", "raw_messages", "activities", "tasks")]
+        assert counts == [1, 1, 1, 1], (revision, counts)
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:    # enforcement is back on for the pooled connection
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()

@@ -18,11 +18,32 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+class MigrationError(Exception):
+    """A migration would leave the database inconsistent; it was rolled back."""
+
+
 def upgrade(engine: Engine, revision: str = "head") -> str:
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite changes a table by rebuilding it (create, copy, drop the old one, rename).
+            # With foreign keys on, dropping the old table cascades into every table pointing at
+            # it - raw messages and activities would vanish. SQLite's documented procedure turns
+            # enforcement off around the change (the pragma only works outside a transaction)
+            # and checks the keys before committing.
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise MigrationError(f"foreign keys broken by the migration: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
     return current_revision(engine) or ""
 
 
