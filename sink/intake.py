@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from sink.config import BoxConfig
@@ -118,12 +118,23 @@ class DirectoryCache:
             self._pinned.snapshot = None
 
 
+# The statements every message runs, built once: building a statement per call costs
+# SQLAlchemy several times what executing it does.
+_SEEN_KEY = select(t.dedup_keys.c.message_id).where(
+    t.dedup_keys.c.box == bindparam("box"), t.dedup_keys.c.kind == bindparam("kind"),
+    t.dedup_keys.c.digest == bindparam("digest"))
+_STORED = select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict).where(
+    t.messages.c.box == bindparam("box"), t.messages.c.sha256 == bindparam("sha256"))
+_INSERT_MESSAGE = insert(t.messages)
+_INSERT_RAW = insert(t.raw_messages)
+_INSERT_DEDUP_KEYS = insert(t.dedup_keys)
+_UPDATE_MESSAGE = update(t.messages).where(t.messages.c.id == bindparam("message_pk"))
+
+
 def _seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]], bool]:
     def seen(keys: Iterable[tuple[str, str]]) -> bool:
         for kind, digest in keys:
-            if conn.execute(select(t.dedup_keys.c.message_id).where(
-                    t.dedup_keys.c.box == box, t.dedup_keys.c.kind == kind,
-                    t.dedup_keys.c.digest == digest)).first():
+            if conn.execute(_SEEN_KEY, {"box": box, "kind": kind, "digest": digest}).first():
                 return True
         return False
     return seen
@@ -187,10 +198,8 @@ class Intake:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
         bytes already stored for the box: that row, marked ``already_stored``). Raises
         IntegrityError when another transaction stored the same bytes or dedup key first."""
-        existing = conn.execute(
-            select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict)
-            .where(t.messages.c.box == box.address,
-                   t.messages.c.sha256 == prepared.sha256)).first()
+        existing = conn.execute(_STORED, {"box": box.address,
+                                          "sha256": prepared.sha256}).first()
         if existing is not None:
             return Delivery(box.address, existing.id, existing.status, existing.verdict, None,
                             already_stored=True)
@@ -226,7 +235,7 @@ class Intake:
 
     def _insert_message(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                         envelope: Envelope, box: BoxConfig, parent_id: int | None = None) -> int:
-        message_id = conn.execute(insert(t.messages).values(
+        message_id = conn.execute(_INSERT_MESSAGE, dict(
             uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
             box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
             sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
@@ -234,7 +243,7 @@ class Intake:
             message_id=parsed.message_id, size=len(raw), sha256=sha256, status="pending",
             trace=[], parent_id=parent_id,
         )).inserted_primary_key[0]
-        conn.execute(insert(t.raw_messages).values(message_id=message_id, content=raw))
+        conn.execute(_INSERT_RAW, {"message_id": message_id, "content": raw})
         return message_id
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
@@ -280,10 +289,10 @@ class Intake:
         savepoint = conn.begin_nested()
         try:
             apply(conn, message_id, decision, directory)
-            if decision.verdict != "DUPLICATE":
-                for kind, digest in decision.dedup_keys:
-                    conn.execute(insert(t.dedup_keys).values(
-                        box=box.address, kind=kind, digest=digest, message_id=message_id))
+            if decision.verdict != "DUPLICATE" and decision.dedup_keys:
+                conn.execute(_INSERT_DEDUP_KEYS, [
+                    {"box": box.address, "kind": kind, "digest": digest,
+                     "message_id": message_id} for kind, digest in decision.dedup_keys])
             savepoint.commit()
         except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.InterfaceError):
             raise
@@ -292,9 +301,10 @@ class Intake:
                 raise
             savepoint.rollback()
             return self._mark_failed(conn, message_id, box, "executor", error)
-        conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(
-            status="processed", verdict=decision.verdict, direction=decision.direction,
-            trace=[e.as_json() for e in decision.trace], processed_at=self.clock()))
+        conn.execute(_UPDATE_MESSAGE, {
+            "message_pk": message_id, "status": "processed", "verdict": decision.verdict,
+            "direction": decision.direction, "trace": [e.as_json() for e in decision.trace],
+            "processed_at": self.clock()})
         return Delivery(box.address, message_id, "processed", decision.verdict, decision)
 
     def _mark_failed(self, conn: Connection, message_id: int, box: BoxConfig, stage: str,
