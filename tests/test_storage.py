@@ -194,3 +194,18 @@ def test_every_migration_keeps_the_data_already_stored(db_url):
         with engine.connect() as conn:    # enforcement is back on for the pooled connection
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_nul_characters_in_headers_and_body_are_stored(engine):
+    """NUL is not allowed in a PostgreSQL text column: the parsed fields replace it, the raw
+    bytes keep it, and the message is processed (a content problem must never become a 4xx
+    that the MTA retries forever)."""
+    raw = (b"From: jan\x00x@acme.cz\r\nTo: alice@firma.cz\r\nSubject: nul\x00here\r\n"
+           b"Message-ID: <nul\x00@test>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\n\r\n"
+           b"body with \x00 a NUL\r\n")
+    [delivery] = Intake(engine).deliver(raw, LMTP, [BOX])
+    assert delivery.status == "processed"
+    [msg] = rows(engine, t.messages)
+    assert "\x00" not in msg.subject and msg.subject.startswith("nul")
+    [stored] = rows(engine, t.raw_messages)
+    assert stored.content == raw
