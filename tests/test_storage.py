@@ -209,3 +209,23 @@ def test_nul_characters_in_headers_and_body_are_stored(engine):
     assert "\x00" not in msg.subject and msg.subject.startswith("nul")
     [stored] = rows(engine, t.raw_messages)
     assert stored.content == raw
+
+
+def test_a_rolled_back_directory_change_never_leaves_a_stale_snapshot(engine):
+    """A transaction that changes the directory and rolls back may have cached a snapshot under
+    its version; the next committed change must not reuse that version."""
+    from sink.db.directory_store import directory_version
+    from sink.intake import DirectoryCache
+    cache = DirectoryCache()
+    with engine.connect() as conn:
+        trans = conn.begin()
+        import_directory(conn, {"users": [{"email": "phantom@firma.cz"}]})
+        assert cache.get(conn).user("phantom@firma.cz") is not None   # cached, uncommitted
+        trans.rollback()
+    with engine.begin() as conn:
+        import_directory(conn, {"users": [{"email": "real@firma.cz"}]})
+    with engine.connect() as conn:
+        snapshot = cache.get(conn)
+        assert snapshot.version == directory_version(conn)
+    assert snapshot.user("real@firma.cz") is not None
+    assert snapshot.user("phantom@firma.cz") is None

@@ -3,6 +3,7 @@ idempotent ``sink directory import`` upsert (SPEC section 6)."""
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 
 from sqlalchemy import delete, insert, select, update
@@ -23,9 +24,16 @@ def directory_version(conn: Connection) -> int:
 
 
 def bump_version(conn: Connection) -> None:
+    """Mark the directory changed. The version is a fresh random token, not a counter: a
+    transaction that bumped it and then rolled back may have cached a snapshot under its value,
+    and a counter would hand that same value to the next change."""
+    current = directory_version(conn)
+    token = current
+    while token == current:
+        token = secrets.randbelow(2**31 - 2) + 1
     if conn.execute(update(t.directory_meta).where(t.directory_meta.c.id == 1).values(
-            version=t.directory_meta.c.version + 1)).rowcount == 0:
-        conn.execute(insert(t.directory_meta).values(id=1, version=1))
+            version=token)).rowcount == 0:
+        conn.execute(insert(t.directory_meta).values(id=1, version=token))
 
 
 def load_directory(conn: Connection) -> Directory:
