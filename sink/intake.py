@@ -37,7 +37,7 @@ from sink.directory import Directory
 from sink.errors import TransientStorageError, classify
 from sink.executor import apply, record_counts
 from sink.log import get_logger
-from sink.mailparse import ParsedMessage, parse_message
+from sink.mailparse import ParsedMessage, parse_message, storable
 from sink.pipeline import evaluate
 from sink.pipeline.decision import Decision
 from sink.unwrap import Unwrapped, unwrap
@@ -140,6 +140,25 @@ def _seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]]
     return seen
 
 
+def _storable_row(table, values: dict) -> dict:
+    """The summary of a message as the database accepts it, whatever the message held: no NUL
+    or lone surrogate in any text (an envelope address in Latin-1 arrives as surrogates), and no
+    string longer than its column (PostgreSQL refuses a 400-character From address). The raw
+    bytes, stored beside it, stay exact; a summary that could not be stored would defer the
+    message for ever."""
+    row = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            value = storable(value)
+            length = getattr(table.c[key].type, "length", None)
+            if length and len(value) > length:
+                value = value[:length]
+        elif isinstance(value, list):
+            value = [storable(v) if isinstance(v, str) else v for v in value]
+        row[key] = value
+    return row
+
+
 def _takes_records(rules) -> bool:
     """Whether a rules function accepts the fifth argument, ``records`` (functions written for
     the four-argument form, e.g. test doubles wrapping ``evaluate``, still work)."""
@@ -235,14 +254,14 @@ class Intake:
 
     def _insert_message(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                         envelope: Envelope, box: BoxConfig, parent_id: int | None = None) -> int:
-        message_id = conn.execute(_INSERT_MESSAGE, dict(
+        message_id = conn.execute(_INSERT_MESSAGE, _storable_row(t.messages, dict(
             uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
             box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
             sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
             date_header=parsed.date_header, subject=parsed.subject,
             message_id=parsed.message_id, size=len(raw), sha256=sha256, status="pending",
             trace=[], parent_id=parent_id,
-        )).inserted_primary_key[0]
+        ))).inserted_primary_key[0]
         conn.execute(_INSERT_RAW, {"message_id": message_id, "content": raw})
         return message_id
 
@@ -314,7 +333,7 @@ class Intake:
         if where:
             frame = where[-1]
             detail += f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})"
-        text = f"{stage}: {detail}"[:4000]
+        text = storable(f"{stage}: {detail}"[:4000])
         conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(
             status="failed", error=text, trace=[], processed_at=self.clock()))
         return Delivery(box.address, message_id, "failed", None, None, error=text)
