@@ -17,6 +17,7 @@ from sink.pipeline.decision import (Decision, FlagAction, ForbiddenAction, Invit
 from sink.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
+_INSERT_ACTIVITY = insert(t.activities)   # built once: a statement per call costs more than its run
 INVITATION_COLUMNS = ("method", "status", "sequence", "dtstamp", "revision", "summary",
                       "location", "dtstart", "dtstart_tzid", "dtend", "dtend_tzid", "rrule",
                       "organizer")
@@ -44,7 +45,7 @@ def apply(conn: Connection, message_id: int, decision: Decision, directory: Dire
             "due": action.due,
             "original_filename": ORIGINAL_FILENAME if action.original_attached else None,
         }
-        activity_id = conn.execute(insert(t.activities).values(row)).inserted_primary_key[0]
+        activity_id = conn.execute(_INSERT_ACTIVITY, row).inserted_primary_key[0]
         contact_ids = {c.id for email in action.contacts for c in directory.contacts.get(email, ())}
         if contact_ids:
             conn.execute(insert(t.activity_contacts), [
