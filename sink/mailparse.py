@@ -6,12 +6,22 @@ The raw bytes are already stored when this runs; nothing here may lose a message
 field is read under its own guard and hostile input is bounded: at most ``MAX_PARTS`` MIME parts
 are visited, headers longer than ``MAX_HEADER`` are cut, and at most ``MAX_TEXT`` characters of
 body reach the rules, so one message cannot stall the others.
+
+The parser's own cost is bounded before it starts (:func:`parse_window`): it reads at most
+``MAX_PARSE_LINES`` lines (``MAX_HEADER_LINES`` of them in the header block), ``MAX_BOUNDARIES``
+boundary-like lines and ``MAX_MULTIPARTS`` multipart containers (which bounds the nesting that
+makes the email package recurse) - the rest of the bytes is stored but not read by the rules, and
+the message's defects say so. HTML reaches the tree parser only when it is small and shallow
+enough (lexbor is quadratic in nesting depth); otherwise its text is taken by a linear tag
+stripper and the rules get no HTML tree.
 """
 
 from __future__ import annotations
 
 import email
+import email.parser
 import re
+from html import unescape as _html_unescape
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.header import decode_header, make_header
@@ -28,9 +38,22 @@ MAX_DEPTH = 50
 MAX_HEADER = 64 * 1024
 MAX_ADDRESSES = 5000
 MAX_TEXT = 512 * 1024
+MAX_PARSE_LINES = 500_000         # the email package's cost is per line: ~0.3 s for these
+MAX_HEADER_LINES = 100_000
+MAX_BOUNDARIES = 2 * MAX_PARTS    # lines starting with "--"
+MAX_MULTIPARTS = 100              # multipart containers: bounds nesting (recursion) and count
+MAX_HTML_TREE = 256 * 1024        # characters of HTML given to the tree parser
+MAX_HTML_DEPTH = 1000             # open elements at once; deeper HTML is stripped, not parsed
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_MULTIPART = re.compile(rb"multipart/", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)")
+_HTML_VOID = frozenset("area base br col embed hr img input keygen link meta param source "
+                       "track wbr".split())
+# comments, raw-text elements and tags, each matched in one linear pass (no backtracking)
+_HTML_STRIP = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style|head)\b[^>]*>.*?(?:</\1\s*>|\Z)"
+                         r"|<[^<>]*>", re.IGNORECASE | re.DOTALL)
 _SPECIALS = set('<>()[],;:\\"')
 
 
@@ -129,8 +152,40 @@ def _decode_payload(part: Message) -> str:
         return storable(payload.decode("utf-8", "replace"))
 
 
+def html_depth(html: str) -> int:
+    """The most elements open at once (void elements do not nest), counted in one pass."""
+    depth = deepest = 0
+    for match in _HTML_TAG.finditer(html):
+        if match.group(1):
+            depth = max(0, depth - 1)
+        elif match.group(2).lower() not in _HTML_VOID:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+    return deepest
+
+
+def tree_safe_html(html: str) -> bool:
+    """Whether the tree parser takes ``html`` in bounded time (small and shallow enough)."""
+    return len(html) <= MAX_HTML_TREE and html_depth(html) <= MAX_HTML_DEPTH
+
+
+def strip_tags(html: str) -> str:
+    """Visible text of HTML without building a tree: linear in its length, for HTML too big or
+    too deep for the tree parser. Comments, scripts, styles and the head are dropped."""
+    text = _HTML_STRIP.sub(" ", html)
+    try:
+        text = _html_unescape(text)
+    except Exception:
+        pass
+    return text
+
+
 def html_to_text(html: str) -> str:
-    """Visible text of an HTML body (selectolax/lexbor), scripts and styles dropped."""
+    """Visible text of an HTML body (selectolax/lexbor), scripts and styles dropped; HTML too
+    big or too deep for a tree in bounded time is stripped of its tags instead."""
+    if not tree_safe_html(html):
+        return strip_tags(html)
     try:
         tree = HTMLParser(html)
         tree.strip_tags(["script", "style", "head"])
@@ -179,6 +234,11 @@ def _bodies(msg: Message, defects: list[str]) -> tuple[str, str | None]:
     if html is not None:
         html = html[: MAX_TEXT * 4]
     text = plain if plain is not None else (html_to_text(html) if html else "")
+    if html and not tree_safe_html(html):
+        # the rules parse HTML into a tree (inside the transaction): give them none at all
+        # rather than one that would take minutes
+        defects.append("html: too big or too deeply nested for a tree; text by tag stripping")
+        html = None
     return text[:MAX_TEXT], html
 
 
@@ -195,13 +255,77 @@ def _date(value: str, defects: list[str]) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _after_lines(raw: bytes, count: int, start: int = 0, end: int | None = None) -> int | None:
+    """Offset just after the ``count``-th line end in ``raw[start:end]``; None when it has
+    fewer lines. Counts in C, chunk by chunk."""
+    end = len(raw) if end is None else end
+    pos, chunk = start, 1 << 16
+    while pos < end:
+        stop = min(pos + chunk, end)
+        found = raw.count(b"\n", pos, stop)
+        if found >= count:
+            for _ in range(count):
+                pos = raw.index(b"\n", pos, stop) + 1
+            return pos
+        count -= found
+        pos = stop
+    return None
+
+
+def _nth(raw: bytes, needle: bytes, count: int, end: int) -> int | None:
+    """Offset of the ``count``-th occurrence of ``needle`` before ``end``, or None."""
+    if raw.count(needle, 0, end) < count:
+        return None
+    pos = -1
+    for _ in range(count):
+        pos = raw.find(needle, pos + 1, end)
+    return pos
+
+
+def parse_window(raw: bytes) -> tuple[int, str | None]:
+    """How many bytes of ``raw`` the MIME parser reads, and why not all of them (None: all).
+    Each bound cuts at the start of a line; see the module docstring."""
+    cut, reason = len(raw), None
+    header_end = raw.find(b"\n\r\n")
+    if header_end < 0:
+        header_end = raw.find(b"\n\n")
+    header_end = len(raw) if header_end < 0 else header_end
+    at = _after_lines(raw, MAX_HEADER_LINES, 0, header_end)
+    if at is not None:
+        cut, reason = at, f"more than {MAX_HEADER_LINES} header lines"
+    at = _after_lines(raw, MAX_PARSE_LINES, 0, cut)
+    if at is not None:
+        cut, reason = at, f"more than {MAX_PARSE_LINES} lines"
+    at = _nth(raw, b"\n--", MAX_BOUNDARIES + 1, cut)
+    if at is not None:
+        cut, reason = at + 1, f"more than {MAX_BOUNDARIES} boundary lines"
+    matches = 0
+    for match in _MULTIPART.finditer(raw, 0, cut):
+        matches += 1
+        if matches > MAX_MULTIPARTS:
+            cut = raw.rfind(b"\n", 0, match.start()) + 1
+            reason = f"more than {MAX_MULTIPARTS} multipart containers"
+            break
+    return cut, reason
+
+
 def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
     """Parse ``raw``; never raises for content (a defect list records what was unreadable)."""
     defects: list[str] = []
+    cut, reason = parse_window(raw)
+    if reason:
+        defects.append(f"parse: only the first {cut} of {len(raw)} bytes read ({reason})")
+    window = raw[:cut] if cut < len(raw) else raw
     try:
-        msg = email.message_from_bytes(raw, policy=_POLICY)
-    except Exception as exc:  # pragma: no cover - compat32 parses anything, but be sure
-        return ParsedMessage(sender=None, sender_valid=False, defects=(f"parse: {exc!r}",))
+        msg = email.message_from_bytes(window, policy=_POLICY)
+    except Exception as exc:
+        # whatever defeats the MIME parser, the header block still says who, to whom and what
+        defects.append(f"parse: {type(exc).__name__}; headers only")
+        try:
+            msg = email.parser.BytesParser(policy=_POLICY).parsebytes(window, headersonly=True)
+        except Exception as exc2:  # pragma: no cover - compat32 reads any header block
+            return ParsedMessage(sender=None, sender_valid=False,
+                                 defects=(*defects, f"headers: {exc2!r}"))
 
     def header(name: str) -> str:
         try:

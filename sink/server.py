@@ -33,7 +33,7 @@ import signal
 import ssl
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session, syntax
 
 from sink.batching import GroupCommitter
 from sink.config import Config, ListenerConfig
@@ -57,6 +57,9 @@ _REWRITE = {
     "552 Error: Too much mail data": REPLY_TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": REPLY_TOO_BIG,
 }
+
+
+_END_OF_DATA = b"\r\n.\r\n"
 
 
 def reply_for(error: BaseException) -> str:
@@ -133,6 +136,68 @@ class _Guarded:
         if isinstance(status, str):
             status = _REWRITE.get(status, status)
         await super().push(status)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in bulk instead of line by line.
+
+        aiosmtpd awaits one line at a time; a line already buffered returns without yielding,
+        so a message of millions of short lines kept the event loop - every other session -
+        busy for seconds (15 MB of "a" lines: 13 s). Here the end mark CRLF "." CRLF is found
+        by the stream's own search (C speed, resumed where it stopped), the dot-stuffing undone
+        with one replace, and the semantics are aiosmtpd's: lines end with CRLF only (a bare LF
+        or CR is data, so no end-of-data smuggling), a line's leading dot is removed, the size
+        limit counts the stuffed bytes and, when exceeded, the rest is read and dropped before
+        the 552."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = self._reader
+        # The line end before the data (the DATA command's) belongs to the first end mark, so
+        # that an empty message - "." as the first line - ends it too.
+        reader._buffer[0:0] = b"\r\n"
+        limit = self.data_size_limit
+        chunks: list[bytes] = []
+        size, too_much = -2, False
+        while True:
+            try:
+                chunk = await reader.readuntil(_END_OF_DATA)
+                done = True
+            except asyncio.LimitOverrunError as error:
+                # No end mark within the stream's limit (the size limit and some): take what
+                # is certainly not part of it; the message is too big in any case.
+                chunk = await reader.read(error.consumed)
+                done = False
+            except asyncio.IncompleteReadError:
+                self._writer.close()        # the client went away before the end mark
+                raise asyncio.CancelledError from None
+            size += len(chunk)
+            if too_much or (limit and size - (3 if done else 0) > limit):
+                too_much = True
+                chunks.clear()
+            else:
+                chunks.append(chunk)
+            if done:
+                break
+        if too_much:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        data = b"".join(chunks)
+        original_content = data[:-3].replace(b"\r\n.", b"\r\n")[2:]
+        self.envelope.content = original_content
+        self.envelope.original_content = original_content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
 
 class SinkSMTP(_Guarded, SMTP):

@@ -25,7 +25,7 @@ from email.utils import getaddresses
 from io import BytesIO
 
 from sink.mailparse import (MAX_PARTS, ParsedMessage, is_valid_address, parse_message,
-                            walk_parts)
+                            part_text, walk_parts)
 from sink.textnorm import fold_address
 
 JOURNAL, WRAPPER, PEC = "journal", "wrapper", "pec"
@@ -53,7 +53,10 @@ def _message_bytes(part: Message) -> bytes | None:
         if not isinstance(inner, Message):
             return None
         out = BytesIO()
-        BytesGenerator(out, mangle_from_=False, policy=_CRLF_POLICY).flatten(inner)
+        try:
+            BytesGenerator(out, mangle_from_=False, policy=_CRLF_POLICY).flatten(inner)
+        except Exception:        # a part the generator cannot write back (broken 8-bit, ...)
+            return None
         return out.getvalue()
     filename = (part.get_filename() or "").lower()
     if filename.endswith(".eml"):
@@ -98,8 +101,7 @@ def _journal_envelope(msg: Message) -> dict[str, list[str]]:
     """The envelope lines of the report's text part (they have header syntax: parse them so)."""
     for part, _ in walk_parts(msg):
         if part.get_content_type() == "text/plain" and not part.get_filename():
-            payload = part.get_payload(decode=True) or b""
-            text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            text = part_text(part)          # any charset, even an unknown one
             fields = email.parser.HeaderParser(policy=compat32).parsestr(
                 text.replace("\r\n", "\n").strip() + "\n\n")
             envelope = {}
@@ -135,7 +137,16 @@ def kind_of(parsed: ParsedMessage) -> str | None:
 
 
 def unwrap(parsed: ParsedMessage) -> Unwrapped | None:
-    """The messages carried by ``parsed``, or None when it is an ordinary message."""
+    """The messages carried by ``parsed``, or None when it is an ordinary message - or a
+    carrier too broken to unwrap, which is then stored and processed as an ordinary message
+    (never raises: content must not keep a message from being stored)."""
+    try:
+        return _unwrap(parsed)
+    except Exception:
+        return None
+
+
+def _unwrap(parsed: ParsedMessage) -> Unwrapped | None:
     kind = kind_of(parsed)
     if kind is None:
         return None

@@ -197,7 +197,7 @@ def audit(engine, messages: list[bytes], message_ids: list[str]) -> dict:
             unprocessed.append((mid, row["status"], row["verdict"], row["error"]))
         if sum(r["activities"] for r in rows) != 1:
             records.append((mid, [r["activities"] for r in rows]))
-    extra = sorted(set(stored) - set(message_ids))
+    extra = sorted(set(stored) - set(message_ids), key=str)
     return {"lost": lost, "duplicated": duplicated, "damaged": damaged,
             "unprocessed": unprocessed, "records_not_once": records, "unexpected_rows": extra}
 
