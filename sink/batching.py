@@ -5,8 +5,9 @@ One transaction per message therefore caps a server at a few hundred messages a 
 many sessions deliver. :class:`GroupCommitter` keeps every guarantee of
 :class:`sink.intake.Intake` and pays the fsync once per *batch*:
 
-- ``submit`` hands a received message to the *prepare* thread, which digests and parses it
-  (:meth:`Intake.prepare`) outside any transaction;
+- ``submit`` hands a received message to a *prepare* thread, which digests and parses it
+  (:meth:`Intake.prepare`) outside any transaction (several such threads, so that one message
+  that takes long to parse does not hold up the ones behind it);
 - a *writer* thread takes every prepared message waiting at that moment (up to ``max_batch``
   and ``max_bytes``), opens ONE transaction, stores each message for each of its boxes inside
   its own SAVEPOINT (:meth:`Intake.store`: the same code, the same rules, the same executor as
@@ -41,6 +42,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from sink.config import BoxConfig
+from sink.db import fastpath
 from sink.errors import TransientStorageError, classify
 from sink.intake import RACE_RETRIES, Delivery, Envelope, Intake, Prepared
 from sink.log import get_logger
@@ -48,6 +50,7 @@ from sink.log import get_logger
 log = get_logger("sink.batching")
 
 Outcome = Union[Delivery, BaseException]     # per box: stored, or why not (answer 4xx)
+MESSAGE_SAVEPOINT = "sink_message"
 
 
 @dataclass
@@ -69,50 +72,44 @@ def store_one(intake: Intake, conn: Connection, prepared: Prepared, box: BoxConf
     Returns the Delivery, or the exception that only this message answers 4xx for. Raises
     what must fail the whole batch (a transient database error)."""
     for _ in range(RACE_RETRIES):
-        savepoint = conn.begin_nested()
+        outer = fastpath.savepoint(conn, MESSAGE_SAVEPOINT)
         try:
             delivery = intake.store(conn, prepared, box)
         except sa_exc.IntegrityError:
             # Someone stored the same bytes or dedup key first: again, and we see its row.
-            _rollback_to(conn, savepoint)
+            fastpath.rollback_to(conn, MESSAGE_SAVEPOINT, outer, release=True)
             continue
         except Exception as error:
             if classify(error) is not None:
                 raise
-            _rollback_to(conn, savepoint)
+            fastpath.rollback_to(conn, MESSAGE_SAVEPOINT, outer, release=True)
             log.exception("message.store_error", box=box.address,
                           channel=prepared.envelope.channel, error=type(error).__name__)
             return error
-        savepoint.commit()
+        fastpath.release(conn, MESSAGE_SAVEPOINT)
         return delivery
     return TransientStorageError("kept racing on a unique key")
 
 
-def _rollback_to(conn: Connection, savepoint) -> None:
-    """Roll back to ``savepoint``, first closing any savepoint the failed code left open
-    inside it (so that SQLAlchemy's bookkeeping follows the database's)."""
-    inner = conn.get_nested_transaction()
-    while inner is not None and inner is not savepoint and inner.is_active:
-        inner.rollback()
-        inner = conn.get_nested_transaction()
-    savepoint.rollback()
-
-
 class GroupCommitter:
-    """A prepare thread and ``writers`` writer threads; see the module docstring."""
+    """``preparers`` prepare threads and ``writers`` writer threads; see the module
+    docstring."""
 
-    def __init__(self, intake: Intake, *, writers: int = 1, max_batch: int = 256,
-                 max_bytes: int = 64 * 1024 * 1024, name: str = "sink-commit"):
+    def __init__(self, intake: Intake, *, writers: int = 1, preparers: int = 4,
+                 max_batch: int = 256, max_bytes: int = 64 * 1024 * 1024,
+                 name: str = "sink-commit"):
         self.intake = intake
         self.max_batch = max_batch
         self.max_bytes = max_bytes
         self._incoming: deque[Job] = deque()
         self._ready: deque[Job] = deque()
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
+        self._to_prepare = threading.Condition(self._lock)   # incoming has jobs, or closing
+        self._to_write = threading.Condition(self._lock)     # ready has jobs, or closing
         self._closing = False
         self._busy = 0                          # jobs taken by a thread, not yet resolved
-        self._threads = [threading.Thread(target=self._prepare_loop, name=f"{name}-prepare",
-                                          daemon=True)]
+        self._threads = [threading.Thread(target=self._prepare_loop, name=f"{name}-prepare-{i}",
+                                          daemon=True) for i in range(preparers)]
         self._threads += [threading.Thread(target=self._write_loop, name=f"{name}-{i}",
                                            daemon=True) for i in range(writers)]
         for thread in self._threads:
@@ -127,7 +124,7 @@ class GroupCommitter:
             if self._closing:
                 raise TransientStorageError("shutting down")
             self._incoming.append(job)
-            self._lock.notify_all()
+            self._to_prepare.notify()
         return job.future
 
     def deliver(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> list[Delivery]:
@@ -142,7 +139,8 @@ class GroupCommitter:
         """Finish every queued message, then stop the threads."""
         with self._lock:
             self._closing = True
-            self._lock.notify_all()
+            self._to_prepare.notify_all()
+            self._to_write.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -152,9 +150,9 @@ class GroupCommitter:
         while True:
             with self._lock:
                 while not self._incoming and not self._closing:
-                    self._lock.wait()
+                    self._to_prepare.wait()
                 if not self._incoming:           # closing and nothing left
-                    self._lock.notify_all()
+                    self._to_write.notify_all()
                     return
                 job = self._incoming.popleft()
                 self._busy += 1
@@ -166,7 +164,7 @@ class GroupCommitter:
             with self._lock:
                 self._busy -= 1
                 self._ready.append(job)
-                self._lock.notify_all()
+                self._to_write.notify()
 
     # ------------------------------------------------------------------------------ write
     def _take_batch(self) -> list[Job] | None:
@@ -174,7 +172,7 @@ class GroupCommitter:
             while not self._ready:
                 if self._closing and not self._incoming and not self._busy_preparing():
                     return None
-                self._lock.wait(0.5)
+                self._to_write.wait(0.5)
             batch, size = [], 0
             while self._ready and len(batch) < self.max_batch:
                 if batch and size + self._ready[0].size > self.max_bytes:
@@ -229,6 +227,6 @@ class GroupCommitter:
     def _resolve(self, job: Job, *, exception: BaseException) -> None:
         with self._lock:
             self._busy -= 1
-            self._lock.notify_all()
+            self._to_write.notify_all()
         if not job.future.done():
             job.future.set_exception(exception)

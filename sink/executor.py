@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
 from sink.db.directory_store import bump_version
+from sink.db.fastpath import Fast
 from sink.db.records import ENTITY_TABLES
 from sink.directory import Directory
 from sink.pipeline.decision import (Decision, FlagAction, ForbiddenAction, InvitationAction,
@@ -17,7 +18,15 @@ from sink.pipeline.decision import (Decision, FlagAction, ForbiddenAction, Invit
 from sink.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
-_INSERT_ACTIVITY = insert(t.activities)   # built once: a statement per call costs more than its run
+# The inserts nearly every message makes, on the DBAPI cursor (sink.db.fastpath).
+_INSERT_ACTIVITY = Fast(insert(t.activities), (
+    "message_id", "direction", "responsible_id", "type_id", "type_name", "scope", "subject",
+    "text", "date", "contract_id", "order_id", "task_id", "completed", "due",
+    "original_filename"))
+_INSERT_ACTIVITY_CONTACTS = Fast(insert(t.activity_contacts), ("activity_id", "contact_id"),
+                                 many=True)
+_INSERT_ACTIVITY_COMPANIES = Fast(insert(t.activity_companies), ("activity_id", "company_id"),
+                                  many=True)
 INVITATION_COLUMNS = ("method", "status", "sequence", "dtstamp", "revision", "summary",
                       "location", "dtstart", "dtstart_tzid", "dtend", "dtend_tzid", "rrule",
                       "organizer")
@@ -45,14 +54,14 @@ def apply(conn: Connection, message_id: int, decision: Decision, directory: Dire
             "due": action.due,
             "original_filename": ORIGINAL_FILENAME if action.original_attached else None,
         }
-        activity_id = conn.execute(_INSERT_ACTIVITY, row).inserted_primary_key[0]
+        activity_id = _INSERT_ACTIVITY.insert(conn, row)
         contact_ids = {c.id for email in action.contacts for c in directory.contacts.get(email, ())}
         if contact_ids:
-            conn.execute(insert(t.activity_contacts), [
+            _INSERT_ACTIVITY_CONTACTS.execute_many(conn, [
                 {"activity_id": activity_id, "contact_id": cid} for cid in sorted(contact_ids)])
         company_ids = _company_ids(directory, action.companies)
         if company_ids:
-            conn.execute(insert(t.activity_companies), [
+            _INSERT_ACTIVITY_COMPANIES.execute_many(conn, [
                 {"activity_id": activity_id, "company_id": cid} for cid in sorted(company_ids)])
     for index, task in enumerate(decision.tasks):
         decision.tasks[index] = _store_task(conn, message_id, task, directory)

@@ -46,3 +46,72 @@ def test_fold_examples():
             warnings.simplefilter("ignore")
             assert fold(text) == reference_fold(text), text
     assert fold("ZAKÁZKA:") == fold("zakazka:")
+
+
+# ------------------------------------------------------------------ sink.db.fastpath
+
+def _message_row(**overrides):
+    import uuid
+    from datetime import datetime, timezone
+    row = dict(uuid=str(uuid.uuid4()), received_at=datetime(2026, 11, 2, 10, 0, 5, 123456,
+                                                             tzinfo=timezone.utc),
+               channel="lmtp", box="crm@firma.cz", mail_from=None, rcpt_to=["crm@firma.cz"],
+               sender="jan@acme.cz", to_addrs=["alice@firma.cz", "Žluťoučký@kůň.cz"],
+               cc_addrs=[], message_id="<m@x>", size=3, sha256="ab" * 32, status="pending",
+               trace=[{"rule": "duplicate", "outcome": "pass"}])
+    row.update(overrides)
+    return row
+
+
+def test_fast_statements_store_what_core_stores(engine):
+    """Rows written through sink.db.fastpath read back exactly like rows written with
+    Connection.execute (JSON, timestamps, defaults, bytes, booleans), on both databases."""
+    from sqlalchemy import bindparam, insert, select, update
+    from sink.db import schema as t
+    from sink.db.fastpath import Fast
+    keys = tuple(_message_row())
+    fast_insert = Fast(insert(t.messages), keys)
+    fast_update = Fast(update(t.messages).where(t.messages.c.id == bindparam("pk")),
+                       ("status", "trace"))
+    fast_raw = Fast(insert(t.raw_messages), ("message_id", "content"))
+    fast_select = Fast(select(t.messages.c.id, t.messages.c.status).where(
+        t.messages.c.sha256 == bindparam("sha")))
+    with engine.begin() as conn:
+        fast_id = fast_insert.insert(conn, _message_row(sha256="f" * 64))
+        core_id = conn.execute(insert(t.messages), _message_row(sha256="c" * 64)
+                               ).inserted_primary_key[0]
+        for pk in (fast_id, core_id):
+            fast_update.execute(conn, {"pk": pk, "status": "processed",
+                                       "trace": [{"rule": "x", "detail": "ž"}]})
+        fast_raw.execute(conn, {"message_id": fast_id, "content": b"\x00\xff\r\n."})
+        assert fast_select.first(conn, {"sha": "f" * 64}) == (fast_id, "processed")
+        assert fast_select.first(conn, {"sha": "0" * 64}) is None
+    with engine.connect() as conn:
+        rows = {r.id: dict(r._mapping) for r in conn.execute(select(t.messages))}
+        raw = conn.execute(select(t.raw_messages.c.content)).scalar()
+    fast, core = rows[fast_id], rows[core_id]
+    differ = {k for k in fast if fast[k] != core[k]}
+    assert differ == {"id", "uuid", "sha256"}
+    assert fast["date_header"] == "" and fast["trace"] == [{"rule": "x", "detail": "ž"}]
+    assert raw == b"\x00\xff\r\n."
+
+
+def test_fast_statement_errors_are_sqlalchemy_errors_and_savepoints_undo(engine):
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy import func, insert, select
+    from sink.db import fastpath, schema as t
+    from sink.db.fastpath import Fast
+    fast_insert = Fast(insert(t.messages), tuple(_message_row()))
+    with engine.begin() as conn:
+        fast_insert.insert(conn, _message_row())
+        outer = fastpath.savepoint(conn, "sink_test")
+        fast_insert.insert(conn, _message_row(sha256="1" * 64))
+        try:
+            fast_insert.insert(conn, _message_row())          # same (box, sha256)
+        except sa_exc.IntegrityError:
+            fastpath.rollback_to(conn, "sink_test", outer, release=True)
+        else:
+            raise AssertionError("no IntegrityError")
+        fast_insert.insert(conn, _message_row(sha256="2" * 64))   # the transaction goes on
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.messages)).scalar() == 2
