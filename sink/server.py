@@ -98,6 +98,12 @@ class _Guarded:
     _refused = False
 
     def connection_made(self, transport):
+        if getattr(self, "_original_transport", None) is not None:
+            # STARTTLS: the TLS layer announces the same connection again. It was admitted
+            # and counted once already (counting it twice leaked one slot per TLS session
+            # until the listener answered 421 to everyone).
+            super().connection_made(transport)
+            return
         peer = transport.get_extra_info("peername")
         state = self.state
         refusal = None
@@ -148,7 +154,8 @@ class _Guarded:
         with one replace, and the semantics are aiosmtpd's: lines end with CRLF only (a bare LF
         or CR is data, so no end-of-data smuggling), a line's leading dot is removed, the size
         limit counts the stuffed bytes and, when exceeded, the rest is read and dropped before
-        the 552."""
+        the 552. The session timeout measures silence during the transfer and is suspended while
+        the message is stored."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -167,26 +174,30 @@ class _Guarded:
         limit = self.data_size_limit
         chunks: list[bytes] = []
         size, too_much = -2, False
-        while True:
-            try:
-                chunk = await reader.readuntil(_END_OF_DATA)
-                done = True
-            except asyncio.LimitOverrunError as error:
-                # No end mark within the stream's limit (the size limit and some): take what
-                # is certainly not part of it; the message is too big in any case.
-                chunk = await reader.read(error.consumed)
-                done = False
-            except asyncio.IncompleteReadError:
-                self._writer.close()        # the client went away before the end mark
-                raise asyncio.CancelledError from None
-            size += len(chunk)
-            if too_much or (limit and size - (3 if done else 0) > limit):
-                too_much = True
-                chunks.clear()
-            else:
-                chunks.append(chunk)
-            if done:
-                break
+        self._receiving_data = True         # the session timeout now measures silence
+        try:
+            while True:
+                try:
+                    chunk = await reader.readuntil(_END_OF_DATA)
+                    done = True
+                except asyncio.LimitOverrunError as error:
+                    # No end mark within the stream's limit (the size limit and some): take
+                    # what is certainly not part of it; the message is too big in any case.
+                    chunk = await reader.read(error.consumed)
+                    done = False
+                except asyncio.IncompleteReadError:
+                    self._writer.close()    # the client went away before the end mark
+                    raise asyncio.CancelledError from None
+                size += len(chunk)
+                if too_much or (limit and size - (3 if done else 0) > limit):
+                    too_much = True
+                    chunks.clear()
+                else:
+                    chunks.append(chunk)
+                if done:
+                    break
+        finally:
+            self._receiving_data = False
         if too_much:
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
@@ -195,9 +206,27 @@ class _Guarded:
         original_content = data[:-3].replace(b"\r\n.", b"\r\n")[2:]
         self.envelope.content = original_content
         self.envelope.original_content = original_content
-        status = await self._call_handler_hook("DATA")
+        # Storing is our time, not the client's silence: no timeout until the reply is out
+        # (cutting the session then only loses the reply and makes the client send again).
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if self.transport is not None:      # not after the connection is gone
+                self._reset_timeout()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    _receiving_data = False
+
+    def data_received(self, data: bytes) -> None:
+        # aiosmtpd restarts the timeout on each command only, so a message whose transfer
+        # took longer than ``timeout`` was cut off however steadily it arrived (a big message
+        # over a slow link could never be delivered). During DATA any bytes count as activity.
+        if self._receiving_data:
+            self._reset_timeout()
+        super().data_received(data)
 
 
 class SinkSMTP(_Guarded, SMTP):

@@ -142,6 +142,11 @@ class MailClient:
             pass
         self.sock.close()
 
+    def abort(self) -> None:
+        """Hang up without QUIT (the reader made by makefile() holds the socket open too)."""
+        self.file.close()
+        self.sock.close()
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -100,10 +100,10 @@ class LoadClient:
         try:
             client = MailClient(self.port, timeout=self.patience)
             if client.greeting[0] != 220:
-                client.sock.close()
+                client.abort()
                 return None
             if client.hello(self.lmtp)[0] != 250:
-                client.sock.close()
+                client.abort()
                 return None
             return client
         except (OSError, ConnectionError, ValueError):
@@ -132,7 +132,7 @@ class LoadClient:
                     self.no_reply += 1
                 self._back(index)
                 try:
-                    client.sock.close()
+                    client.abort()
                 except OSError:
                     pass
                 client = None

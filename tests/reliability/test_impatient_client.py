@@ -41,7 +41,7 @@ def hang_up_after_the_dot(port: int, raw: bytes) -> None:
         client.reply()
     client.sock.sendall(dot_stuff(raw) + b".\r\n")
     client.sock.shutdown(socket.SHUT_RDWR)
-    client.sock.close()
+    client.abort()
 
 
 def test_many_clients_gone_after_the_dot_then_resending_store_each_once(engine,
@@ -106,7 +106,7 @@ def test_handler_slower_than_the_clients_patience_is_stored_once(engine, start_s
             client.close()
         except (OSError, ConnectionError):
             gave_up += 1                                      # no reply: send it again at once
-            client.sock.close()
+            client.abort()
     figures(attempts=attempts, gave_up=gave_up, final_reply=final and final[0])
     assert final is not None and final[0] == 250, final
     assert gave_up >= 1                      # the client really did lose patience
