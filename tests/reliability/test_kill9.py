@@ -46,11 +46,17 @@ def run_kill9(url: str, tmp_path, figures, count: int) -> None:
     sink = SinkProcess(config, port)
     load = LoadClient(port, messages, SESSIONS)
     kills = []
+    # random moments, spread over the load whatever the server's speed: when a random share
+    # of the messages has been acknowledged, plus a random delay
+    moments = sorted(rng.uniform(0.05, 0.8) for _ in range(KILLS))
     try:
         load.start()
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(0.5, 2.5))
-            assert not load.done(), "the load ended before every kill: send more messages"
+        for share in moments:
+            deadline = time.monotonic() + 120
+            while len(load.acks) < share * count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.2))
+            assert not load.done(), "the load ended before every kill"
             kills.append({"acknowledged": len(load.acks), "in_flight": len(load.in_flight)})
             sink.kill()
             sink = SinkProcess(config, port, log_path=sink.log_path)
@@ -62,6 +68,7 @@ def run_kill9(url: str, tmp_path, figures, count: int) -> None:
     engine.dispose()
     figures(**load.figures(), kills=len(kills), seed=seed,
             in_flight_at_kills=[k["in_flight"] for k in kills],
+            acknowledged_at_kills=[k["acknowledged"] for k in kills],
             lost=len(result["lost"]), duplicated=len(result["duplicated"]),
             damaged=len(result["damaged"]), unprocessed=len(result["unprocessed"]),
             records_not_once=len(result["records_not_once"]))
