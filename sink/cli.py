@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one message with its trace and records")
     show.add_argument("id", type=int)
     show.add_argument("--raw", action="store_true", help="write exactly the stored bytes")
+
+    replay = sub.add_parser("replay", help="run the rules again on failed messages, once each")
+    replay.add_argument("ids", type=int, nargs="*", metavar="ID")
+    replay.add_argument("--all-failed", action="store_true",
+                        help="every message whose status is failed, oldest first")
     return p
 
 
@@ -169,6 +174,35 @@ def _emit_delivery(path: str, d) -> None:
     out = _result_json(path, d.box, d.decision, **extra)
     out["verdict"] = d.verdict
     _emit(out)
+
+
+def cmd_replay(config: Config, args) -> int:
+    """Replay failed messages: one JSON line each (like ingest), each in its own transaction.
+    Every ID is checked first (known, failed, its box configured): a bad one replays nothing.
+    A message a concurrent replay processed meanwhile is reported on stderr (exit 2)."""
+    from sink.intake import Intake, ReplayError
+    if args.all_failed == bool(args.ids):
+        raise UsageError("replay: give message IDs or --all-failed (not both)")
+    intake = Intake(_engine(config))
+    try:
+        ids = intake.replay_candidates(None if args.all_failed else args.ids, config.boxes)
+    except ReplayError as exc:
+        raise UsageError(str(exc)) from None
+    refused = 0
+    for message_id in ids:
+        try:
+            delivery = intake.replay(message_id, config.boxes)
+        except ReplayError as exc:
+            print(f"sink: error: {exc}", file=sys.stderr)
+            refused += 1
+            continue
+        extra = {"id": delivery.message_id, "status": delivery.status, "replayed": True}
+        if delivery.error:
+            extra["error"] = delivery.error
+        out = _result_json(None, delivery.box, delivery.decision, **extra)
+        out["verdict"] = delivery.verdict
+        _emit(out)
+    return EXIT_USAGE if refused else EXIT_OK
 
 
 def cmd_serve(config: Config, args) -> int:
@@ -296,6 +330,7 @@ COMMANDS = {
     ("serve", None): cmd_serve,
     ("messages", None): cmd_messages,
     ("show", None): cmd_show,
+    ("replay", None): cmd_replay,
     ("export", None): cmd_export,
 }
 
