@@ -31,6 +31,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 
 from selectolax.lexbor import LexborHTMLParser as HTMLParser
 
+from sink.opaque import without_opaque_bodies
 from sink.textnorm import fold_address
 
 MAX_PARTS = 1000
@@ -316,6 +317,7 @@ def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
     if reason:
         defects.append(f"parse: only the first {cut} of {len(raw)} bytes read ({reason})")
     window = raw[:cut] if cut < len(raw) else raw
+    window = without_opaque_bodies(window)      # PDF, image, ... bodies: no rule reads them
     try:
         msg = email.message_from_bytes(window, policy=_POLICY)
     except Exception as exc:

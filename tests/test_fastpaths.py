@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from unidecode import unidecode
 
 from sink.textnorm import fold
+from tests.support import make_mail
 
 _SPACES = re.compile(r"\s+")
 
@@ -115,3 +116,71 @@ def test_fast_statement_errors_are_sqlalchemy_errors_and_savepoints_undo(engine)
         fast_insert.insert(conn, _message_row(sha256="2" * 64))   # the transaction goes on
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.messages)).scalar() == 2
+
+
+# ------------------------------------------------------------------ sink.opaque
+
+def _summary(parsed):
+    return (parsed.sender, parsed.to, parsed.cc, parsed.subject, parsed.body_text, parsed.html,
+            parsed.message_id, parsed.date, parsed.content_type)
+
+
+def test_opaque_attachment_bodies_are_not_parsed_and_nothing_the_rules_read_changes():
+    import email
+    from sink.mailparse import _POLICY, parse_message
+    from sink.opaque import without_opaque_bodies
+    pdf = bytes(range(256)) * 200
+    raw = make_mail(body="Offer attached, Zakázka: 2023-015", html="<p>Offer</p>",
+                    attachments=[("application", "pdf", pdf, "offer.pdf"),
+                                 ("image", "png", pdf, "logo.png"),
+                                 ("text", "calendar", b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n",
+                                  "invite.ics")])
+    lean = without_opaque_bodies(raw)
+    assert len(lean) < len(raw) - 2 * len(pdf)
+    full = email.message_from_bytes(raw, policy=_POLICY)
+    kept = email.message_from_bytes(lean, policy=_POLICY)
+    assert [p.get_content_type() for p in full.walk()] == \
+        [p.get_content_type() for p in kept.walk()]
+    payloads = {p.get_content_type(): p.get_payload(decode=True) for p in kept.walk()
+                if not p.is_multipart()}
+    assert payloads["application/pdf"] == b"" and payloads["image/png"] == b""
+    assert b"VCALENDAR" in payloads["text/calendar"]
+    assert _summary(parse_message(raw)) == _summary(parse_message(lean))
+
+
+def test_messages_that_carry_messages_or_keep_text_are_parsed_whole():
+    from sink.opaque import without_opaque_bodies
+    blob = bytes(range(256)) * 100
+    cases = [
+        # an attached .eml, as octet-stream: unwrapping needs it
+        make_mail(attachments=[("application", "octet-stream", blob, "forwarded.eml")]),
+        # base64 text and calendars are read by the rules
+        make_mail(attachments=[("text", "plain", blob.hex().encode(), "notes.txt")]),
+        make_mail(attachments=[("application", "ics", blob, "invite.ics")]),
+        make_mail(attachments=[("application", "octet-stream", blob, "data.bin")]),
+    ]
+    for raw in cases:
+        assert without_opaque_bodies(raw) is raw
+    inner = make_mail(attachments=[("application", "pdf", blob, "inner.pdf")])
+    wrapper = (b"From: a@b.cz\r\nTo: c@d.cz\r\nSubject: > fwd\r\nMIME-Version: 1.0\r\n"
+               b'Content-Type: multipart/mixed; boundary="X"\r\n\r\n--X\r\n'
+               b"Content-Type: text/plain\r\n\r\nsee attached\r\n--X\r\n"
+               b"Content-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--X--\r\n")
+    assert without_opaque_bodies(wrapper) is wrapper
+
+
+def test_the_benchmark_corpus_parses_the_same_with_and_without_opaque_bodies():
+    from bench import corpus
+    from sink import mailparse
+    from sink.opaque import without_opaque_bodies
+    for mail in corpus.build("100k-1", 40, seed=3):
+        lean = mailparse.parse_message(mail.raw)
+        original = mailparse.without_opaque_bodies
+        try:
+            mailparse.without_opaque_bodies = lambda raw: raw
+            whole = mailparse.parse_message(mail.raw)
+        finally:
+            mailparse.without_opaque_bodies = original
+        assert _summary(lean) == _summary(whole)
+        shrunk = len(without_opaque_bodies(mail.raw)) < len(mail.raw)
+        assert shrunk == (b"message/rfc822" not in mail.raw)   # bounces carry the original
