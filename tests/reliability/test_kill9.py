@@ -87,7 +87,7 @@ def run_kill9(url: str, tmp_path, figures, count: int) -> None:
 
 
 def test_kill9_under_load_sqlite(tmp_path, figures):
-    run_kill9(f"sqlite:///{tmp_path}/sink.db", tmp_path, figures, count=3000)
+    run_kill9(f"sqlite:///{tmp_path}/sink.db", tmp_path, figures, count=5000)
 
 
 @pytest.mark.postgres
@@ -97,6 +97,6 @@ def test_kill9_under_load_postgresql(tmp_path, figures, pg_available):
     name = f"sink_kill9_{uuid.uuid4().hex[:10]}"
     url = create_pg_database(name)
     try:
-        run_kill9(url, tmp_path, figures, count=2000)
+        run_kill9(url, tmp_path, figures, count=3000)
     finally:
         drop_pg_database(name)
