@@ -301,6 +301,8 @@ def parse_window(raw: bytes) -> tuple[int, str | None]:
     if at is not None:
         cut, reason = at + 1, f"more than {MAX_BOUNDARIES} boundary lines"
     matches = 0
+    if _count_any_case(raw, b"multipart/", cut) <= MAX_MULTIPARTS:
+        return cut, reason                      # the usual case, counted in C
     for match in _MULTIPART.finditer(raw, 0, cut):
         matches += 1
         if matches > MAX_MULTIPARTS:
@@ -308,6 +310,17 @@ def parse_window(raw: bytes) -> tuple[int, str | None]:
             reason = f"more than {MAX_MULTIPARTS} multipart containers"
             break
     return cut, reason
+
+
+def _count_any_case(raw: bytes, needle: bytes, end: int) -> int:
+    """How often lower-case ``needle`` occurs in ``raw[:end]`` in any case: counted in C on
+    lower-cased chunks (a case-insensitive regex scans 100 KB in ~0.5 ms, this in ~0.02)."""
+    count, pos, step, overlap = 0, 0, 1 << 20, len(needle) - 1
+    while pos < end:
+        stop = min(pos + step, end)
+        count += raw[pos:min(stop + overlap, end)].lower().count(needle)
+        pos = stop
+    return count
 
 
 def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
