@@ -166,7 +166,11 @@ class SinkProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sink", "--config", str(config_path), "serve"],
             stdout=self.log, stderr=self.log)
-        self.wait_listening()
+        try:
+            self.wait_listening()
+        except BaseException:
+            self.kill()                 # never leave a half-started server behind
+            raise
 
     def wait_listening(self, timeout: float = 30) -> None:
         import time
