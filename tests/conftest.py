@@ -10,7 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from sink.config import parse_config
+from sink.config import Config, parse_config
 from sink.db.directory_store import import_directory
 from sink.db.engine import make_engine
 from sink.db.migrate import upgrade
@@ -67,6 +67,19 @@ def db_url(request, tmp_path, pg_available):
     url = create_pg_database(name)
     yield url
     drop_pg_database(name)
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory):
+    """The test directory (tests.support.DIRECTORY) as the rules see it: a plain snapshot."""
+    from sink.db.directory_store import load_directory
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('directory')}/d.db")
+    upgrade(engine)
+    with engine.begin() as conn:
+        import_directory(conn, DIRECTORY)
+        snapshot = load_directory(conn)
+    engine.dispose()
+    return snapshot
 
 
 @pytest.fixture

@@ -7,17 +7,11 @@ from __future__ import annotations
 import uuid
 from email.message import EmailMessage
 
-import pytest
-
 from sink.config import parse_config
-from sink.db.directory_store import import_directory, load_directory
-from sink.db.engine import make_engine
-from sink.db.migrate import upgrade
 from sink.directory import Directory
 from sink.mailparse import parse_message
 from sink.pipeline import evaluate
 from sink.pipeline.records import MemoryRecords
-from tests.support import DIRECTORY
 
 DATE = "Mon, 02 Nov 2026 10:00:00 +0100"
 BOX = "crm@firma.cz"
@@ -507,13 +501,3 @@ def troubleshooting_mail(html: str | None = None, *, subject="Problem No. 4711",
 
 # ------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture(scope="module")
-def directory(tmp_path_factory) -> Directory:
-    """The test directory (tests.support.DIRECTORY) as the rules see it."""
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('directory')}/d.db")
-    upgrade(engine)
-    with engine.begin() as conn:
-        import_directory(conn, DIRECTORY)
-        snapshot = load_directory(conn)
-    engine.dispose()
-    return snapshot

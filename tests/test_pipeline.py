@@ -4,26 +4,11 @@ linking — no sockets, no database (the directory snapshot is plain data)."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine
 
 from sink.config import parse_config
-from sink.db.directory_store import import_directory, load_directory
-from sink.db.migrate import upgrade
-from sink.db.engine import make_engine
 from sink.mailparse import parse_message
 from sink.pipeline import RULE_NAMES, evaluate
-from tests.support import DIRECTORY, make_mail
-
-
-@pytest.fixture(scope="module")
-def directory(tmp_path_factory):
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('dir')}/d.db")
-    upgrade(engine)
-    with engine.begin() as conn:
-        import_directory(conn, DIRECTORY)
-        snapshot = load_directory(conn)
-    engine.dispose()
-    return snapshot
+from tests.support import make_mail
 
 
 def box(**settings):

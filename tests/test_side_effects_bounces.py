@@ -11,7 +11,7 @@ from sink.intake import Envelope, Intake
 from sink.mailparse import parse_message
 from sink.pipeline.bounces import body_addresses, delivery_report
 from sink.pipeline.records import MemoryRecords
-from tests.side_effect_mail import (box, decide, directory, exchange_ndr, gmail_dsn,  # noqa: F401
+from tests.side_effect_mail import (box, decide, exchange_ndr, gmail_dsn,  # noqa: F401
                                     postfix_dsn, postfix_plain, seed_undeliverable,
                                     seed_undelivered, side_effects, trace_of)
 from tests.support import make_mail

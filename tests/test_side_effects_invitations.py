@@ -17,7 +17,7 @@ from sink.mailparse import parse_message
 from sink.pipeline.decision import Decision
 from sink.pipeline.invitations import calendar_events, revision
 from sink.pipeline.records import MemoryRecords
-from tests.side_effect_mail import (box, decide, directory, invitation_mail,  # noqa: F401
+from tests.side_effect_mail import (box, decide, invitation_mail,  # noqa: F401
                                     side_effects, trace_of, vcalendar, vevent)
 
 LMTP = Envelope("lmtp", "mta@firma.cz", ("crm@firma.cz",))

@@ -10,7 +10,7 @@ from sink.db import schema as t
 from sink.db.directory_store import import_directory
 from sink.intake import Envelope, Intake
 from sink.pipeline.records import MemoryRecords
-from tests.side_effect_mail import box, decide, directory, side_effects, trace_of  # noqa: F401
+from tests.side_effect_mail import box, decide, side_effects, trace_of  # noqa: F401
 from tests.support import make_mail
 
 LMTP = Envelope("lmtp", "mta@firma.cz", ("crm@firma.cz",))

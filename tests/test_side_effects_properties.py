@@ -21,7 +21,7 @@ from sink.pipeline.bounces import FORMS
 from sink.ruledata import default_list
 from sink.textnorm import fold
 from tests.conftest import create_pg_database, drop_pg_database, postgres_available
-from tests.side_effect_mail import (box, decide, directory, invitation_mail,  # noqa: F401
+from tests.side_effect_mail import (box, decide, invitation_mail,  # noqa: F401
                                     troubleshooting_html, troubleshooting_mail)
 from tests.support import DIRECTORY, make_mail
 

@@ -13,7 +13,7 @@ from sink.db.directory_store import import_directory
 from sink.intake import Envelope, Intake
 from sink.pipeline.records import MemoryRecords, TaskState
 from sink.pipeline.troubleshooting import read_problem
-from tests.side_effect_mail import (box, decide, directory, side_effects,  # noqa: F401
+from tests.side_effect_mail import (box, decide, side_effects,  # noqa: F401
                                     trace_of, troubleshooting_mail)
 from tests.support import make_mail
 
