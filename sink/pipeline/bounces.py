@@ -26,7 +26,7 @@ from sink.mailparse import is_valid_address, own_parts, part_text
 from sink.pipeline.context import Context
 from sink.pipeline.rules import PASS, Result
 from sink.pipeline.side_effects import BROKEN, describe, forbid, set_flags
-from sink.textnorm import fold, fold_address
+from sink.textnorm import fold_address
 
 STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 MAX_RECIPIENTS = 1000

@@ -23,7 +23,7 @@ from tests.reliability.conftest import seeded
 from tests.reliability.hostile import PATHOLOGICAL
 from tests.reliability.load import audit
 from tests.reliability.test_byte_exact import CORPUS
-from tests.support import MailClient, SinkProcess, dot_stuff, free_port, make_mail, write_config
+from tests.support import MailClient, SinkProcess, free_port, make_mail, write_config
 
 BOX = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
 LMTP = Envelope("lmtp", "mta@firma.cz", ("crm@firma.cz",))

@@ -6,7 +6,6 @@ once without touching what was already stored."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import sqlite3
 
 import pytest

@@ -8,11 +8,9 @@ import json
 import threading
 import time
 
-import pytest
 from sqlalchemy import func, select
 
 from sink.cli import main
-from sink.config import load_config
 from sink.db import schema as t
 from sink.intake import Intake, ReplayError
 from sink.pipeline import evaluate

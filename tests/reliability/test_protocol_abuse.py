@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from sink.db import schema as t
 from tests.conftest import with_listener_limits
