@@ -326,11 +326,13 @@ def _count_any_case(raw: bytes, needle: bytes, end: int) -> int:
 def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
     """Parse ``raw``; never raises for content (a defect list records what was unreadable)."""
     defects: list[str] = []
-    cut, reason = parse_window(raw)
+    # PDF, image, ... bodies: no rule reads them (first, so that they count against no bound
+    # and a big attachment costs no copy of the message)
+    lean = without_opaque_bodies(raw)
+    cut, reason = parse_window(lean)
     if reason:
-        defects.append(f"parse: only the first {cut} of {len(raw)} bytes read ({reason})")
-    window = raw[:cut] if cut < len(raw) else raw
-    window = without_opaque_bodies(window)      # PDF, image, ... bodies: no rule reads them
+        defects.append(f"parse: only the first {cut} of {len(lean)} bytes read ({reason})")
+    window = lean[:cut] if cut < len(lean) else lean
     try:
         msg = email.message_from_bytes(window, policy=_POLICY)
     except Exception as exc:

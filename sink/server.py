@@ -203,7 +203,15 @@ class _Guarded:
             self._set_post_data_state()
             return
         data = b"".join(chunks)
-        original_content = data[:-3].replace(b"\r\n.", b"\r\n")[2:]
+        chunks.clear()
+        chunk = None                  # (the last chunk may be ``data`` itself)
+        # At most one copy beside ``data`` (a 40 MB message must not cost five): with no
+        # line to un-stuff, the content is one slice.
+        if data.find(b"\r\n.", 0, len(data) - 3) < 0:
+            original_content = data[2:-3]
+        else:
+            original_content = data.replace(b"\r\n.", b"\r\n")[2:-2]
+        del data
         self.envelope.content = original_content
         self.envelope.original_content = original_content
         # Storing is our time, not the client's silence: no timeout until the reply is out

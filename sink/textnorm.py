@@ -8,6 +8,7 @@ collapse to one space so that a line break inside a phrase still matches.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 
@@ -39,9 +40,12 @@ _TABLE_SIZE = 0x800
 _TABLE = [_TRANSLITERATION[codepoint] for codepoint in range(_TABLE_SIZE)]
 
 
+_BEYOND_TABLE = re.compile(f"[^\\x00-\\u{_TABLE_SIZE - 1:04x}]")
+
+
 def _transliterate(text: str) -> str:
     """``unidecode(text)``: the same per-character replacements, the loop in C."""
-    if ord(max(text)) < _TABLE_SIZE:
+    if _BEYOND_TABLE.search(text) is None:
         return text.translate(_TABLE)
     return text.translate(_TRANSLITERATION)
 
