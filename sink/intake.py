@@ -1,5 +1,7 @@
 """Store-then-decide for one message: raw bytes, message row, rule outcome and records in one
 transaction per box. Every ingress (LMTP/SMTP, pollers, eml directory, ``sink ingest``) ends here.
+The server stores many messages in one transaction instead, each delivery in its own savepoint
+(:mod:`sink.batching`, group commit) with the same :meth:`Intake.store`.
 
 Guarantees, in the order they are established:
 - the same bytes for the same box are stored once (unique ``(box, sha256)``): an MTA that lost
