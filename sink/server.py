@@ -350,11 +350,12 @@ class SinkServer:
         self.config = config
         self.intake = intake
         # SQLite has one write lock: one writer, whose batches carry everything. PostgreSQL
-        # takes several writers (each with its own batches and connection).
+        # takes several writers (each with its own batches and connection); more than two
+        # cost more CPU than they save in waiting (docs/PERFORMANCE.md).
         if intake.engine.dialect.name == "sqlite":
             writers = 1
         else:
-            writers = threads or config.storage_threads or 4
+            writers = threads or config.storage_threads or 2
         self.committer = GroupCommitter(intake, writers=writers)
         self.tracker = InFlight()
         self.servers: list[asyncio.AbstractServer] = []
