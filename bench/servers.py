@@ -159,12 +159,20 @@ def write_sink_config(path: Path, url: str, port: int, log_file: Path, level: st
         f'{boxes}\n[log]\nlevel = "{level}"\nfile = {json.dumps(str(log_file))}\n{extra}')
 
 
+# `sink serve` uses uvloop whenever it can import it; this hides it (a benchmark variant).
+_WITHOUT_UVLOOP = ("-c", "import runpy, sys; sys.modules['uvloop'] = None; "
+                         "runpy.run_module('sink', run_name='__main__')")
+
+
 class Sink(_Server):
     """``sink serve`` on a fresh database of ``kind`` (sqlite or postgres)."""
 
-    def __init__(self, kind: str, workdir: Path, *, log_level: str = "info", env=None):
+    def __init__(self, kind: str, workdir: Path, *, log_level: str = "info", env=None,
+                 uvloop: bool = True, name: str | None = None, extra_config: str = ""):
         self.kind = kind
-        self.name = kind
+        self.name = name or kind
+        self.uvloop = uvloop
+        self.extra_config = extra_config
         self.workdir = workdir
         self.log_level = log_level
         self.env = env
@@ -185,12 +193,14 @@ class Sink(_Server):
         prepare_database(self.url)
         config = self.workdir / f"{tag}.toml"
         self.log = self.workdir / f"{tag}.log"
-        write_sink_config(config, self.url, self.port, self.log, self.log_level)
+        write_sink_config(config, self.url, self.port, self.log, self.log_level,
+                          self.extra_config)
         out = self.workdir / f"{tag}.out"
         env = dict(os.environ, **(self.env or {}))
         with open(out, "ab") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sink", "--config", str(config), "serve"],
+                [sys.executable, *(("-m", "sink") if self.uvloop else _WITHOUT_UVLOOP),
+                 "--config", str(config), "serve"],
                 cwd=ROOT, stdout=f, stderr=f, env=env)
         _wait_port(self.proc, self.port, f"sink serve ({self.kind})", out)
 

@@ -1,0 +1,123 @@
+"""Where a server's CPU goes under the benchmark's load: py-spy samples of the thread holding
+the GIL (``--gil``: a Python process does one thing at a time; that is what limits it).
+
+    python -m bench.profile --server sqlite --profile 4k-1 --seconds 10
+
+needs ``py-spy`` (``pip install py-spy``; root or ptrace permission). Writes
+``<out>/profile-<server>-<profile>.txt``: the share of each part of the pipeline, then the
+functions with the most samples (self and cumulative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import corpus
+from bench.run import RATE_CAP, drive, make_server, write_corpus
+from bench.servers import ROOT, uvloop_available
+
+# A sample belongs to the first part whose marker is in its stack. Stacks of coroutines run by
+# uvloop are cut at the C loop, so module paths decide where the root frame is missing.
+PARTS = (
+    ("parse: sha256, MIME parse, unwrap", ("Intake.prepare",)),
+    ("rules: sink.pipeline.evaluate", ("evaluate (sink/pipeline/__init__.py",)),
+    ("log lines", ("Intake.log_delivery", "Intake._log")),
+    ("storage: statements, savepoints, executor, commit", ("store_one", "GroupCommitter._commit")),
+    ("protocol: aiosmtpd on the event loop", ("run_forever", "Runner.run")),
+    ("parse: sha256, MIME parse, unwrap", ("email/", "sink/mailparse.py", "sink/opaque.py",
+                                           "sink/unwrap.py")),
+    ("rules: sink.pipeline.evaluate", ("sink/pipeline/", "sink/textnorm.py", "icalendar/")),
+    ("log lines", ("structlog/",)),
+    ("storage: statements, savepoints, executor, commit", ("sink/db/", "sqlalchemy/",
+                                                          "sink/executor.py", "psycopg")),
+    ("protocol: aiosmtpd on the event loop", ("aiosmtpd/", "asyncio/", "sink/server.py",
+                                              "uvloop")),
+    ("thread hand-offs", ("threading.py", "concurrent/futures", "sink/batching.py")),
+)
+
+
+def _short(frame: str) -> str:
+    for prefix in (sys.prefix + "/lib/python", str(ROOT) + "/"):
+        frame = frame.replace(prefix, "")
+    return frame.split("site-packages/")[-1]
+
+
+def summarize(raw: Path, top: int = 30) -> str:
+    parts, own, cumulative, total = collections.Counter(), collections.Counter(), \
+        collections.Counter(), 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        try:
+            n = int(count)
+        except ValueError:
+            continue
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            cumulative[frame] += n
+        for name, markers in PARTS:
+            if any(m in stack for m in markers):
+                parts[name] += n
+                break
+        else:
+            parts["other"] += n
+    out = [f"{total} samples of the thread holding the GIL", "", "| part | share |", "|---|---:|"]
+    out += [f"| {name} | {n / total * 100:.0f}% |" for name, n in parts.most_common()]
+    out += ["", "self:"] + [f"{n / total * 100:5.1f}%  {_short(f)}"
+                            for f, n in own.most_common(top)]
+    out += ["", "cumulative:"] + [f"{n / total * 100:5.1f}%  {_short(f)}"
+                                  for f, n in cumulative.most_common(top)]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
+    p.add_argument("--server", default="sqlite", help="bare, sqlite, postgres (NAME:asyncio too)")
+    p.add_argument("--profile", default="4k-1", choices=corpus.PROFILES)
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--sessions", type=int, default=16)
+    p.add_argument("--out", default=str(ROOT / "docs" / "bench"))
+    args = p.parse_args(argv)
+    if not shutil.which("py-spy"):
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    args.uvloop, args.log_level, args.storage_threads = uvloop_available(), "info", None
+    work = Path(tempfile.mkdtemp(prefix="sink-profile-"))
+    try:
+        corpus_file = work / "corpus.pickle"
+        count = int(RATE_CAP[args.profile] * (args.seconds + 1) * 1.2)
+        write_corpus(corpus_file, corpus.build(args.profile, count))
+        raw = work / "samples.txt"
+        with make_server(args.server, work, args) as server:
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--gil",
+                                    "--nonblocking", "--rate", "200", "--format", "raw",
+                                    "--duration", str(args.seconds), "--output", str(raw)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                result = drive(server, corpus_file, sessions=args.sessions, warmup=0.3,
+                               duration=args.seconds)
+                spy.wait(args.seconds + 30)
+            finally:
+                if spy.poll() is None:
+                    spy.kill()
+                    spy.wait()
+        head = (f"`python -m bench.profile --server {args.server} --profile {args.profile} "
+                f"--seconds {args.seconds}`: {result['rate']} msgs/s, server CPU "
+                f"{result.get('server_cpu_ms')} ms/msg, p99 {result['p99_ms']} ms\n\n")
+        text = head + summarize(raw)
+        target = Path(args.out) / f"profile-{args.server.replace(':', '-')}-{args.profile}.txt"
+        target.write_text(text)
+        print(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
