@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 from bench import corpus, procstat

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import threading
 import time
 import traceback
@@ -213,23 +212,10 @@ def _parsed_for_replay(raw: bytes, sha256: str, parent: bytes | None) -> ParsedM
     return parse_message(raw)
 
 
-def _takes_records(rules) -> bool:
-    """Whether a rules function accepts the fifth argument, ``records`` (functions written for
-    the four-argument form, e.g. test doubles wrapping ``evaluate``, still work)."""
-    try:
-        params = list(inspect.signature(rules).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
-    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 5
-
-
 class Intake:
     def __init__(self, engine: Engine, *, rules=evaluate, clock=lambda: datetime.now(timezone.utc)):
         self.engine = engine
         self.rules = rules
-        self._rules_take_records = _takes_records(rules)
         self.clock = clock
         self.directory = DirectoryCache()
 
@@ -412,10 +398,7 @@ class Intake:
     def _evaluate(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
                   directory: Directory) -> Decision:
         """Run the rules with read-only lookups answered inside this transaction."""
-        seen = _seen_in(conn, box.address)
-        if self._rules_take_records:
-            return self.rules(parsed, box, directory, seen, DbRecords(conn))
-        return self.rules(parsed, box, directory, seen)
+        return self.rules(parsed, box, directory, _seen_in(conn, box.address), DbRecords(conn))
 
     def _decide(self, conn: Connection, message_id: int, parsed: ParsedMessage,
                 box: BoxConfig) -> Delivery:

@@ -144,10 +144,10 @@ def test_out_of_space_answers_452(engine, start_server, monkeypatch):
 
 
 def test_rule_that_raises_is_stored_failed_and_answered_250(engine, start_server):
-    def rules(msg, box, directory, seen):
+    def rules(msg, box, directory, seen, records=None):
         if "poison" in msg.subject:
             raise ZeroDivisionError("a rule divided by zero")
-        return evaluate(msg, box, directory, seen)
+        return evaluate(msg, box, directory, seen, records)
     server = start_server(Intake(engine, rules=rules))
     client = MailClient(server.lmtp_port)
     client.hello()
@@ -286,9 +286,9 @@ def test_handler_slower_than_the_session_timeout_finishes_its_commit(engine, con
                                                                      start_server):
     import time
 
-    def slow_rules(msg, box, directory, seen):
+    def slow_rules(msg, box, directory, seen, records=None):
         time.sleep(1.5)
-        return evaluate(msg, box, directory, seen)
+        return evaluate(msg, box, directory, seen, records)
     server = start_server(Intake(engine, rules=slow_rules),
                           cfg=with_listener_limits(config, timeout=0.5))
     client = MailClient(server.lmtp_port)

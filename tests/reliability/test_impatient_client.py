@@ -90,9 +90,9 @@ def test_many_clients_gone_after_the_dot_then_resending_store_each_once(engine,
 
 def test_handler_slower_than_the_clients_patience_is_stored_once(engine, start_server,
                                                                 figures):
-    def slow_rules(msg, box, directory, seen):
+    def slow_rules(msg, box, directory, seen, records=None):
         time.sleep(1.2)
-        return evaluate(msg, box, directory, seen)
+        return evaluate(msg, box, directory, seen, records)
     server = start_server(Intake(engine, rules=slow_rules))
     raw = make_mail(message_id="<impatient@test>")
     attempts, gave_up, final = 0, 0, None

@@ -17,10 +17,10 @@ from sink.pipeline import evaluate
 from tests.support import MailClient, free_port, make_mail, write_config
 
 
-def poisoned_rules(msg, box, directory, seen):
+def poisoned_rules(msg, box, directory, seen, records=None):
     if "poison" in msg.subject:
         raise ZeroDivisionError("a rule divided by zero")
-    return evaluate(msg, box, directory, seen)
+    return evaluate(msg, box, directory, seen, records)
 
 
 def rows(engine):
@@ -146,9 +146,9 @@ def test_concurrent_replays_create_records_once(engine, start_server, figures):
     messages, _, poison = store_poison(engine, start_server, count=12, poison=(0, 4, 8))
     boxes = load_config_boxes()
 
-    def slow_fixed_rules(msg, box, directory, seen):
+    def slow_fixed_rules(msg, box, directory, seen, records=None):
         time.sleep(0.3)            # both replays are inside the window at the same time
-        return evaluate(msg, box, directory, seen)
+        return evaluate(msg, box, directory, seen, records)
     outcomes = []
     for key in sorted(poison):
         message_id = rows(engine)[key].id
