@@ -58,6 +58,7 @@ class Job:
     raw: bytes
     envelope: Envelope
     boxes: tuple[BoxConfig, ...]
+    started: float | None = None
     future: Future = field(default_factory=Future)
     prepared: Prepared | None = None
 
@@ -91,6 +92,41 @@ def store_one(intake: Intake, conn: Connection, prepared: Prepared, box: BoxConf
     return TransientStorageError("kept racing on a unique key")
 
 
+def commit_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]
+                 ) -> list[list[Outcome]]:
+    """Store every ``(prepared, boxes)`` in ONE transaction, each delivery in its own savepoint;
+    one list of outcomes per item, once committed. Raises TransientStorageError when the whole
+    batch was rolled back (a transient error, a failing COMMIT, or an error of our own outside
+    any one message): every message of it must be answered 4xx."""
+    outcomes: list[list[Outcome]] = []
+    try:
+        with intake.engine.begin() as conn, intake.directory.pinned(conn):
+            for prepared, boxes in items:
+                outcomes.append([store_one(intake, conn, prepared, box) for box in boxes])
+    except Exception as error:
+        transient = classify(error)
+        if transient is None:
+            log.exception("batch.store_error", messages=len(items), error=type(error).__name__)
+            transient = TransientStorageError(f"storage error: {type(error).__name__}")
+        log.warning("batch.deferred", messages=len(items), reason=str(transient),
+                    no_space=transient.no_space)
+        for prepared, boxes in items:
+            log.warning("message.deferred", box=",".join(b.address for b in boxes),
+                        channel=prepared.envelope.channel, size=len(prepared.raw),
+                        reason=str(transient), no_space=transient.no_space)
+        raise transient from error
+    return outcomes
+
+
+def log_batch(intake: Intake, prepared: Sequence[Prepared],
+              outcomes: Sequence[Sequence[Outcome]]) -> None:
+    """The log lines of a committed batch (written after the sessions were answered)."""
+    for one, results in zip(prepared, outcomes):
+        for outcome in results:
+            if isinstance(outcome, Delivery):
+                intake.log_delivery(outcome, one)
+
+
 class GroupCommitter:
     """``preparers`` prepare threads and ``writers`` writer threads; see the module
     docstring."""
@@ -116,10 +152,11 @@ class GroupCommitter:
             thread.start()
 
     # ------------------------------------------------------------------------------ public
-    def submit(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> Future:
+    def submit(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig],
+               started: float | None = None) -> Future:
         """Queue ``raw`` for every box; the future gives one :data:`Outcome` per box, in
         order, once the batch holding it has committed (or the batch's transient error)."""
-        job = Job(raw, envelope, tuple(boxes))
+        job = Job(raw, envelope, tuple(boxes), started)
         with self._lock:
             if self._closing:
                 raise TransientStorageError("shutting down")
@@ -157,7 +194,7 @@ class GroupCommitter:
                 job = self._incoming.popleft()
                 self._busy += 1
             try:
-                job.prepared = self.intake.prepare(job.raw, job.envelope)
+                job.prepared = self.intake.prepare(job.raw, job.envelope, job.started)
             except BaseException as error:       # parsing never raises; be sure anyway
                 self._resolve(job, exception=classify(error) or error)
                 continue
@@ -195,34 +232,16 @@ class GroupCommitter:
                         job.future.set_exception(classify(error) or error)
 
     def _commit(self, batch: Sequence[Job]) -> None:
-        intake = self.intake
-        outcomes: list[list[Outcome]] = []
         try:
-            with intake.engine.begin() as conn, intake.directory.pinned(conn):
-                for job in batch:
-                    outcomes.append([store_one(intake, conn, job.prepared, box)
-                                     for box in job.boxes])
-        except Exception as error:
-            transient = classify(error)
-            if transient is None:
-                log.exception("batch.store_error", messages=len(batch),
-                              error=type(error).__name__)
-                transient = TransientStorageError(f"storage error: {type(error).__name__}")
-            log.warning("batch.deferred", messages=len(batch), reason=str(transient),
-                        no_space=transient.no_space)
+            outcomes = commit_batch(self.intake, [(job.prepared, job.boxes) for job in batch])
+        except TransientStorageError as transient:
             for job in batch:
-                log.warning("message.deferred", box=",".join(b.address for b in job.boxes),
-                            channel=job.envelope.channel, size=len(job.raw),
-                            reason=str(transient), no_space=transient.no_space)
                 job.future.set_exception(transient)
             return
         # Committed: answer every session first, then write the log lines.
         for job, results in zip(batch, outcomes):
             job.future.set_result(results)
-        for job, results in zip(batch, outcomes):
-            for outcome in results:
-                if isinstance(outcome, Delivery):
-                    intake.log_delivery(outcome, job.prepared)
+        log_batch(self.intake, [job.prepared for job in batch], outcomes)
 
     def _resolve(self, job: Job, *, exception: BaseException) -> None:
         with self._lock:

@@ -73,6 +73,7 @@ class Config:
     boxes: tuple[BoxConfig, ...]
     log: LogConfig = LogConfig()
     storage_threads: int | None = None
+    storage_workers: int | None = None
     path: Path | None = None
 
     def box(self, address: str | None) -> BoxConfig:
@@ -269,7 +270,10 @@ def parse_config(data: dict, base: Path = Path.cwd(), path: Path | None = None) 
     level = _str("log.level", log.get("level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level: expected debug, info, warning or error")
-    storage = _check_keys("storage", data.get("storage", {}), {"threads"})
+    storage = _check_keys("storage", data.get("storage", {}), {"threads", "workers"})
+    workers = _int("storage.workers", storage["workers"], 0) if "workers" in storage else None
+    if workers is not None and workers > 64:
+        raise ConfigError("storage.workers: expected 0 (store in the protocol process) to 64")
     return Config(
         database_url=_database_url(data.get("database", {}), base),
         listeners=tuple(_listener(f"listeners[{i}]", l, base) for i, l in enumerate(listeners)),
@@ -279,6 +283,7 @@ def parse_config(data: dict, base: Path = Path.cwd(), path: Path | None = None) 
                       if "file" in log else None),
         storage_threads=_int("storage.threads", storage["threads"]) if "threads" in storage
         else None,
+        storage_workers=workers,
         path=path,
     )
 

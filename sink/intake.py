@@ -246,9 +246,12 @@ class Intake:
             self.log_delivery(delivery, prepared)
         return deliveries
 
-    def prepare(self, raw: bytes, envelope: Envelope) -> Prepared:
-        """Digest and parse ``raw`` (and unwrap what it carries); no database work."""
-        started = time.perf_counter()
+    def prepare(self, raw: bytes, envelope: Envelope, started: float | None = None) -> Prepared:
+        """Digest and parse ``raw`` (and unwrap what it carries); no database work.
+        ``started``: ``time.perf_counter()`` at receipt (CLOCK_MONOTONIC on Linux, so the
+        protocol process's reading is valid in a storage worker), else now."""
+        if started is None:
+            started = time.perf_counter()
         parsed = parse_message(raw, bcc=envelope.bcc)
         return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
                         started)

@@ -31,6 +31,7 @@ import asyncio
 import ipaddress
 import signal
 import ssl
+import time
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, Session, syntax
@@ -251,14 +252,29 @@ def _peer(peer) -> str | None:
     return f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer[0])
 
 
+class InProcessStorage:
+    """Parse, rules and group commit in this process's threads (``[storage] workers = 0``, and
+    tests whose rules are test doubles); :class:`sink.workerpool.WorkerPool` is the other kind."""
+
+    def __init__(self, intake: Intake, writers: int):
+        self.committer = GroupCommitter(intake, writers=writers)
+
+    async def start(self) -> None:
+        pass
+
+    def submit(self, raw: bytes, envelope: Envelope, boxes, started: float) -> asyncio.Future:
+        return asyncio.wrap_future(self.committer.submit(raw, envelope, boxes, started))
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.committer.close)
+
+
 class Handler:
     """aiosmtpd handler hooks: RCPT admission and DATA -> storage -> replies."""
 
-    def __init__(self, config: Config, intake: Intake, committer: GroupCommitter,
-                 listener: ListenerConfig, tracker: "InFlight"):
+    def __init__(self, config: Config, storage, listener: ListenerConfig, tracker: "InFlight"):
         self.boxes = {b.address: b for b in config.boxes}
-        self.intake = intake
-        self.committer = committer
+        self.storage = storage
         self.listener = listener
         self.lmtp = listener.protocol == "lmtp"
         self.tracker = tracker
@@ -274,12 +290,13 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session: Session, envelope: SmtpEnvelope):
+        started = time.perf_counter()
         raw = envelope.original_content
         rcpts = [fold_address(r) for r in envelope.rcpt_tos]
         boxes = [self.boxes[a] for a in dict.fromkeys(rcpts)]
         meta = Envelope(channel=self.listener.protocol, mail_from=envelope.mail_from,
                         rcpt_tos=tuple(rcpts))
-        outcomes = await self._store(meta, boxes, raw)
+        outcomes = await self._store(meta, boxes, raw, started)
         if not self.lmtp:
             return _reply(outcomes)
         # LMTP: each box has its own outcome (its own savepoint in the batch) and its own
@@ -287,10 +304,11 @@ class Handler:
         per_box = {box.address: _reply([outcome]) for box, outcome in zip(boxes, outcomes)}
         return "\r\n".join(per_box[a] for a in rcpts)
 
-    async def _store(self, meta: Envelope, boxes, raw: bytes) -> list:
-        """One outcome per box: a Delivery, or the error to answer 4xx for."""
+    async def _store(self, meta: Envelope, boxes, raw: bytes, started: float) -> list:
+        """One outcome per box: a Delivery (or the worker's account of one), or the error to
+        answer 4xx for."""
         try:
-            future = asyncio.wrap_future(self.committer.submit(raw, meta, boxes))
+            future = self.storage.submit(raw, meta, boxes, started)
             self.tracker.add(future)
             return list(await asyncio.shield(future))
         except asyncio.CancelledError:
@@ -344,25 +362,33 @@ def _tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
 
 
 class SinkServer:
-    """All configured listeners on one event loop, sharing one group committer."""
+    """All configured listeners on one event loop, sharing one storage: ``workers`` storage
+    worker processes (:mod:`sink.workerpool`), or with ``workers=0`` a group committer in this
+    process's threads around ``intake``."""
 
-    def __init__(self, config: Config, intake: Intake, *, threads: int | None = None):
+    def __init__(self, config: Config, intake: Intake | None = None, *, workers: int = 0,
+                 threads: int | None = None):
         self.config = config
-        self.intake = intake
-        # SQLite has one write lock: one writer, whose batches carry everything. PostgreSQL
-        # takes several writers (each with its own batches and connection); more than two
-        # cost more CPU than they save in waiting (docs/PERFORMANCE.md).
-        if intake.engine.dialect.name == "sqlite":
-            writers = 1
+        if workers:
+            from sink.workerpool import WorkerPool
+            self.storage = WorkerPool(config, workers)
         else:
-            writers = threads or config.storage_threads or 2
-        self.committer = GroupCommitter(intake, writers=writers)
+            if intake is None:
+                raise ValueError("in-process storage needs an Intake")
+            # SQLite has one write lock: one writer, whose batches carry everything.
+            # PostgreSQL takes several writers (each with its own batches and connection);
+            # more than two cost more CPU than they save in waiting (docs/PERFORMANCE.md).
+            if intake.engine.dialect.name == "sqlite":
+                writers = 1
+            else:
+                writers = threads or config.storage_threads or 2
+            self.storage = InProcessStorage(intake, writers)
         self.tracker = InFlight()
         self.servers: list[asyncio.AbstractServer] = []
         self.live: set = set()      # open sessions of every listener, closed at shutdown
 
     def _factory(self, listener: ListenerConfig):
-        handler = Handler(self.config, self.intake, self.committer, listener, self.tracker)
+        handler = Handler(self.config, self.storage, listener, self.tracker)
         base = SinkLMTP if listener.protocol == "lmtp" else SinkSMTP
         # One protocol class per listener: its state, and a line limit that only the size limit
         # bounds (RFC 5322's 998 is a SHOULD; a stored message must equal what was sent).
@@ -380,6 +406,7 @@ class SinkServer:
 
     async def start(self) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
+        await self.storage.start()          # no listener before the storage can take mail
         bound = []
         for listener in self.config.listeners:
             state, factory = self._factory(listener)
@@ -402,7 +429,7 @@ class SinkServer:
                 proto.transport.close()
         for server in self.servers:
             await server.wait_closed()
-        self.committer.close()
+        await self.storage.close()
         log.info("server.stopped", in_flight_at_stop=left)
 
 
@@ -430,5 +457,23 @@ def run(config: Config, engine) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve_until_signal(SinkServer(config, Intake(engine))))
+    workers = (default_workers(engine) if config.storage_workers is None
+               else config.storage_workers)
+    if workers:
+        engine.dispose()            # the workers open their own connections
+        server = SinkServer(config, workers=workers)
+    else:
+        server = SinkServer(config, Intake(engine))
+    try:
+        runner(serve_until_signal(server))
+    except RuntimeError as error:       # a storage worker could not start: say why
+        log.error("server.start_failed", reason=str(error))
+        raise SystemExit(f"sink: error: {error}") from None
     return 0
+
+
+def default_workers(engine) -> int:
+    """Storage worker processes when ``[storage] workers`` is not set (docs/PERFORMANCE.md):
+    SQLite one - it has one write lock, and on two cores a second worker only adds overhead;
+    PostgreSQL two - one parses and decides while the other waits for its commit."""
+    return 1 if engine.dialect.name == "sqlite" else 2

@@ -93,7 +93,7 @@ def engine(db_url):
 
 
 def config_for(db_url: str, *, listeners=(), **box) -> "Config":
-    data = {"database": {"url": db_url},
+    data = {"database": {"url": db_url}, "log": {"level": "warning"},
             "listeners": [dict(l) for l in listeners],
             "boxes": [{"address": "crm@firma.cz", **box}]}
     return parse_config(data)
@@ -106,11 +106,14 @@ def config(db_url):
 
 
 class RunningServer:
-    """A SinkServer on its own event loop in a background thread, bound to free ports."""
+    """A SinkServer on its own event loop in a background thread, bound to free ports: with
+    storage worker processes as ``sink serve`` runs it, or, given an ``intake`` (rules that are
+    test doubles), storing in this process."""
 
-    def __init__(self, config, intake: Intake):
+    def __init__(self, config, intake: Intake | None = None, workers: int = 2):
         from sink.server import SinkServer
-        self.server = SinkServer(config, intake)
+        self.server = (SinkServer(config, intake) if intake is not None
+                       else SinkServer(config, workers=workers))
         self.loop = asyncio.new_event_loop()
         self.ports = self.loop.run_until_complete(self.server.start())
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -138,11 +141,14 @@ class RunningServer:
 
 @pytest.fixture
 def start_server(engine, config):
-    """Call with an optional Intake (e.g. with a rules function that raises) and config."""
+    """Call with an optional Intake (e.g. with a rules function that raises: stored in this
+    process), config, and the number of storage workers (0: in this process)."""
     running = []
 
-    def start(intake: Intake | None = None, cfg=None) -> RunningServer:
-        server = RunningServer(cfg or config, intake or Intake(engine))
+    def start(intake: Intake | None = None, cfg=None, workers: int = 2) -> RunningServer:
+        if workers == 0 and intake is None:
+            intake = Intake(engine)
+        server = RunningServer(cfg or config, intake, workers)
         running.append(server)
         return server
     yield start

@@ -157,15 +157,17 @@ def free_port() -> int:
 class SinkProcess:
     """A real `sink serve` process; stops itself (SIGTERM, then SIGKILL) when closed."""
 
-    def __init__(self, config_path, port: int, log_path=None):
+    def __init__(self, config_path, port: int, log_path=None, new_session: bool = False):
         import subprocess
         import sys
         self.port = port
         self.log_path = log_path or f"{config_path}.{port}.log"
         self.log = open(self.log_path, "ab")
+        # new_session: a process group of its own (with its storage workers), as under a
+        # service manager that signals the whole group.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sink", "--config", str(config_path), "serve"],
-            stdout=self.log, stderr=self.log)
+            stdout=self.log, stderr=self.log, start_new_session=new_session)
         try:
             self.wait_listening()
         except BaseException:
@@ -208,6 +210,30 @@ class SinkProcess:
             self.proc.kill()
         self.proc.wait(10)
         self.log.close()
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (``sink serve``'s storage workers)."""
+    import os
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie counts as gone: it runs no more code)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def write_config(path, db_url: str, port: int, protocol: str = "lmtp", **box) -> None:

@@ -114,7 +114,7 @@ def test_failure_mid_transaction_answers_451_and_leaves_nothing(engine, start_se
         real_apply(conn, message_id, decision, directory)   # activities written ...
         raise sa_exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
     monkeypatch.setattr(sink.intake, "apply", apply_then_lose_database)
-    server = start_server()
+    server = start_server(workers=0)        # the patch lives in this process
     client = MailClient(server.lmtp_port)
     client.hello()
     code, text = client.send(make_mail())[-1]
@@ -134,7 +134,7 @@ def test_out_of_space_answers_452(engine, start_server, monkeypatch):
         raise sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError(
             "database or disk is full"))
     monkeypatch.setattr(sink.intake, "apply", full)
-    server = start_server()
+    server = start_server(workers=0)        # the patch lives in this process
     client = MailClient(server.lmtp_port)
     client.hello()
     code, text = client.send(make_mail())[-1]

@@ -57,7 +57,7 @@ def activities_by_box(engine) -> dict[str, int]:
 
 def test_one_reply_per_rcpt_in_order_and_only_the_deferred_are_retried(engine, db_url,
                                                                     start_server, flaky_box):
-    server = start_server(cfg=two_box_config(db_url))
+    server = start_server(cfg=two_box_config(db_url), workers=0)   # the patch is in-process
     raw = make_mail(message_id="<multi@test>")
     rcpts = ("crm@firma.cz", "crm2@firma.cz", "stranger@elsewhere.org", "CRM@firma.cz",
              "crm2@firma.cz")
@@ -97,7 +97,7 @@ def test_one_reply_per_rcpt_in_order_and_only_the_deferred_are_retried(engine, d
 
 def test_smtp_with_one_box_deferred_answers_4xx_and_the_retry_stores_each_once(
         engine, db_url, start_server, flaky_box):
-    server = start_server(cfg=two_box_config(db_url, "smtp"))
+    server = start_server(cfg=two_box_config(db_url, "smtp"), workers=0)
     raw = make_mail(message_id="<multi-smtp@test>")
     client = MailClient(server.smtp_port)
     client.hello(lmtp=False)

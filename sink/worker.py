@@ -1,0 +1,227 @@
+"""A storage worker process: parse, rules and group commit, beside the protocol process.
+
+One Python process cannot use more than one core's worth of Python at a time, and a 4 KB
+message costs the protocol (aiosmtpd) about as much CPU as parsing, deciding and storing it
+(docs/PERFORMANCE.md). ``sink serve`` therefore runs the listeners in one process and hands every
+received message to one of a few worker processes (:mod:`sink.workerpool`), each running this
+module: ``python -m sink.worker FD``, FD one end of a socket pair.
+
+The worker is one thread and one loop: wait for a message; take every other message already
+waiting (up to ``MAX_BATCH`` / ``MAX_BYTES``); digest and parse each (:meth:`Intake.prepare`);
+store them all in one transaction with a savepoint each (:func:`sink.batching.commit_batch`, the
+same code as the in-process group committer); after the COMMIT send one reply frame with every
+message's outcome; then write the log lines. While one worker waits for its fsync the others
+parse: on SQLite the write lock passes between them, on PostgreSQL they commit side by side.
+
+Failure: an error of one message is that message's 4xx (its savepoint); a transient error fails
+the batch (every message 4xx, nothing committed). If the worker dies, the protocol process
+answers 451 for what it had in hand and starts another; a batch that committed just before the
+death is answered 451 too, and the MTA's resend is recognised as already stored. The worker
+ignores SIGTERM and SIGINT (systemd and a terminal signal the whole process group): it stops
+when the protocol process closes its end, after answering everything it was given.
+
+Frames, both ways: ``!II`` (length of a pickled header, length of a raw payload), the header,
+the payload. To the worker: first ``("init", config)``, then ``(job_id, envelope, box
+addresses, started)`` with the message as payload. From the worker: ``("ready", pid)`` or
+``("failed", reason)``, then ``("done", [(job_id, [result per box]), ...])`` where a result is
+``("stored", message_id, status, already_stored)`` or ``("error", reason, transient,
+no_space)``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+
+HEADER = struct.Struct("!II")
+MAX_BATCH = 256
+MAX_BYTES = 64 * 1024 * 1024
+_BIG = 1 << 20          # payloads above this are read into their own buffer (one copy less)
+
+
+def frame(header, payload: bytes = b"") -> bytes:
+    meta = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(meta), len(payload)) + meta + payload
+
+
+class Inbox:
+    """Frames from a blocking socket; ``next(block=False)`` answers None when no whole frame
+    can be had without waiting, and :data:`EOF` once the other end is closed."""
+
+    EOF = object()
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+
+    def next(self, *, block: bool = True):
+        while True:
+            got = self._take(block)
+            if got is not None:
+                return got
+            if not block and not select.select([self.sock], [], [], 0)[0]:
+                return None
+            data = self.sock.recv(256 * 1024)
+            if not data:
+                return self.EOF
+            self.buf += data
+
+    def _take(self, block: bool):
+        buf = self.buf
+        if len(buf) < HEADER.size:
+            return None
+        meta_len, payload_len = HEADER.unpack_from(buf)
+        start = HEADER.size + meta_len
+        if block and payload_len > _BIG and len(buf) >= start:
+            return self._take_big(start, payload_len)
+        if len(buf) < start + payload_len:
+            return None
+        header = pickle.loads(buf[HEADER.size:start])
+        payload = bytes(buf[start:start + payload_len])
+        del buf[:start + payload_len]
+        return header, payload
+
+    def _take_big(self, start: int, length: int):
+        # A big message: its bytes go straight into one buffer of its size, not through
+        # ``buf``'s repeated growth.
+        header = pickle.loads(self.buf[HEADER.size:start])
+        payload = bytearray(length)
+        have = min(length, len(self.buf) - start)
+        payload[:have] = self.buf[start:start + have]
+        del self.buf[:start + have]
+        view = memoryview(payload)
+        while have < length:
+            n = self.sock.recv_into(view[have:], length - have)
+            if n == 0:
+                raise EOFError("the protocol process went away inside a message")
+            have += n
+        view.release()
+        data = bytes(payload)
+        del payload
+        return header, data
+
+
+class WriteTurn:
+    """SQLite has one write lock, and a writer that finds it taken sleeps in SQLite's busy
+    handler (1, 2, 5 ... 100 ms at a time) instead of being woken when it is free: with two
+    workers that sleep was the p99. Workers on one SQLite file therefore take turns on an
+    ``flock`` of a file beside it, which the kernel hands over at once; their parsing still
+    overlaps. PostgreSQL needs no turns (row locks, several writers)."""
+
+    def __init__(self, path: str | None):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
+
+    @classmethod
+    def for_database(cls, engine) -> "WriteTurn":
+        from sink.db.engine import is_sqlite
+        database = engine.url.database
+        if is_sqlite(engine) and database and database != ":memory:":
+            return cls(database + "-writeturn")
+        return cls(None)
+
+    def __enter__(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return False
+
+
+def _result(outcome) -> tuple:
+    from sink.errors import classify
+    if isinstance(outcome, BaseException):
+        transient = classify(outcome)
+        return ("error", str(transient or type(outcome).__name__), transient is not None,
+                bool(transient and transient.no_space))
+    return ("stored", outcome.message_id, outcome.status, outcome.already_stored)
+
+
+def serve(sock: socket.socket, inbox: Inbox, config) -> int:
+    from sink.batching import commit_batch, log_batch
+    from sink.db.engine import make_engine
+    from sink.errors import TransientStorageError
+    from sink.intake import Intake
+    from sink.log import get_logger
+
+    log = get_logger("sink.worker")
+    boxes = {box.address: box for box in config.boxes}
+    try:
+        intake = Intake(make_engine(config.database_url, pool_size=1))
+        with intake.engine.connect():
+            pass                     # the database answers: only then are we ready
+    except Exception as error:       # say why instead of dying silently
+        sock.sendall(frame(("failed", f"{type(error).__name__}: {error}")))
+        return 1
+    write_turn = WriteTurn.for_database(intake.engine)
+    sock.sendall(frame(("ready", os.getpid())))
+    log.debug("worker.ready", pid=os.getpid())
+    closing = False
+    while not closing:
+        first = inbox.next(block=True)
+        if first is Inbox.EOF:
+            break
+        jobs, size = [first], len(first[1])
+        while len(jobs) < MAX_BATCH and size < MAX_BYTES:
+            more = inbox.next(block=False)
+            if more is None:
+                break
+            if more is Inbox.EOF:
+                closing = True
+                break
+            jobs.append(more)
+            size += len(more[1])
+        done = []
+        items = []
+        for (job_id, envelope, addresses, started), raw in jobs:
+            try:
+                prepared = intake.prepare(raw, envelope, started)
+            except Exception as error:          # parsing never raises; be sure anyway
+                done.append((job_id, [_result(error)] * len(addresses)))
+                continue
+            items.append((job_id, prepared, [boxes[a] for a in addresses]))
+        try:
+            with write_turn:
+                outcomes = commit_batch(intake, [(p, b) for _, p, b in items]) if items else []
+        except TransientStorageError as transient:
+            outcomes = [[transient] * len(b) for _, _, b in items]
+            committed = False
+        else:
+            committed = True
+        done += [(job_id, [_result(o) for o in results])
+                 for (job_id, _, _), results in zip(items, outcomes)]
+        sock.sendall(frame(("done", done)))
+        if committed:
+            log_batch(intake, [p for _, p, _ in items], outcomes)
+    intake.engine.dispose()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    # The protocol process decides when we stop (it closes the socket): a SIGTERM to the whole
+    # process group must not cut a batch in half.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[1]))
+    sock.setblocking(True)
+    inbox = Inbox(sock)
+    kind, config = inbox.next(block=True)[0]
+    assert kind == "init"
+    from sink.log import configure
+    configure(config.log.level, config.log.file)
+    try:
+        return serve(sock, inbox, config)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        return 0                # the protocol process is gone: nobody is waiting for answers
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,207 @@
+"""Storage worker processes (sink.worker, sink.workerpool): framing, a worker killed under load,
+signals to the whole process group, and a protocol process that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import func, select
+
+from sink.db import schema as t
+from sink.worker import Inbox, frame
+from tests.conftest import config_for
+from tests.support import (MailClient, SinkProcess, children_of, free_port, make_mail,
+                           process_gone, write_config)
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stored_message_ids(engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(t.messages.c.message_id)).scalars())
+
+
+# ----------------------------------------------------------------------------------- framing
+
+def _send_in_pieces(sock: socket.socket, data: bytes, cuts: list[int]) -> None:
+    start = 0
+    for cut in sorted(c % (len(data) + 1) for c in cuts) + [len(data)]:
+        if cut > start:
+            sock.sendall(data[start:cut])
+            start = cut
+    sock.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(st.tuples(st.integers(0, 10**9), st.binary(max_size=3000)),
+                       min_size=1, max_size=8),
+       cuts=st.lists(st.integers(0, 10**6), max_size=12))
+def test_inbox_gives_back_every_frame_however_the_stream_is_cut(frames, cuts):
+    ours, theirs = socket.socketpair()
+    data = b"".join(frame((number, "header"), payload) for number, payload in frames)
+    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data, cuts))
+    sender.start()
+    inbox = Inbox(ours)
+    got = []
+    while (item := inbox.next(block=True)) is not Inbox.EOF:
+        got.append(item)
+    sender.join()
+    ours.close()
+    assert got == [((number, "header"), payload) for number, payload in frames]
+
+
+def test_inbox_big_payload_and_not_ready_without_a_whole_frame():
+    ours, theirs = socket.socketpair()
+    big = os.urandom(3 * 1024 * 1024 + 17)       # above the direct-read threshold
+    data = frame(("big",), big) + frame(("small",), b"x")
+    inbox = Inbox(ours)
+    theirs.sendall(data[:100])
+    assert inbox.next(block=False) is None       # a frame's start only: not ready, no wait
+    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data[100:], [5000, 70000]))
+    sender.start()
+    assert inbox.next(block=True) == (("big",), big)
+    assert inbox.next(block=True) == (("small",), b"x")
+    assert inbox.next(block=True) is Inbox.EOF
+    sender.join()
+    ours.close()
+
+
+# ------------------------------------------------------------------------ a worker that dies
+
+def test_a_killed_worker_costs_a_resend_and_nothing_is_stored_twice(engine, start_server):
+    """A worker stopped with messages in hand, then killed: exactly those sessions get 451,
+    the resends are stored once each, and a new worker takes its place."""
+    server = start_server(workers=2)
+    pool = server.server.storage
+    victim = pool.workers[0]
+    old_pid = victim.proc.pid
+    os.kill(old_pid, signal.SIGSTOP)
+    messages = [make_mail(message_id=f"<kill-{i}@test>", subject=f"Order {i}")
+                for i in range(24)]
+    replies: dict[int, list[int]] = {i: [] for i in range(len(messages))}
+
+    def session(indexes):
+        client = MailClient(server.lmtp_port)
+        client.hello()
+        for i in indexes:
+            for _ in range(20):
+                code = client.send(messages[i])[-1][0]
+                replies[i].append(code)
+                if code == 250:
+                    break
+                time.sleep(0.2)
+        client.close()
+
+    threads = [threading.Thread(target=session, args=(list(range(k, 24, 6)),))
+               for k in range(6)]
+    for th in threads:
+        th.start()
+    assert wait_for(lambda: len(victim.pending) >= 1), "the stopped worker was given no mail"
+    in_hand = len(victim.pending)
+    os.kill(old_pid, signal.SIGKILL)
+    for th in threads:
+        th.join(60)
+    assert all(codes[-1] == 250 for codes in replies.values()), replies
+    deferred = [i for i, codes in replies.items() if 451 in codes]
+    assert len(deferred) >= in_hand >= 1          # what it held was answered 451, then resent
+    assert all(set(codes) <= {250, 451} for codes in replies.values())
+    ids = stored_message_ids(engine)
+    assert sorted(ids) == sorted(f"<kill-{i}@test>" for i in range(24))   # each exactly once
+    assert wait_for(lambda: victim.alive and victim.proc.pid != old_pid)
+    client = MailClient(server.lmtp_port)       # and the replacement stores mail
+    client.hello()
+    for i in range(4):
+        assert client.send(make_mail(message_id=f"<after-{i}@test>"))[-1][0] == 250
+    client.close()
+
+
+def test_worker_that_cannot_reach_the_database_says_why(tmp_path):
+    import asyncio
+    from sink.server import SinkServer
+    cfg = config_for("postgresql+psycopg://postgres@127.0.0.1:1/none",
+                     listeners=[{"protocol": "lmtp", "address": "127.0.0.1:0"}])
+    server = SinkServer(cfg, workers=1)
+    with pytest.raises(RuntimeError, match="could not start: OperationalError"):
+        asyncio.run(server.start())
+    assert all(process_gone(w.proc.pid) for w in server.storage.workers)
+
+
+# ------------------------------------------------------------------ signals and a dying parent
+
+@pytest.fixture
+def served(tmp_path, engine, db_url):
+    port = free_port()
+    path = tmp_path / "sink.toml"
+    write_config(path, db_url, port)
+    with path.open("a") as f:
+        f.write('\n[storage]\nworkers = 2\n[log]\nlevel = "info"\n')
+    return path, port
+
+
+def test_sigterm_to_the_whole_process_group_loses_nothing(served, engine):
+    """systemd's default stop signals every process of the service: the workers must not die
+    with messages in hand; everything answered 250 is stored, and all processes exit 0."""
+    path, port = served
+    sink = SinkProcess(path, port, new_session=True)
+    workers = children_of(sink.proc.pid)
+    assert len(workers) == 2
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def session(k):
+        try:
+            client = MailClient(port)
+            client.hello()
+            i = 0
+            while not stop.is_set():
+                mid = f"<term-{k}-{i}@test>"
+                if client.send(make_mail(message_id=mid))[-1][0] == 250:
+                    answered.append(mid)
+                i += 1
+        except (OSError, AssertionError):
+            pass                # the listener closed: the MTA would retry the rest
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(6)]
+    for th in threads:
+        th.start()
+    assert wait_for(lambda: len(answered) >= 30)
+    os.killpg(sink.proc.pid, signal.SIGTERM)
+    assert sink.proc.wait(30) == 0
+    stop.set()
+    for th in threads:
+        th.join(30)
+    assert wait_for(lambda: all(process_gone(pid) for pid in workers), 10)
+    stored = set(stored_message_ids(engine))
+    assert set(answered) <= stored                # every 250 was committed
+    assert len(stored) == len(stored_message_ids(engine))   # and nothing twice
+    log = open(sink.log_path, encoding="utf-8").read()
+    assert '"event": "server.stopped"' in log and '"worker.exited"' not in log
+    sink.log.close()
+
+
+def test_workers_exit_when_the_protocol_process_is_killed(served, engine):
+    path, port = served
+    sink = SinkProcess(path, port)
+    workers = children_of(sink.proc.pid)
+    assert len(workers) == 2
+    client = MailClient(port)
+    client.hello()
+    assert client.send(make_mail(message_id="<before-kill@test>"))[-1][0] == 250
+    client.abort()
+    sink.kill()
+    assert wait_for(lambda: all(process_gone(pid) for pid in workers), 10), workers
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.messages)).scalar() == 1
