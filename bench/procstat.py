@@ -41,6 +41,55 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (``sink serve``'s storage workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        one = todo.pop()
+        found.append(one)
+        todo.extend(children.get(one, ()))
+    return found
+
+
+def _tree_sum(pid: int, measure) -> float:
+    total = 0.0
+    for one in tree(pid):
+        try:
+            total += measure(one)
+        except OSError:             # exited meanwhile
+            continue
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and of its living descendants."""
+    return _tree_sum(pid, cpu_seconds)
+
+
+def tree_rss_mb(pid: int) -> float:
+    return _tree_sum(pid, rss_mb)
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """The sum of every process's own peak: an upper bound of the tree's peak (the processes
+    need not have peaked at the same moment)."""
+    return _tree_sum(pid, peak_rss_mb)
+
+
+def reset_tree_peak(pid: int) -> bool:
+    return all([reset_peak(one) for one in tree(pid)])
+
+
 def pids_named(name: str) -> list[int]:
     """Processes whose command name (comm) is ``name``, e.g. every PostgreSQL process."""
     found = []

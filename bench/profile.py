@@ -14,11 +14,12 @@ import argparse
 import collections
 import shutil
 import subprocess
+import time
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import corpus
+from bench import corpus, procstat
 from bench.run import RATE_CAP, drive, make_server, write_corpus
 from bench.servers import ROOT, uvloop_available
 
@@ -28,7 +29,10 @@ PARTS = (
     ("parse: sha256, MIME parse, unwrap", ("Intake.prepare",)),
     ("rules: sink.pipeline.evaluate", ("evaluate (sink/pipeline/__init__.py",)),
     ("log lines", ("Intake.log_delivery", "Intake._log")),
-    ("storage: statements, savepoints, executor, commit", ("store_one", "GroupCommitter._commit")),
+    ("storage: statements, savepoints, executor, commit", ("store_one", "GroupCommitter._commit",
+                                                          "commit_batch")),
+    ("frames to and from the storage workers", ("Inbox.", "frame (sink/worker.py",
+                                                "sink/workerpool.py", "pickle")),
     ("protocol: aiosmtpd on the event loop", ("run_forever", "Runner.run")),
     ("parse: sha256, MIME parse, unwrap", ("email/", "sink/mailparse.py", "sink/opaque.py",
                                            "sink/unwrap.py")),
@@ -93,24 +97,36 @@ def main(argv=None) -> int:
         corpus_file = work / "corpus.pickle"
         count = int(RATE_CAP[args.profile] * (args.seconds + 1) * 1.2)
         write_corpus(corpus_file, corpus.build(args.profile, count))
-        raw = work / "samples.txt"
         with make_server(args.server, work, args) as server:
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--gil",
-                                    "--nonblocking", "--rate", "200", "--format", "raw",
-                                    "--duration", str(args.seconds), "--output", str(raw)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)                     # the storage workers are up
+            pids = procstat.tree(server.pid)    # the server and its storage workers
+            spies = {pid: subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--gil", "--nonblocking", "--rate",
+                 "200", "--format", "raw", "--duration", str(args.seconds), "--output",
+                 str(work / f"samples-{pid}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids}
+            cpu0 = {pid: procstat.cpu_seconds(pid) for pid in pids}
             try:
                 result = drive(server, corpus_file, sessions=args.sessions, warmup=0.3,
                                duration=args.seconds)
-                spy.wait(args.seconds + 30)
+                cpu1 = {pid: procstat.cpu_seconds(pid) for pid in pids}
+                for spy in spies.values():
+                    spy.wait(args.seconds + 30)
             finally:
-                if spy.poll() is None:
-                    spy.kill()
-                    spy.wait()
+                for spy in spies.values():
+                    if spy.poll() is None:
+                        spy.kill()
+                        spy.wait()
+        sent = max(1, result["sent_total"])
         head = (f"`python -m bench.profile --server {args.server} --profile {args.profile} "
                 f"--seconds {args.seconds}`: {result['rate']} msgs/s, server CPU "
                 f"{result.get('server_cpu_ms')} ms/msg, p99 {result['p99_ms']} ms\n\n")
-        text = head + summarize(raw)
+        text = head
+        for number, pid in enumerate(pids):
+            role = "protocol process" if number == 0 else f"storage worker {number}"
+            text += (f"## {role} (pid {pid}): {(cpu1[pid] - cpu0[pid]) / sent * 1000:.3f} ms "
+                     f"of CPU per message over the whole run\n\n"
+                     + summarize(work / f"samples-{pid}.txt") + "\n")
         target = Path(args.out) / f"profile-{args.server.replace(':', '-')}-{args.profile}.txt"
         target.write_text(text)
         print(text)

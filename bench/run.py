@@ -99,8 +99,8 @@ def drive(server, corpus_file: Path, *, sessions: int, warmup: float, duration: 
           progress=None, timeout: float = 600) -> dict:
     """Run one driver process against ``server``; add the server's CPU and memory figures."""
     pid = server.pid
-    procstat.reset_peak(pid)
-    rss_before = procstat.rss_mb(pid)
+    procstat.reset_tree_peak(pid)
+    rss_before = procstat.tree_rss_mb(pid)
     db_cpu = procstat.GroupCpu("postgres") if getattr(server, "kind", "") == "postgres" else None
     args = [sys.executable, "-m", "bench.driver", str(corpus_file), "--port", str(server.port),
             "--sessions", str(sessions), "--warmup", str(warmup), "--duration", str(duration)]
@@ -114,11 +114,11 @@ def drive(server, corpus_file: Path, *, sessions: int, warmup: float, duration: 
         for line in proc.stdout:
             line = line.strip()
             if line == "START":
-                cpu0, sys0 = procstat.cpu_seconds(pid), procstat.system_cpu_seconds()
+                cpu0, sys0 = procstat.tree_cpu_seconds(pid), procstat.system_cpu_seconds()
                 if db_cpu:
                     db_cpu.start()
             elif line == "END":
-                cpu1, sys1 = procstat.cpu_seconds(pid), procstat.system_cpu_seconds()
+                cpu1, sys1 = procstat.tree_cpu_seconds(pid), procstat.system_cpu_seconds()
                 db_cpu_s = db_cpu.stop() if db_cpu else None
             elif line.startswith("PROGRESS") and progress is not None:
                 progress(int(line.split()[1]))
@@ -144,7 +144,7 @@ def drive(server, corpus_file: Path, *, sessions: int, warmup: float, duration: 
         others = (sys1 - sys0) - (cpu1 - cpu0) - (db_cpu_s or 0.0) - driver_s
         result["others_cpu_share"] = round(max(0.0, others) / result["window_s"]
                                            / (os.cpu_count() or 1), 2)
-    result["peak_rss_mb"] = round(procstat.peak_rss_mb(pid), 1)
+    result["peak_rss_mb"] = round(procstat.tree_peak_rss_mb(pid), 1)
     result["rss_before_mb"] = round(rss_before, 1)
     return result
 
@@ -166,15 +166,23 @@ def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
 
 
 def make_server(name: str, workdir: Path, args):
-    """``bare``, ``sqlite`` or ``postgres``; ``NAME:asyncio`` runs it on asyncio's own loop
-    even when uvloop is installed."""
-    kind, _, loop = name.partition(":")
-    uvloop = args.uvloop and loop != "asyncio"
+    """``bare``, ``sqlite`` or ``postgres``, with options after colons: ``:asyncio`` runs it on
+    asyncio's own loop even when uvloop is installed, ``:wN`` gives the sink ``[storage]
+    workers = N`` (``:w0``: parse, rules and storage in the protocol process)."""
+    kind, *options = name.split(":")
+    uvloop = args.uvloop and "asyncio" not in options
     if kind == "bare":
         server = Bare(workdir, uvloop=uvloop)
         server.name = name
         return server
-    extra = f"\n[storage]\nthreads = {args.storage_threads}\n" if args.storage_threads else ""
+    storage = {}
+    if args.storage_threads:
+        storage["threads"] = args.storage_threads
+    for option in options:
+        if option.startswith("w") and option[1:].isdigit():
+            storage["workers"] = int(option[1:])
+    extra = "".join(["\n[storage]\n"] + [f"{k} = {v}\n" for k, v in storage.items()]) \
+        if storage else ""
     return Sink(kind, workdir, log_level=args.log_level, uvloop=uvloop, name=name,
                 extra_config=extra)
 
@@ -370,7 +378,7 @@ def cmd_memory(args, workdir: Path) -> dict:
 
             def progress(done, pid=server.pid):
                 samples.append((round(time.perf_counter() - started, 1), done,
-                                round(procstat.rss_mb(pid), 1)))
+                                round(procstat.tree_rss_mb(pid), 1)))
 
             res = drive(server, corpus_file, sessions=args.sessions, warmup=0.0,
                         duration=1e6, progress=progress, timeout=3600)
