@@ -138,7 +138,7 @@ _STORED = Fast(select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict
 _INSERT_MESSAGE = Fast(insert(t.messages), (
     "uuid", "received_at", "channel", "box", "mail_from", "rcpt_to", "sender", "to_addrs",
     "cc_addrs", "date_header", "subject", "message_id", "size", "sha256", "status", "trace",
-    "parent_id"))
+    "parent_id", "verdict", "direction", "processed_at"))
 _INSERT_RAW = Fast(insert(t.raw_messages), ("message_id", "content"))
 _INSERT_DEDUP_KEYS = Fast(insert(t.dedup_keys), ("box", "kind", "digest", "message_id"),
                           many=True)
@@ -355,20 +355,40 @@ class Intake:
     # ------------------------------------------------------------------------------ steps
     def _store(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                envelope: Envelope, box: BoxConfig, carried: Unwrapped | None = None) -> Delivery:
-        message_id = self._insert_message(conn, raw, sha256, parsed, envelope, box)
         if carried is None:
-            return self._decide(conn, message_id, parsed, box)
+            return self._store_decided(conn, raw, sha256, parsed, envelope, box)
+        message_id = self._insert_message(conn, raw, sha256, parsed, envelope, box)
         return self._store_carried(conn, message_id, carried, envelope, box)
 
+    def _store_decided(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
+                       envelope: Envelope, box: BoxConfig, parent_id: int | None = None
+                       ) -> Delivery:
+        """Decide, then write the message row once, with its outcome, and its records (the rules
+        need no row of the message: one UPDATE per message fewer than pending-then-processed;
+        the transaction makes the order invisible)."""
+        directory = self.directory.get(conn)
+        try:
+            decision = self._evaluate(conn, parsed, box, directory)
+        except Exception as error:
+            message_id = self._insert_message(conn, raw, sha256, parsed, envelope, box, parent_id)
+            return self._mark_failed(conn, message_id, box, "rules", error)
+        message_id = self._insert_message(
+            conn, raw, sha256, parsed, envelope, box, parent_id, outcome=dict(
+                status="processed", verdict=decision.verdict, direction=decision.direction,
+                trace=[e.as_json() for e in decision.trace], processed_at=self.clock()))
+        return self._apply(conn, message_id, decision, box, directory)
+
     def _insert_message(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
-                        envelope: Envelope, box: BoxConfig, parent_id: int | None = None) -> int:
+                        envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
+                        outcome: dict | None = None) -> int:
         message_id = _INSERT_MESSAGE.insert(conn, _storable_row(t.messages, dict(
             uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
             box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
             sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
             date_header=parsed.date_header, subject=parsed.subject,
-            message_id=parsed.message_id, size=len(raw), sha256=sha256, status="pending",
-            trace=[], parent_id=parent_id,
+            message_id=parsed.message_id, size=len(raw), sha256=sha256, parent_id=parent_id,
+            **(outcome or dict(status="pending", trace=[], verdict=None, direction=None,
+                               processed_at=None)),
         )))
         _INSERT_RAW.execute(conn, {"message_id": message_id, "content": raw})
         return message_id
@@ -387,10 +407,9 @@ class Intake:
                 children.append(Delivery(box.address, existing.id, existing.status,
                                          existing.verdict, None, already_stored=True))
                 continue
-            child_id = self._insert_message(conn, inner.raw, sha, inner.parsed, envelope, box,
-                                            parent_id=outer_id)
-            children.append(dataclasses.replace(self._decide(conn, child_id, inner.parsed, box),
-                                                sender=inner.parsed.sender))
+            child = self._store_decided(conn, inner.raw, sha, inner.parsed, envelope, box,
+                                        parent_id=outer_id)
+            children.append(dataclasses.replace(child, sender=inner.parsed.sender))
         detail = f"{carried.kind}: " + ", ".join(f"#{c.message_id}" for c in children)
         conn.execute(update(t.messages).where(t.messages.c.id == outer_id).values(
             status="processed", verdict=UNWRAPPED, processed_at=self.clock(),
@@ -405,11 +424,22 @@ class Intake:
 
     def _decide(self, conn: Connection, message_id: int, parsed: ParsedMessage,
                 box: BoxConfig) -> Delivery:
+        """Decide a message already stored (a replay): its row becomes processed, with records."""
         directory = self.directory.get(conn)
         try:
             decision = self._evaluate(conn, parsed, box, directory)
         except Exception as error:
             return self._mark_failed(conn, message_id, box, "rules", error)
+        _UPDATE_PROCESSED.execute(conn, {
+            "message_pk": message_id, "status": "processed", "verdict": decision.verdict,
+            "direction": decision.direction, "trace": [e.as_json() for e in decision.trace],
+            "processed_at": self.clock()})
+        return self._apply(conn, message_id, decision, box, directory)
+
+    def _apply(self, conn: Connection, message_id: int, decision: Decision, box: BoxConfig,
+               directory: Directory) -> Delivery:
+        """The decision's records and dedup keys; an executor that fails leaves the message
+        ``failed`` without any of them."""
         outer = fastpath.savepoint(conn, _RECORDS_SAVEPOINT)
         try:
             apply(conn, message_id, decision, directory)
@@ -425,10 +455,6 @@ class Intake:
                 raise
             fastpath.rollback_to(conn, _RECORDS_SAVEPOINT, outer, release=True)
             return self._mark_failed(conn, message_id, box, "executor", error)
-        _UPDATE_PROCESSED.execute(conn, {
-            "message_pk": message_id, "status": "processed", "verdict": decision.verdict,
-            "direction": decision.direction, "trace": [e.as_json() for e in decision.trace],
-            "processed_at": self.clock()})
         return Delivery(box.address, message_id, "processed", decision.verdict, decision)
 
     def _mark_failed(self, conn: Connection, message_id: int, box: BoxConfig, stage: str,
@@ -440,7 +466,8 @@ class Intake:
             detail += f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})"
         text = storable(f"{stage}: {detail}"[:4000])
         conn.execute(update(t.messages).where(t.messages.c.id == message_id).values(
-            status="failed", error=text, trace=[], processed_at=self.clock()))
+            status="failed", error=text, trace=[], verdict=None, direction=None,
+            processed_at=self.clock()))
         return Delivery(box.address, message_id, "failed", None, None, error=text)
 
     def _log(self, delivery: Delivery, envelope: Envelope, parsed: ParsedMessage,
