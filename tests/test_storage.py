@@ -82,6 +82,33 @@ def test_raw_bytes_and_summary_stored(engine):
     assert activity.message_id == delivery.message_id
 
 
+def test_an_executor_that_fails_leaves_the_message_failed_without_records(engine,
+                                                                         monkeypatch):
+    """The row is written with its decision before the records: when writing them fails, the
+    message is kept ``failed`` (no verdict, no direction, no half of its records) for replay."""
+    import sink.intake
+    real_apply = sink.intake.apply
+
+    def apply_half_then_fail(conn, message_id, decision, directory):
+        real_apply(conn, message_id, decision, directory)      # the activity is written ...
+        raise ValueError("a bug in the executor")
+    monkeypatch.setattr(sink.intake, "apply", apply_half_then_fail)
+    raw = make_mail(message_id="<exec@test>")
+    [delivery] = Intake(engine).deliver(raw, LMTP, [BOX])
+    [msg] = rows(engine, t.messages)
+    assert (delivery.status, msg.status, msg.verdict, msg.direction, msg.trace) == (
+        "failed", "failed", None, None, [])
+    assert msg.error.startswith("executor: ValueError: a bug in the executor")
+    assert rows(engine, t.activities) == [] and rows(engine, t.dedup_keys) == []  # ... undone
+    assert [r.content for r in rows(engine, t.raw_messages)] == [raw]
+    monkeypatch.setattr(sink.intake, "apply", real_apply)     # fixed: the replay records it
+    replayed = Intake(engine).replay(delivery.message_id, [BOX])
+    [msg] = rows(engine, t.messages)
+    assert (replayed.status, msg.status, msg.verdict, msg.error) == (
+        "processed", "processed", "PROCESSED", None)
+    assert len(rows(engine, t.activities)) == 1
+
+
 @pytest.mark.parametrize("same_bytes", [True, False])
 def test_concurrent_deliveries_of_one_message_record_it_once(engine, same_bytes):
     """Eight sessions racing with the same message (identical bytes, or forwarded copies with
