@@ -215,6 +215,7 @@ class _Guarded:
         del data
         self.envelope.content = original_content
         self.envelope.original_content = original_content
+        del original_content              # the handler decides how long the bytes live
         # Storing is our time, not the client's silence: no timeout until the reply is out
         # (cutting the session then only loses the reply and makes the client send again).
         if self._timeout_handle is not None:
@@ -291,12 +292,11 @@ class Handler:
 
     async def handle_DATA(self, server, session: Session, envelope: SmtpEnvelope):
         started = time.perf_counter()
-        raw = envelope.original_content
         rcpts = [fold_address(r) for r in envelope.rcpt_tos]
         boxes = [self.boxes[a] for a in dict.fromkeys(rcpts)]
         meta = Envelope(channel=self.listener.protocol, mail_from=envelope.mail_from,
                         rcpt_tos=tuple(rcpts))
-        outcomes = await self._store(meta, boxes, raw, started)
+        outcomes = await self._store(meta, boxes, _take_content(envelope), started)
         if not self.lmtp:
             return _reply(outcomes)
         # LMTP: each box has its own outcome (its own savepoint in the batch) and its own
@@ -309,6 +309,7 @@ class Handler:
         answer 4xx for."""
         try:
             future = self.storage.submit(raw, meta, boxes, started)
+            del raw
             self.tracker.add(future)
             return list(await asyncio.shield(future))
         except asyncio.CancelledError:
@@ -321,6 +322,15 @@ class Handler:
     async def handle_exception(self, error: Exception) -> str:
         log.error("session.error", error=f"{type(error).__name__}: {error}"[:300])
         return reply_for(error)
+
+
+def _take_content(envelope: SmtpEnvelope) -> bytes:
+    """The message's bytes, no longer held by the session: once a storage worker has them this
+    process keeps no copy while it waits (a 40 MB message would otherwise be held here and in
+    the worker at once)."""
+    raw = envelope.original_content
+    envelope.content = envelope.original_content = None
+    return raw
 
 
 def _reply(outcomes) -> str:
@@ -367,11 +377,11 @@ class SinkServer:
     process's threads around ``intake``."""
 
     def __init__(self, config: Config, intake: Intake | None = None, *, workers: int = 0,
-                 threads: int | None = None):
+                 threads: int | None = None, stall_timeout: float = 300.0):
         self.config = config
         if workers:
             from sink.workerpool import WorkerPool
-            self.storage = WorkerPool(config, workers)
+            self.storage = WorkerPool(config, workers, stall_timeout=stall_timeout)
         else:
             if intake is None:
                 raise ValueError("in-process storage needs an Intake")

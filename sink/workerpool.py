@@ -19,6 +19,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +28,7 @@ from sink.config import BoxConfig, Config
 from sink.errors import TransientStorageError
 from sink.intake import Envelope
 from sink.log import get_logger
-from sink.worker import HEADER, frame
+from sink.worker import HEADER, frame, frame_head
 
 log = get_logger("sink.workerpool")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -56,20 +57,30 @@ class _Worker:
         self.pending: dict[int, tuple[asyncio.Future, tuple[str, ...]]] = {}
         self.alive = False
         self.task: asyncio.Task | None = None
+        self.progress = 0.0             # monotonic time of its last answer, or of new work
+                                        # given to it while it had none
 
 
 class WorkerPool:
-    def __init__(self, config: Config, count: int):
+    """``stall_timeout``: a worker holding messages that has answered nothing for this long
+    (a database that stopped answering without closing the connection, a bug that loops) is
+    killed and replaced - its messages get 451 instead of waiting for ever. A batch of the
+    largest messages takes seconds, so the default is far above any honest batch."""
+
+    def __init__(self, config: Config, count: int, *, stall_timeout: float = 300.0):
         self.config = config
         self.workers = [_Worker(i) for i in range(count)]
+        self.stall_timeout = stall_timeout
         self._ids = itertools.count(1)
         self._closing = False
         self._restarts: set[asyncio.Task] = set()
+        self._watchdog: asyncio.Task | None = None
 
     # ------------------------------------------------------------------------------ public
     async def start(self) -> None:
         """Start every worker; raise RuntimeError (with the worker's reason) if one cannot."""
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        self._watchdog = asyncio.ensure_future(self._watch())
 
     def submit(self, raw: bytes, envelope: Envelope, boxes: Sequence[BoxConfig],
                started: float) -> asyncio.Future:
@@ -83,15 +94,19 @@ class WorkerPool:
         worker = min(alive, key=lambda w: len(w.pending))
         job_id = next(self._ids)
         addresses = tuple(box.address for box in boxes)
+        if not worker.pending:
+            worker.progress = time.monotonic()
         worker.pending[job_id] = (future, addresses)
-        worker.writer.write(frame((job_id, envelope, addresses, started), raw))
+        worker.writer.write(frame_head((job_id, envelope, addresses, started), len(raw)))
+        worker.writer.write(raw)        # as it is: no second copy of a big message
         return future
 
     async def close(self, timeout: float = 60.0) -> None:
         """Let every worker answer what it has, then stop it (closing its socket ends it)."""
         self._closing = True
-        for task in list(self._restarts):
-            task.cancel()
+        for task in list(self._restarts) + [self._watchdog]:
+            if task is not None:
+                task.cancel()
         for worker in self.workers:
             if worker.alive and worker.writer is not None:
                 worker.writer.write_eof()       # the worker answers what it has, then exits
@@ -139,6 +154,7 @@ class WorkerPool:
         try:
             while True:
                 kind, done = await self._read_header(worker.reader)
+                worker.progress = time.monotonic()
                 for job_id, results in done:
                     future, addresses = worker.pending.pop(job_id)
                     if not future.done():
@@ -162,6 +178,18 @@ class WorkerPool:
         task = asyncio.ensure_future(self._restart(worker))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.stall_timeout / 4))
+            now = time.monotonic()
+            for worker in self.workers:
+                if (worker.alive and worker.pending
+                        and now - worker.progress > self.stall_timeout):
+                    log.error("worker.stalled", worker=worker.number, pid=worker.proc.pid,
+                              messages_in_hand=len(worker.pending),
+                              silent_s=round(now - worker.progress, 1))
+                    worker.proc.kill()      # its reader sees the end: 451s, a new worker
 
     async def _restart(self, worker: _Worker) -> None:
         for attempt in itertools.count():

@@ -110,10 +110,10 @@ class RunningServer:
     storage worker processes as ``sink serve`` runs it, or, given an ``intake`` (rules that are
     test doubles), storing in this process."""
 
-    def __init__(self, config, intake: Intake | None = None, workers: int = 2):
+    def __init__(self, config, intake: Intake | None = None, workers: int = 2, **options):
         from sink.server import SinkServer
         self.server = (SinkServer(config, intake) if intake is not None
-                       else SinkServer(config, workers=workers))
+                       else SinkServer(config, workers=workers, **options))
         self.loop = asyncio.new_event_loop()
         self.ports = self.loop.run_until_complete(self.server.start())
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -145,10 +145,11 @@ def start_server(engine, config):
     process), config, and the number of storage workers (0: in this process)."""
     running = []
 
-    def start(intake: Intake | None = None, cfg=None, workers: int = 2) -> RunningServer:
+    def start(intake: Intake | None = None, cfg=None, workers: int = 2,
+              **options) -> RunningServer:
         if workers == 0 and intake is None:
             intake = Intake(engine)
-        server = RunningServer(cfg or config, intake, workers)
+        server = RunningServer(cfg or config, intake, workers, **options)
         running.append(server)
         return server
     yield start

@@ -63,19 +63,28 @@ def test_inbox_gives_back_every_frame_however_the_stream_is_cut(frames, cuts):
     assert got == [((number, "header"), payload) for number, payload in frames]
 
 
-def test_inbox_big_payload_and_not_ready_without_a_whole_frame():
+def test_inbox_big_payload_and_not_ready_when_nothing_waits():
     ours, theirs = socket.socketpair()
-    big = os.urandom(3 * 1024 * 1024 + 17)       # above the direct-read threshold
+    big = os.urandom(3 * 1024 * 1024 + 17)
     data = frame(("big",), big) + frame(("small",), b"x")
     inbox = Inbox(ours)
-    theirs.sendall(data[:100])
-    assert inbox.next(block=False) is None       # a frame's start only: not ready, no wait
-    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data[100:], [5000, 70000]))
+    assert inbox.next(block=False) is None       # nothing sent yet: no wait
+    sender = threading.Thread(target=_send_in_pieces, args=(theirs, data, [100, 5000, 70000]))
     sender.start()
-    assert inbox.next(block=True) == (("big",), big)
+    header, payload = inbox.next(block=True)
+    assert (header, payload) == (("big",), big) and type(payload) is bytes
     assert inbox.next(block=True) == (("small",), b"x")
     assert inbox.next(block=True) is Inbox.EOF
     sender.join()
+    ours.close()
+
+
+def test_inbox_says_when_the_other_end_went_away_inside_a_frame():
+    ours, theirs = socket.socketpair()
+    theirs.sendall(frame(("cut",), b"0123456789")[:-4])
+    theirs.close()
+    with pytest.raises(EOFError):
+        Inbox(ours).next(block=True)
     ours.close()
 
 
@@ -126,6 +135,28 @@ def test_a_killed_worker_costs_a_resend_and_nothing_is_stored_twice(engine, star
     for i in range(4):
         assert client.send(make_mail(message_id=f"<after-{i}@test>"))[-1][0] == 250
     client.close()
+
+
+def test_a_worker_that_stops_answering_is_replaced_and_its_mail_deferred(engine, start_server):
+    """A worker holding a message that answers nothing for stall_timeout (here it is frozen
+    with SIGSTOP: a hung database connection looks the same) is killed: the session gets 451
+    instead of waiting for ever, and a new worker stores the resend."""
+    server = start_server(workers=1, stall_timeout=1.0)
+    worker = server.server.storage.workers[0]
+    frozen = worker.proc.pid
+    os.kill(frozen, signal.SIGSTOP)
+    raw = make_mail(message_id="<stall@test>")
+    client = MailClient(server.lmtp_port)
+    client.hello()
+    began = time.monotonic()
+    code, text = client.send(raw)[-1]
+    waited = time.monotonic() - began
+    assert (code, text[:5]) == (451, "4.3.0") and 1.0 <= waited < 10, (code, text, waited)
+    assert wait_for(lambda: process_gone(frozen))
+    assert wait_for(lambda: worker.alive and worker.proc.pid != frozen)
+    assert client.send(raw)[-1][0] == 250
+    client.close()
+    assert stored_message_ids(engine) == ["<stall@test>"]
 
 
 def test_worker_that_cannot_reach_the_database_says_why(tmp_path):
