@@ -59,6 +59,7 @@ class _Worker:
         self.task: asyncio.Task | None = None
         self.progress = 0.0             # monotonic time of its last answer, or of new work
                                         # given to it while it had none
+        self.answered = 0               # messages it has answered, over its replacements
 
 
 class WorkerPool:
@@ -157,6 +158,7 @@ class WorkerPool:
                 worker.progress = time.monotonic()
                 for job_id, results in done:
                     future, addresses = worker.pending.pop(job_id)
+                    worker.answered += 1
                     if not future.done():
                         future.set_result([_outcome(r, a) for r, a in zip(results, addresses)])
         except (asyncio.IncompleteReadError, ConnectionError):

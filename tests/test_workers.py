@@ -159,6 +159,44 @@ def test_a_worker_that_stops_answering_is_replaced_and_its_mail_deferred(engine,
     assert stored_message_ids(engine) == ["<stall@test>"]
 
 
+def test_a_directory_import_reaches_every_worker(engine, start_server):
+    """Each worker keeps its own directory snapshot; an import while they run (another
+    process: `sink directory import`) must reach all of them before their next batch."""
+    from sink.db.directory_store import import_directory
+    server = start_server(workers=2)
+    pool = server.server.storage
+
+    def send_to_frank(tag: str, count: int) -> list[str]:
+        """``count`` messages to frank@ over 4 sessions at once, so that both workers get some."""
+        def session(k):
+            client = MailClient(server.lmtp_port)
+            client.hello()
+            for i in range(k, count, 4):
+                raw = make_mail(to=("frank@firma.cz",), message_id=f"<{tag}-{i}@test>",
+                                subject=f"Question {tag} {i}")
+                assert client.send(raw)[-1][0] == 250
+            client.close()
+        threads = [threading.Thread(target=session, args=(k,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        with engine.connect() as conn:
+            return list(conn.execute(select(t.messages.c.verdict).where(
+                t.messages.c.message_id.like(f"<{tag}-%"))).scalars())
+
+    assert set(send_to_frank("before", 12)) == {"NOT_PROCESSED"}     # no user Frank yet
+    assert all(w.alive for w in pool.workers)
+    with engine.begin() as conn:
+        import_directory(conn, {"users": [{"email": "frank@firma.cz", "name": "Frank"}]})
+    answered = [w.answered for w in pool.workers]
+    assert set(send_to_frank("after", 40)) == {"PROCESSED"}          # every worker knows him
+    assert all(w.answered > before for w, before in zip(pool.workers, answered)), \
+        [w.answered for w in pool.workers]
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.activities)).scalar() == 40
+
+
 def test_worker_that_cannot_reach_the_database_says_why(tmp_path):
     import asyncio
     from sink.server import SinkServer
