@@ -212,6 +212,17 @@ class SinkProcess:
         self.log.close()
 
 
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (its last answer)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
 def children_of(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (``sink serve``'s storage workers)."""
     import os

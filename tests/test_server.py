@@ -12,7 +12,7 @@ from sink.db.engine import make_engine
 from sink.intake import Intake
 from sink.pipeline import evaluate
 from tests.conftest import with_listener_limits
-from tests.support import MailClient, make_mail
+from tests.support import MailClient, make_mail, wait_for
 
 
 def count(engine, table, *where) -> int:
@@ -255,16 +255,6 @@ def test_unknown_box_config_and_multiple_boxes(engine, db_url, start_server):
     with engine.connect() as conn:
         boxes = sorted(conn.execute(select(t.messages.c.box)).scalars())
     assert boxes == ["crm2@firma.cz", "crm@firma.cz"]
-
-
-def wait_for(predicate, timeout=20.0):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_client_gone_right_after_the_final_dot_still_commits(engine, start_server):

@@ -17,16 +17,7 @@ from sink.db import schema as t
 from sink.worker import Inbox, frame
 from tests.conftest import config_for
 from tests.support import (MailClient, SinkProcess, children_of, free_port, make_mail,
-                           process_gone, write_config)
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+                           process_gone, wait_for, write_config)
 
 
 def stored_message_ids(engine) -> list[str]:

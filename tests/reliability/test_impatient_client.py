@@ -14,21 +14,12 @@ from sink.db import schema as t
 from sink.intake import Intake
 from sink.pipeline import evaluate
 from tests.reliability.load import audit
-from tests.support import MailClient, dot_stuff, make_mail
+from tests.support import MailClient, dot_stuff, make_mail, wait_for
 
 
 def count(engine, table) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar()
-
-
-def wait_for(predicate, timeout=30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def hang_up_after_the_dot(port: int, raw: bytes) -> None:
@@ -110,7 +101,7 @@ def test_handler_slower_than_the_clients_patience_is_stored_once(engine, start_s
     figures(attempts=attempts, gave_up=gave_up, final_reply=final and final[0])
     assert final is not None and final[0] == 250, final
     assert gave_up >= 1                      # the client really did lose patience
-    assert wait_for(lambda: count(engine, t.messages) == 1)
+    assert wait_for(lambda: count(engine, t.messages) == 1, 30.0)
     time.sleep(1.5)                          # any attempt still in flight has ended
     result = audit(engine, [raw], ["<impatient@test>"])
     assert result["duplicated"] == [] and result["damaged"] == [] and result["lost"] == []
