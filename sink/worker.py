@@ -10,8 +10,9 @@ The worker is one thread and one loop: wait for a message; take every other mess
 waiting (up to ``MAX_BATCH`` / ``MAX_BYTES``); digest and parse each (:meth:`Intake.prepare`);
 store them all in one transaction with a savepoint each (:func:`sink.batching.commit_batch`, the
 same code as the in-process group committer); after the COMMIT send one reply frame with every
-message's outcome; then write the log lines. While one worker waits for its fsync the others
-parse: on SQLite the write lock passes between them, on PostgreSQL they commit side by side.
+message's outcome; then write the log lines. With several workers, one parses while another
+waits for its commit: on SQLite they take turns on the write lock (:class:`WriteTurn`), on
+PostgreSQL they commit side by side.
 
 Failure: an error of one message is that message's 4xx (its savepoint); a transient error fails
 the batch (every message 4xx, nothing committed). If the worker dies, the protocol process
@@ -147,10 +148,10 @@ def serve(sock: socket.socket, inbox: Inbox, config) -> int:
         intake = Intake(make_engine(config.database_url, pool_size=1))
         with intake.engine.connect():
             pass                     # the database answers: only then are we ready
+        write_turn = WriteTurn.for_database(intake.engine)
     except Exception as error:       # say why instead of dying silently
         sock.sendall(frame(("failed", f"{type(error).__name__}: {error}")))
         return 1
-    write_turn = WriteTurn.for_database(intake.engine)
     sock.sendall(frame(("ready", os.getpid())))
     log.debug("worker.ready", pid=os.getpid())
     closing = False
@@ -202,8 +203,11 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     sock.setblocking(True)
     inbox = Inbox(sock)
-    kind, config = inbox.next(block=True)[0]
-    assert kind == "init"
+    first = inbox.next(block=True)
+    if first is Inbox.EOF:
+        return 0                # the protocol process went away before saying anything
+    kind, config = first[0]
+    assert kind == "init", kind
     from sink.log import configure
     configure(config.log.level, config.log.file)
     try:
