@@ -96,6 +96,11 @@ class DirectoryCache:
         self._lock = threading.Lock()
         self._pinned = threading.local()
 
+    @property
+    def current(self) -> Directory | None:
+        """The snapshot loaded last (None before the first ``get``)."""
+        return self._snapshot
+
     def get(self, conn: Connection) -> Directory:
         pinned = getattr(self._pinned, "snapshot", None)
         if pinned is not None:

@@ -445,6 +445,8 @@ class SinkServer:
 
 async def serve_until_signal(server: SinkServer) -> None:
     await server.start()
+    from sink.worker import freeze_long_lived
+    freeze_long_lived()             # everything loaded so far lives as long as the process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,6 +32,7 @@ no_space)``.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import pickle
 import select
@@ -126,6 +127,17 @@ class WriteTurn:
         return False
 
 
+def freeze_long_lived() -> None:
+    """Keep the objects that live as long as the process - modules, the directory snapshot
+    (thousands of contacts), SQLAlchemy's caches - out of the cyclic garbage collector's way: a
+    full collection walked all of them, ~30 ms during which this worker answered nobody (a p99
+    of its own). Called once they are loaded, and again after a directory import (the old
+    snapshot, freed by reference counting, is first collected with everything else)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def _result(outcome) -> tuple:
     from sink.errors import classify
     if isinstance(outcome, BaseException):
@@ -155,6 +167,7 @@ def serve(sock: socket.socket, inbox: Inbox, config) -> int:
     sock.sendall(frame(("ready", os.getpid())))
     log.debug("worker.ready", pid=os.getpid())
     closing = False
+    frozen_with = None
     while not closing:
         first = inbox.next(block=True)
         if first is Inbox.EOF:
@@ -191,6 +204,9 @@ def serve(sock: socket.socket, inbox: Inbox, config) -> int:
         sock.sendall(frame(("done", done)))
         if committed:
             log_batch(intake, [p for _, p, _ in items], outcomes)
+        if intake.directory.current is not frozen_with:
+            frozen_with = intake.directory.current
+            freeze_long_lived()
     intake.engine.dispose()
     return 0
 
