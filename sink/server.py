@@ -18,9 +18,10 @@ over ``max_connections``                    ``421 4.7.0`` greeting, then close
 ==========================================  =================================================
 
 LMTP answers once per accepted RCPT after DATA, in RCPT order (RFC 2033 4.2); aiosmtpd sends
-one reply, so the handler returns the per-recipient lines joined by CRLF. Storage runs in the
-group committer's threads (:mod:`sink.batching`: every message ready at the moment shares one
-transaction and one fsync; each session is answered after its own message's commit) and is
+one reply, so the handler returns the per-recipient lines joined by CRLF. Storage runs in
+storage worker processes (:mod:`sink.workerpool`; with ``[storage] workers = 0`` in this
+process's threads, :mod:`sink.batching`): every message ready at the moment shares one
+transaction and one fsync, and each session is answered after its own message's commit. It is
 shielded from cancellation: a client that times out or disconnects after the final dot cannot
 interrupt a commit half-way (its resend is then recognised as already stored).
 """
