@@ -82,12 +82,18 @@ def directory(tmp_path_factory):
     return snapshot
 
 
-@pytest.fixture
-def engine(db_url):
-    engine = make_engine(db_url)
+def seeded(url: str):
+    """An engine on ``url`` with the current schema and the test directory."""
+    engine = make_engine(url)
     upgrade(engine)
     with engine.begin() as conn:
         import_directory(conn, DIRECTORY)
+    return engine
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = seeded(db_url)
     yield engine
     engine.dispose()
 

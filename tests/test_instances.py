@@ -8,10 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from sink.db import schema as t
-from sink.db.directory_store import import_directory
 from sink.db.engine import make_engine
 from sink.db.migrate import upgrade
-from tests.support import (DIRECTORY, MailClient, SinkProcess, free_port, make_mail, require,
+from tests.support import (MailClient, SinkProcess, free_port, make_mail, require,
                            write_config)
 
 
@@ -19,12 +18,9 @@ from tests.support import (DIRECTORY, MailClient, SinkProcess, free_port, make_m
 def pg_engine(pg_available):
     require(pg_available, "PostgreSQL at 127.0.0.1:5432")
     import uuid
-    from tests.conftest import create_pg_database, drop_pg_database
+    from tests.conftest import create_pg_database, drop_pg_database, seeded
     name = f"sink_test_{uuid.uuid4().hex[:12]}"
-    engine = make_engine(create_pg_database(name))
-    upgrade(engine)
-    with engine.begin() as conn:
-        import_directory(conn, DIRECTORY)
+    engine = seeded(create_pg_database(name))
     yield engine
     engine.dispose()
     drop_pg_database(name)

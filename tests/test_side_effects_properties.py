@@ -12,18 +12,15 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from sqlalchemy import select
 
 from sink.db import schema as t
-from sink.db.directory_store import import_directory
-from sink.db.engine import make_engine
-from sink.db.migrate import upgrade
 from sink.intake import Envelope, Intake
 from sink.mailparse import parse_message
 from sink.pipeline.bounces import FORMS
 from sink.ruledata import default_list
 from sink.textnorm import fold
-from tests.conftest import create_pg_database, drop_pg_database, postgres_available
+from tests.conftest import create_pg_database, drop_pg_database, postgres_available, seeded
 from tests.side_effect_mail import (box, decide, invitation_mail,  # noqa: F401
                                     troubleshooting_html, troubleshooting_mail)
-from tests.support import DIRECTORY, make_mail
+from tests.support import make_mail
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -162,10 +159,7 @@ def strict_engine(tmp_path_factory):
     pg = postgres_available()
     url = create_pg_database(name) if pg else \
         f"sqlite:///{tmp_path_factory.mktemp('prop')}/p.db"
-    engine = make_engine(url)
-    upgrade(engine)
-    with engine.begin() as conn:
-        import_directory(conn, DIRECTORY)
+    engine = seeded(url)
     yield engine
     engine.dispose()
     if pg:

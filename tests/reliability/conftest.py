@@ -8,10 +8,6 @@ import time
 
 import pytest
 
-from sink.db.directory_store import import_directory
-from sink.db.engine import make_engine
-from sink.db.migrate import upgrade
-from tests.support import DIRECTORY
 
 FIGURES_ENV = "SINK_RELIABILITY_FIGURES"
 
@@ -36,15 +32,6 @@ def figures(request):
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-
-
-def seeded(url: str):
-    """An engine on ``url`` with the current schema and the test directory."""
-    engine = make_engine(url)
-    upgrade(engine)
-    with engine.begin() as conn:
-        import_directory(conn, DIRECTORY)
-    return engine
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from sink.db.engine import make_engine
-from tests.reliability.conftest import seeded
+from tests.conftest import seeded
 from tests.reliability.load import LoadClient, audit
 from tests.reliability.test_kill9 import build_messages
 from tests.support import SinkProcess, free_port, write_config

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from tests.reliability.conftest import seeded
+from tests.conftest import seeded
 from tests.reliability.load import LoadClient, audit
 from tests.support import SinkProcess, free_port, make_mail, require, write_config
 

@@ -19,7 +19,7 @@ from sink.db import schema as t
 from sink.intake import Envelope, Intake
 from sink.mailparse import parse_message
 from sink.unwrap import unwrap
-from tests.reliability.conftest import seeded
+from tests.conftest import seeded
 from tests.reliability.hostile import PATHOLOGICAL
 from tests.reliability.load import audit
 from tests.reliability.test_byte_exact import CORPUS
