@@ -296,7 +296,7 @@ def cmd_pipeline(args, workdir: Path) -> dict:
     from sink.config import parse_config
     from sink.db.directory_store import load_directory
     from sink.db.engine import make_engine
-    from sink.mailparse import parse_message
+    from sink.mail.parse import parse_message
     from sink.pipeline import evaluate
     from bench.servers import prepare_database
     url = f"sqlite:///{workdir}/pipeline.db"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from sink.db.records import ENTITY_TABLES
 from sink.directory import Directory
 from sink.pipeline.decision import (Decision, FlagAction, ForbiddenAction, InvitationAction,
                                     TaskAction)
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
 # The inserts nearly every message makes, on the DBAPI cursor (sink.db.fastpath).

@@ -1,7 +1,7 @@
 """Store-then-decide for one message: raw bytes, message row, rule outcome and records in one
 transaction per box. Every ingress (LMTP/SMTP, pollers, eml directory, ``sink ingest``) ends here.
 The server stores many messages in one transaction instead, each delivery in its own savepoint
-(:mod:`sink.batching`, group commit) with the same :meth:`Intake.store`.
+(:mod:`sink.storage.batching`, group commit) with the same :meth:`Intake.store`.
 
 Guarantees, in the order they are established:
 - the same bytes for the same box are stored once (unique ``(box, sha256)``): an MTA that lost
@@ -40,10 +40,10 @@ from sink.directory import Directory
 from sink.errors import TransientStorageError, classify
 from sink.executor import apply, record_counts
 from sink.log import get_logger
-from sink.mailparse import ParsedMessage, parse_message, storable
+from sink.mail.parse import ParsedMessage, parse_message, storable
 from sink.pipeline import evaluate
 from sink.pipeline.decision import Decision
-from sink.unwrap import Unwrapped, unwrap
+from sink.mail.unwrap import Unwrapped, unwrap
 
 log = get_logger("sink.intake")
 UNWRAPPED = "UNWRAPPED"     # verdict of a journal report, wrapper or PEC envelope

@@ -112,14 +112,15 @@ def config(db_url):
 
 
 class RunningServer:
-    """A SinkServer on its own event loop in a background thread, bound to free ports: with
+    """A SinkApp on its own event loop in a background thread, bound to free ports: with
     storage worker processes as ``sink serve`` runs it, or, given an ``intake`` (rules that are
     test doubles), storing in this process."""
 
     def __init__(self, config, intake: Intake | None = None, workers: int = 2, **options):
-        from sink.server import SinkServer
-        self.server = (SinkServer(config, intake) if intake is not None
-                       else SinkServer(config, workers=workers, **options))
+        from sink.app import SinkApp
+        from sink.storage import make_storage
+        self.server = SinkApp(config, make_storage(config, intake=intake, workers=workers,
+                                                   **options))
         self.loop = asyncio.new_event_loop()
         self.ports = self.loop.run_until_complete(self.server.start())
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 from sink.config import parse_config
 from sink.directory import Directory
-from sink.mailparse import parse_message
+from sink.mail.parse import parse_message
 from sink.pipeline import evaluate
 from sink.pipeline.records import MemoryRecords
 

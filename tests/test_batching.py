@@ -1,4 +1,4 @@
-"""Group commit (sink.batching): many messages, one transaction, and every Intake guarantee
+"""Group commit (sink.storage.batching): many messages, one transaction, and every Intake guarantee
 per message - on SQLite and PostgreSQL.
 
 A *gate* in the rules holds the writer inside its first batch until the test has queued the
@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy import exc as sa_exc
 
-from sink.batching import GroupCommitter
+from sink.storage.batching import GroupCommitter
 from sink.config import parse_config
 from sink.db import schema as t
 from sink.errors import TransientStorageError

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from unidecode import unidecode
 
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 from tests.support import make_mail
 
 _SPACES = re.compile(r"\s+")
@@ -118,7 +118,7 @@ def test_fast_statement_errors_are_sqlalchemy_errors_and_savepoints_undo(engine)
         assert conn.execute(select(func.count()).select_from(t.messages)).scalar() == 2
 
 
-# ------------------------------------------------------------------ sink.opaque
+# ------------------------------------------------------------------ sink.mail.opaque
 
 def _summary(parsed):
     return (parsed.sender, parsed.to, parsed.cc, parsed.subject, parsed.body_text, parsed.html,
@@ -127,8 +127,8 @@ def _summary(parsed):
 
 def test_opaque_attachment_bodies_are_not_parsed_and_nothing_the_rules_read_changes():
     import email
-    from sink.mailparse import _POLICY, parse_message
-    from sink.opaque import without_opaque_bodies
+    from sink.mail.parse import _POLICY, parse_message
+    from sink.mail.opaque import without_opaque_bodies
     pdf = bytes(range(256)) * 200
     raw = make_mail(body="Offer attached, Zakázka: 2023-015", html="<p>Offer</p>",
                     attachments=[("application", "pdf", pdf, "offer.pdf"),
@@ -149,7 +149,7 @@ def test_opaque_attachment_bodies_are_not_parsed_and_nothing_the_rules_read_chan
 
 
 def test_messages_that_carry_messages_or_keep_text_are_parsed_whole():
-    from sink.opaque import without_opaque_bodies
+    from sink.mail.opaque import without_opaque_bodies
     blob = bytes(range(256)) * 100
     cases = [
         # an attached .eml, as octet-stream: unwrapping needs it
@@ -171,8 +171,8 @@ def test_messages_that_carry_messages_or_keep_text_are_parsed_whole():
 
 def test_the_benchmark_corpus_parses_the_same_with_and_without_opaque_bodies():
     from bench import corpus
-    from sink import mailparse
-    from sink.opaque import without_opaque_bodies
+    from sink.mail import parse as mailparse
+    from sink.mail.opaque import without_opaque_bodies
     for mail in corpus.build("100k-1", 40, seed=3):
         lean = mailparse.parse_message(mail.raw)
         original = mailparse.without_opaque_bodies

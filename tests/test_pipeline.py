@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sink.config import parse_config
-from sink.mailparse import parse_message
+from sink.mail.parse import parse_message
 from sink.pipeline import RULE_NAMES, evaluate
 from tests.support import make_mail
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from sink import server as sink_server
+from sink.sources import replies as sink_replies
 from tests.postfix_harness import (DEPLOY, SNIPPET, PostfixInstance, SinkProcess, free_port,
                                    postfix_missing, read_main_cf, wait_until)
 from tests.support import DIRECTORY, make_mail, require
@@ -243,7 +243,7 @@ def test_deploy_files_are_what_the_instance_runs(postfix):
 
 
 def test_postfix_readme_lists_every_reply_the_sink_gives():
-    codes = re.findall(r"``(\d{3} \d\.\d\.\d)``", sink_server.__doc__)
+    codes = re.findall(r"``(\d{3} \d\.\d\.\d)``", sink_replies.__doc__)
     assert len(codes) >= 8, codes
     readme = (DEPLOY / "README.md").read_text("utf-8")
     missing = [code for code in dict.fromkeys(codes) if f"`{code}" not in readme]

@@ -7,10 +7,10 @@ import unicodedata
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sink.mailparse import parse_message
+from sink.mail.parse import parse_message
 from sink.pipeline.references import find_references, scope_token
 from sink.ruledata import default_list
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 
 KEYWORDS = {k: default_list(f"{k}_keywords") for k in ("contract", "order", "task")}
 ALL_KEYWORDS = [(kind, word) for kind, words in KEYWORDS.items() for word in words]

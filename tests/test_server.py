@@ -298,7 +298,7 @@ def test_handler_slower_than_the_session_timeout_finishes_its_commit(engine, con
 
 
 def test_an_error_of_our_own_is_451_never_500(engine, start_server, monkeypatch):
-    from sink.server import Handler
+    from sink.sources.smtp_handler import Handler
 
     async def broken_rcpt(self, *args):
         raise RuntimeError("bug in the sink")

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from sink.db import schema as t
 from sink.intake import Envelope, Intake
-from sink.mailparse import parse_message
+from sink.mail.parse import parse_message
 from sink.pipeline.bounces import body_addresses, delivery_report
 from sink.pipeline.records import MemoryRecords
 from tests.side_effect_mail import (box, decide, exchange_ndr, gmail_dsn,  # noqa: F401

@@ -13,7 +13,7 @@ from sink.db import schema as t
 from sink.db.directory_store import load_directory
 from sink.executor import apply
 from sink.intake import Envelope, Intake
-from sink.mailparse import parse_message
+from sink.mail.parse import parse_message
 from sink.pipeline.decision import Decision
 from sink.pipeline.invitations import calendar_events, revision
 from sink.pipeline.records import MemoryRecords

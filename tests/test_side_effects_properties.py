@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from sink.db import schema as t
 from sink.intake import Envelope, Intake
-from sink.mailparse import parse_message
+from sink.mail.parse import parse_message
 from sink.pipeline.bounces import FORMS
 from sink.ruledata import default_list
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 from tests.conftest import create_pg_database, drop_pg_database, postgres_available, seeded
 from tests.side_effect_mail import (box, decide, invitation_mail,  # noqa: F401
                                     troubleshooting_html, troubleshooting_mail)

@@ -6,8 +6,8 @@ import email
 import email.policy
 from email.message import EmailMessage
 
-from sink.mailparse import parse_message
-from sink.unwrap import JOURNAL, PEC, WRAPPER, unwrap
+from sink.mail.parse import parse_message
+from sink.mail.unwrap import JOURNAL, PEC, WRAPPER, unwrap
 from tests.support import make_mail
 
 

@@ -1,4 +1,4 @@
-"""Storage worker processes (sink.worker, sink.workerpool): framing, a worker killed under load,
+"""Storage worker processes (sink.storage.worker, sink.storage.pool): framing, a worker killed under load,
 signals to the whole process group, and a protocol process that dies."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select
 
 from sink.db import schema as t
-from sink.worker import Inbox, frame
+from sink.storage.frames import Inbox, frame
 from tests.conftest import config_for
 from tests.support import (MailClient, SinkProcess, children_of, free_port, make_mail,
                            process_gone, wait_for, write_config)
@@ -190,10 +190,11 @@ def test_a_directory_import_reaches_every_worker(engine, start_server):
 
 def test_worker_that_cannot_reach_the_database_says_why(tmp_path):
     import asyncio
-    from sink.server import SinkServer
+    from sink.app import SinkApp
+    from sink.storage.pool import WorkerPool
     cfg = config_for("postgresql+psycopg://postgres@127.0.0.1:1/none",
                      listeners=[{"protocol": "lmtp", "address": "127.0.0.1:0"}])
-    server = SinkServer(cfg, workers=1)
+    server = SinkApp(cfg, WorkerPool(cfg, 1))
     with pytest.raises(RuntimeError, match="could not start: OperationalError"):
         asyncio.run(server.start())
     assert all(process_gone(w.proc.pid) for w in server.storage.workers)

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
 from sink.directory import Company, Contact, Directory, Numbered, User
-from sink.textnorm import fold, fold_address
+from sink.mail.textnorm import fold, fold_address
 
 
 class DirectoryImportError(Exception):

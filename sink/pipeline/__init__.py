@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sink.config import BoxConfig
 from sink.directory import Directory
-from sink.mailparse import ParsedMessage
+from sink.mail.parse import ParsedMessage
 from sink.pipeline import bounces, invitations, rules, side_effects, troubleshooting
 from sink.pipeline.context import Context, Seen, dedup_keys
 from sink.pipeline.decision import Decision, TraceEntry, Verdict

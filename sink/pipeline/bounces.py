@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 
-from sink.mailparse import is_valid_address, own_parts, part_text
+from sink.mail.parse import is_valid_address, own_parts, part_text
 from sink.pipeline.context import Context
 from sink.pipeline.rules import PASS, Result
 from sink.pipeline.side_effects import BROKEN, describe, forbid, set_flags
-from sink.textnorm import fold_address
+from sink.mail.textnorm import fold_address
 
 STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 MAX_RECIPIENTS = 1000

@@ -9,9 +9,9 @@ from typing import Callable, Iterable
 
 from sink.config import BoxConfig
 from sink.directory import Directory, User
-from sink.mailparse import ParsedMessage
+from sink.mail.parse import ParsedMessage
 from sink.pipeline.records import MemoryRecords, Records
-from sink.textnorm import domain_of, fold
+from sink.mail.textnorm import domain_of, fold
 
 Seen = Callable[[Iterable[tuple[str, str]]], bool]
 

@@ -157,3 +157,8 @@ class Decision:
             "tickets": plain(self.tickets),
             "trace": plain(self.trace),
         }
+
+
+def empty_json() -> dict:
+    """The JSON of a message no decision was made for (stored ``failed``): every list empty."""
+    return Decision(verdict=None).as_json()

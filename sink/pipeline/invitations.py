@@ -18,11 +18,11 @@ from datetime import date, datetime, timezone
 
 import icalendar
 
-from sink.mailparse import own_parts, part_text
+from sink.mail.parse import own_parts, part_text
 from sink.pipeline.context import Context
 from sink.pipeline.decision import InvitationAction
 from sink.pipeline.rules import PASS, Result
-from sink.textnorm import fold_address
+from sink.mail.textnorm import fold_address
 
 CALENDAR_TYPES = ("text/calendar", "application/ics")
 METHODS = ("REQUEST", "CANCEL", "REPLY")

@@ -1,6 +1,6 @@
 """``KEYWORD:NUMBER [TYPE] [SCOPE]`` references in a subject or body (seed 000 ch. 10-12).
 
-Matching runs on the folded text (:func:`sink.textnorm.fold`), so "ZAKÁZKA: 2023-015" and
+Matching runs on the folded text (:func:`sink.mail.textnorm.fold`), so "ZAKÁZKA: 2023-015" and
 "zakazka:2023-015" are the same reference. A reference is only *found* here; whether its number,
 type and scope mean anything is decided against the directory by the rules.
 """
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 
 KINDS = ("contract", "order", "task")
 _TRAILING = ".,;:!?)]}>\"'"

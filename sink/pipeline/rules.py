@@ -14,7 +14,7 @@ from sink.pipeline.context import Context, dedup_keys
 from sink.pipeline.decision import (ActivityAction, FlagAction, ForbiddenAction,
                                     InvitationAction, TaskAction, Verdict)
 from sink.pipeline.references import KINDS, find_references, scope_token
-from sink.textnorm import domain_of, fold
+from sink.mail.textnorm import domain_of, fold
 
 INCOMING, OUTGOING = "incoming", "outgoing"
 EMAIL_TYPE = "E-mail"

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 from sink.pipeline.context import Context
 from sink.pipeline.decision import FlagAction, ForbiddenAction, TaskAction
 from sink.pipeline.rules import PASS, Result
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 
 DO_NOT_SEND, BROKEN = "do-not-send", "broken"
 OPT_OUT_FLAGS: Mapping[str, bool] = {"allow_emails": False, "allow_bulk_emails": False}

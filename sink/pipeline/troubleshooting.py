@@ -19,7 +19,7 @@ from selectolax.lexbor import LexborHTMLParser
 from sink.pipeline.context import Context
 from sink.pipeline.decision import TaskAction, Verdict
 from sink.pipeline.rules import PASS, Result, hit
-from sink.textnorm import fold
+from sink.mail.textnorm import fold
 
 ORIGIN = "troubleshooting"
 _CONTRACT = re.compile(r"\bcontract\s*:\s*([^\s<>,;]+)", re.IGNORECASE)

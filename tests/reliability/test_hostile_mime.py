@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sink.config import parse_config
 from sink.db import schema as t
 from sink.intake import Envelope, Intake
-from sink.mailparse import parse_message
-from sink.unwrap import unwrap
+from sink.mail.parse import parse_message
+from sink.mail.unwrap import unwrap
 from tests.conftest import seeded
 from tests.reliability.hostile import PATHOLOGICAL
 from tests.reliability.load import audit

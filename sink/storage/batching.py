@@ -47,7 +47,7 @@ from sink.errors import TransientStorageError, classify
 from sink.intake import RACE_RETRIES, Delivery, Envelope, Intake, Prepared
 from sink.log import get_logger
 
-log = get_logger("sink.batching")
+log = get_logger("sink.storage.batching")
 
 Outcome = Union[Delivery, BaseException]     # per box: stored, or why not (answer 4xx)
 MESSAGE_SAVEPOINT = "sink_message"

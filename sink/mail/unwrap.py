@@ -24,9 +24,9 @@ from email.policy import compat32
 from email.utils import getaddresses
 from io import BytesIO
 
-from sink.mailparse import (MAX_PARTS, ParsedMessage, is_valid_address, parse_message,
+from sink.mail.parse import (MAX_PARTS, ParsedMessage, is_valid_address, parse_message,
                             part_text, walk_parts)
-from sink.textnorm import fold_address
+from sink.mail.textnorm import fold_address
 
 JOURNAL, WRAPPER, PEC = "journal", "wrapper", "pec"
 MAX_INNER = 100

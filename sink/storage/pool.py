@@ -1,4 +1,4 @@
-"""The protocol process's side of the storage workers (:mod:`sink.worker`).
+"""The protocol process's side of the storage workers (:mod:`sink.storage.worker`).
 
 :class:`WorkerPool` starts ``count`` worker processes, hands each received message to the one
 with the fewest messages in hand, and resolves the message's future with one outcome per box
@@ -28,10 +28,10 @@ from sink.config import BoxConfig, Config
 from sink.errors import TransientStorageError
 from sink.intake import Envelope
 from sink.log import get_logger
-from sink.worker import HEADER, frame, frame_head
+from sink.storage.frames import HEADER, frame, frame_head
 
-log = get_logger("sink.workerpool")
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+log = get_logger("sink.storage.pool")
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _RESTART_DELAYS = (0.5, 1, 2, 5, 10, 30)
 
 
@@ -124,7 +124,7 @@ class WorkerPool:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         try:
             worker.proc = subprocess.Popen(
-                [sys.executable, "-m", "sink.worker", str(theirs.fileno())],
+                [sys.executable, "-m", "sink.storage.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         finally:
             theirs.close()

@@ -32,8 +32,8 @@ from functools import lru_cache
 
 from selectolax.lexbor import LexborHTMLParser as HTMLParser
 
-from sink.opaque import without_opaque_bodies
-from sink.textnorm import fold_address
+from sink.mail.opaque import without_opaque_bodies
+from sink.mail.textnorm import fold_address
 
 MAX_PARTS = 1000
 MAX_DEPTH = 50

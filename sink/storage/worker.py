@@ -3,12 +3,12 @@
 One Python process cannot use more than one core's worth of Python at a time, and a 4 KB
 message costs the protocol (aiosmtpd) about as much CPU as parsing, deciding and storing it
 (docs/PERFORMANCE.md). ``sink serve`` therefore runs the listeners in one process and hands every
-received message to one of a few worker processes (:mod:`sink.workerpool`), each running this
-module: ``python -m sink.worker FD``, FD one end of a socket pair.
+received message to one of a few worker processes (:mod:`sink.storage.pool`), each running this
+module: ``python -m sink.storage.worker FD``, FD one end of a socket pair.
 
 The worker is one thread and one loop: wait for a message; take every other message already
 waiting (up to ``MAX_BATCH`` / ``MAX_BYTES``); digest and parse each (:meth:`Intake.prepare`);
-store them all in one transaction with a savepoint each (:func:`sink.batching.commit_batch`, the
+store them all in one transaction with a savepoint each (:func:`sink.storage.batching.commit_batch`, the
 same code as the in-process group committer); after the COMMIT send one reply frame with every
 message's outcome; then write the log lines. With several workers, one parses while another
 waits for its commit: on SQLite they take turns on the write lock (:class:`WriteTurn`), on
@@ -21,12 +21,7 @@ death is answered 451 too, and the MTA's resend is recognised as already stored.
 ignores SIGTERM and SIGINT (systemd and a terminal signal the whole process group): it stops
 when the protocol process closes its end, after answering everything it was given.
 
-Frames, both ways: ``!II`` (length of a pickled header, length of a raw payload), the header,
-the payload. To the worker: first ``("init", config)``, then ``(job_id, envelope, box
-addresses, started)`` with the message as payload. From the worker: ``("ready", pid)`` or
-``("failed", reason)``, then ``("done", [(job_id, [result per box]), ...])`` where a result is
-``("stored", message_id, status, already_stored)`` or ``("error", reason, transient,
-no_space)``.
+The frame format is in :mod:`sink.storage.frames`.
 """
 
 from __future__ import annotations
@@ -34,68 +29,14 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
-import pickle
-import select
 import signal
 import socket
-import struct
 import sys
 
-HEADER = struct.Struct("!II")
+from sink.storage.frames import Inbox, frame
+
 MAX_BATCH = 256
 MAX_BYTES = 64 * 1024 * 1024
-
-
-def frame_head(header, payload_length: int = 0) -> bytes:
-    """A frame without its payload: the payload follows as it is (no copy of a big message)."""
-    meta = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(meta), payload_length) + meta
-
-
-def frame(header, payload: bytes = b"") -> bytes:
-    return frame_head(header, len(payload)) + payload
-
-
-class Inbox:
-    """Frames from a blocking socket, each field read with exactly its length: a payload is
-    received straight into the bytes object the worker then uses (``recv(n, MSG_WAITALL)``:
-    one allocation, no copy - a 40 MB message costs 40 MB here, not 80).
-
-    ``next(block=False)`` answers None when nothing is waiting (once a frame has begun it is
-    read to its end), and :data:`EOF` once the other end is closed."""
-
-    EOF = object()
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-
-    def next(self, *, block: bool = True):
-        if not block and not select.select([self.sock], [], [], 0)[0]:
-            return None
-        head = self._exact(HEADER.size, at_start=True)
-        if head is None:
-            return self.EOF
-        meta_len, payload_len = HEADER.unpack(head)
-        header = pickle.loads(self._exact(meta_len))
-        return header, self._exact(payload_len)
-
-    def _exact(self, length: int, at_start: bool = False) -> bytes | None:
-        if length == 0:
-            return b""
-        data = self.sock.recv(length, socket.MSG_WAITALL)
-        if len(data) == length:
-            return data
-        parts = [data]                  # interrupted, or the other end closed
-        have = len(data)
-        while have < length:
-            more = self.sock.recv(length - have, socket.MSG_WAITALL)
-            if not more:
-                if at_start and have == 0:
-                    return None         # closed between frames: the normal end
-                raise EOFError("the protocol process went away inside a frame")
-            parts.append(more)
-            have += len(more)
-        return b"".join(parts)
 
 
 class WriteTurn:
@@ -148,13 +89,13 @@ def _result(outcome) -> tuple:
 
 
 def serve(sock: socket.socket, inbox: Inbox, config) -> int:
-    from sink.batching import commit_batch, log_batch
+    from sink.storage.batching import commit_batch, log_batch
     from sink.db.engine import make_engine
     from sink.errors import TransientStorageError
     from sink.intake import Intake
     from sink.log import get_logger
 
-    log = get_logger("sink.worker")
+    log = get_logger("sink.storage.worker")
     boxes = {box.address: box for box in config.boxes}
     try:
         intake = Intake(make_engine(config.database_url, pool_size=1))

@@ -1,0 +1,47 @@
+"""``sink``: the command line (SPEC section 6). Exit 0 on success, 2 for an unusable argument or
+configuration (one line on stderr), 1 when storage is unavailable (try again later).
+
+Each command group is a module of this package with a ``register(subparsers)`` that adds its
+parsers and sets ``func``; :data:`COMMAND_MODULES` is the list, in the order ``--help`` shows.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sink.cli import admin, inspect, mail
+from sink.cli.common import EXIT_TRANSIENT, EXIT_USAGE, Parser, UsageError
+from sink.config import ConfigError, load_config
+
+COMMAND_MODULES = (admin, mail, inspect)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="sink", description="Mail-to-CRM intake.")
+    p.add_argument("--config", help="TOML configuration file (default: $SINK_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sink.errors import TransientStorageError, classify
+    from sink.log import configure
+    try:
+        args = build_parser().parse_args(argv)
+        config = load_config(args.config)
+        configure(config.log.level, config.log.file)
+        return args.func(config, args)
+    except (UsageError, ConfigError) as exc:
+        print(f"sink: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransientStorageError as exc:
+        print(f"sink: storage unavailable, nothing was committed: {exc}", file=sys.stderr)
+        return EXIT_TRANSIENT
+    except Exception as exc:
+        transient = classify(exc)
+        if transient is None:
+            raise
+        print(f"sink: storage unavailable, nothing was committed: {transient}", file=sys.stderr)
+        return EXIT_TRANSIENT

@@ -1,0 +1,119 @@
+"""aiosmtpd handler hooks: RCPT admission and DATA -> storage -> the replies of
+:mod:`sink.sources.replies`.
+
+The message goes to the storage's ``submit`` (:mod:`sink.storage`); each session is answered
+after its own message's commit. The wait is shielded from cancellation: a client that times
+out or disconnects after the final dot cannot interrupt a commit half-way (its resend is then
+recognised as already stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiosmtpd.smtp import Envelope as SmtpEnvelope, Session
+
+from sink.config import Config, ListenerConfig
+from sink.errors import classify
+from sink.intake import Envelope
+from sink.log import get_logger
+from sink.mail.textnorm import fold_address
+from sink.sources.replies import REPLY_TOO_MANY_RCPTS, reply_for
+
+log = get_logger("sink.sources.smtp")
+
+
+class Handler:
+    """aiosmtpd handler hooks: RCPT admission and DATA -> storage -> replies."""
+
+    def __init__(self, config: Config, storage, listener: ListenerConfig, tracker: "InFlight"):
+        self.boxes = {b.address: b for b in config.boxes}
+        self.storage = storage
+        self.listener = listener
+        self.lmtp = listener.protocol == "lmtp"
+        self.tracker = tracker
+
+    async def handle_RCPT(self, server, session: Session, envelope: SmtpEnvelope, address: str,
+                          rcpt_options):
+        if fold_address(address) not in self.boxes:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: not a box of this sink"
+        if len(envelope.rcpt_tos) >= self.listener.max_recipients:
+            return REPLY_TOO_MANY_RCPTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session: Session, envelope: SmtpEnvelope):
+        started = time.perf_counter()
+        rcpts = [fold_address(r) for r in envelope.rcpt_tos]
+        boxes = [self.boxes[a] for a in dict.fromkeys(rcpts)]
+        meta = Envelope(channel=self.listener.protocol, mail_from=envelope.mail_from,
+                        rcpt_tos=tuple(rcpts))
+        outcomes = await self._store(meta, boxes, _take_content(envelope), started)
+        if not self.lmtp:
+            return _reply(outcomes)
+        # LMTP: each box has its own outcome (its own savepoint in the batch) and its own
+        # reply, repeated for every RCPT that named it, in RCPT order.
+        per_box = {box.address: _reply([outcome]) for box, outcome in zip(boxes, outcomes)}
+        return "\r\n".join(per_box[a] for a in rcpts)
+
+    async def _store(self, meta: Envelope, boxes, raw: bytes, started: float) -> list:
+        """One outcome per box: a Delivery (or the worker's account of one), or the error to
+        answer 4xx for."""
+        try:
+            future = self.storage.submit(raw, meta, boxes, started)
+            del raw
+            self.tracker.add(future)
+            return list(await asyncio.shield(future))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if classify(error) is None:
+                log.exception("message.store_error", error=type(error).__name__)
+            return [error] * len(boxes)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("session.error", error=f"{type(error).__name__}: {error}"[:300])
+        return reply_for(error)
+
+
+def _take_content(envelope: SmtpEnvelope) -> bytes:
+    """The message's bytes, no longer held by the session: once a storage worker has them this
+    process keeps no copy while it waits (a 40 MB message would otherwise be held here and in
+    the worker at once)."""
+    raw = envelope.original_content
+    envelope.content = envelope.original_content = None
+    return raw
+
+
+def _reply(outcomes) -> str:
+    """The one reply for these outcomes: 4xx when any failed, else 250 with the ids."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            return reply_for(outcome)
+    ids = ", ".join(f"#{d.message_id}" for d in outcomes)
+    if any(d.status == "failed" for d in outcomes):
+        return f"250 2.0.0 Ok: stored as {ids} (rules failed, kept for replay)"
+    if any(d.already_stored for d in outcomes):
+        return f"250 2.0.0 Ok: already stored as {ids}"
+    return f"250 2.0.0 Ok: stored as {ids}"
+
+
+class InFlight:
+    """Storage futures not yet finished: SIGTERM waits for them before exiting."""
+
+    def __init__(self):
+        self.futures: set[asyncio.Future] = set()
+
+    def add(self, future: asyncio.Future) -> None:
+        self.futures.add(future)
+        future.add_done_callback(self.futures.discard)
+
+    async def drain(self, timeout: float) -> int:
+        pending = set(self.futures)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return len(pending)
+
+
