@@ -19,6 +19,7 @@ from typing import Protocol, Sequence
 
 from sink.config import Config
 from sink.log import get_logger
+from sink.runtime import freeze_long_lived
 from sink.sources.listeners import Listeners
 
 log = get_logger("sink.app")
@@ -59,7 +60,6 @@ class SinkApp:
 
 async def serve_until_signal(app: SinkApp) -> None:
     await app.start()
-    from sink.storage.worker import freeze_long_lived
     freeze_long_lived()             # everything loaded so far lives as long as the process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,8 @@
-"""The one place where a Decision becomes rows, inside the message's transaction."""
+"""The one place where a Decision becomes rows, inside the message's transaction.
+
+:func:`apply` runs one writer per record kind (:data:`WRITERS`, keyed like
+:data:`sink.pipeline.decision.RECORD_KINDS`); :class:`sink.intake.Intake` takes it as its
+``executor``."""
 
 from __future__ import annotations
 
@@ -9,12 +13,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
-from sink.db.directory_store import bump_version
 from sink.db.fastpath import Fast
 from sink.db.records import ENTITY_TABLES
 from sink.directory import Directory
-from sink.pipeline.decision import (Decision, FlagAction, ForbiddenAction, InvitationAction,
-                                    TaskAction)
+from sink.pipeline.decision import (RECORD_KINDS, ActivityAction, Decision, FlagAction,
+                                    ForbiddenAction, InvitationAction, TaskAction)
 from sink.mail.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
@@ -32,51 +35,47 @@ INVITATION_COLUMNS = ("method", "status", "sequence", "dtstamp", "revision", "su
                       "organizer")
 
 
-def apply(conn: Connection, message_id: int, decision: Decision, directory: Directory) -> dict:
-    """Insert every record the decision asks for; return counts by kind (for the log)."""
-    for action in decision.activities:
-        user = directory.user(action.responsible)
-        kind = directory.activity_type(action.type)
-        row = {
-            "message_id": message_id,
-            "direction": action.direction,
-            "responsible_id": user.id,
-            "type_id": kind.id if kind else None,
-            "type_name": action.type,
-            "scope": action.scope,
-            "subject": action.subject,
-            "text": action.text,
-            "date": action.date,
-            "contract_id": _id(directory.contracts, action.contract),
-            "order_id": _id(directory.orders, action.order),
-            "task_id": _id(directory.tasks, action.task),
-            "completed": action.completed,
-            "due": action.due,
-            "original_filename": ORIGINAL_FILENAME if action.original_attached else None,
-        }
-        activity_id = _INSERT_ACTIVITY.insert(conn, row)
-        contact_ids = {c.id for email in action.contacts for c in directory.contacts.get(email, ())}
-        if contact_ids:
-            _INSERT_ACTIVITY_CONTACTS.execute_many(conn, [
-                {"activity_id": activity_id, "contact_id": cid} for cid in sorted(contact_ids)])
-        company_ids = _company_ids(directory, action.companies)
-        if company_ids:
-            _INSERT_ACTIVITY_COMPANIES.execute_many(conn, [
-                {"activity_id": activity_id, "company_id": cid} for cid in sorted(company_ids)])
-    for index, task in enumerate(decision.tasks):
-        decision.tasks[index] = _store_task(conn, message_id, task, directory)
-    for change in decision.contact_flags:
-        _store_flags(conn, message_id, change)
-    for forbidden in decision.forbidden:
-        _store_forbidden(conn, message_id, forbidden)
-    for invitation in decision.invitations:
-        _store_invitation(conn, message_id, invitation, directory)
-    return record_counts(decision)
+def apply(conn: Connection, message_id: int, decision: Decision,
+          directory: Directory) -> Decision:
+    """Write every record ``decision`` asks for; return the decision as stored (a task made
+    from a "New task:" subject carries the number it got). ``decision`` itself is not changed."""
+    stored = {kind: tuple(WRITERS[kind](conn, message_id, item, directory)
+                          for item in decision.records(kind))
+              for kind in RECORD_KINDS}
+    return replace(decision, **stored)
 
 
-def record_counts(decision: Decision) -> dict:
-    return {kind: len(getattr(decision, kind)) for kind in
-            ("activities", "tasks", "contact_flags", "forbidden", "invitations", "tickets")}
+def _store_activity(conn: Connection, message_id: int, action: ActivityAction,
+                    directory: Directory) -> ActivityAction:
+    user = directory.user(action.responsible)
+    kind = directory.activity_type(action.type)
+    row = {
+        "message_id": message_id,
+        "direction": action.direction,
+        "responsible_id": user.id,
+        "type_id": kind.id if kind else None,
+        "type_name": action.type,
+        "scope": action.scope,
+        "subject": action.subject,
+        "text": action.text,
+        "date": action.date,
+        "contract_id": _id(directory.contracts, action.contract),
+        "order_id": _id(directory.orders, action.order),
+        "task_id": _task_id(conn, directory, action.task),
+        "completed": action.completed,
+        "due": action.due,
+        "original_filename": ORIGINAL_FILENAME if action.original_attached else None,
+    }
+    activity_id = _INSERT_ACTIVITY.insert(conn, row)
+    contact_ids = {c.id for email in action.contacts for c in directory.contacts.get(email, ())}
+    if contact_ids:
+        _INSERT_ACTIVITY_CONTACTS.execute_many(conn, [
+            {"activity_id": activity_id, "contact_id": cid} for cid in sorted(contact_ids)])
+    company_ids = _company_ids(directory, action.companies)
+    if company_ids:
+        _INSERT_ACTIVITY_COMPANIES.execute_many(conn, [
+            {"activity_id": activity_id, "company_id": cid} for cid in sorted(company_ids)])
+    return action
 
 
 def _id(table: dict, number: str | None) -> int | None:
@@ -84,6 +83,16 @@ def _id(table: dict, number: str | None) -> int | None:
         return None
     record = table.get(fold(number))
     return record.id if record else None
+
+
+def _task_id(conn: Connection, directory: Directory, number: str | None) -> int | None:
+    """An imported task from the directory, or one a message made (not in the snapshot)."""
+    if number is None:
+        return None
+    record = directory.tasks.get(fold(number))
+    if record is not None:
+        return record.id
+    return conn.execute(select(t.tasks.c.id).where(t.tasks.c.number == number)).scalar()
 
 
 def _company_ids(directory: Directory, names) -> set[int]:
@@ -131,33 +140,35 @@ def _store_task(conn: Connection, message_id: int, task: TaskAction,
     conn.execute(insert(t.task_changes).values(message_id=message_id, task_id=task_id,
                                                action=task.action, subject=task.subject,
                                                status=task.status))
-    if task.action == "created":
-        bump_version(conn)      # the directory snapshot learns the new number ("Task:4711")
     return task
 
 
-def _store_flags(conn: Connection, message_id: int, change: FlagAction) -> None:
+def _store_flags(conn: Connection, message_id: int, change: FlagAction,
+                 directory: Directory) -> FlagAction:
     table = ENTITY_TABLES[change.entity]
     flags = dict(change.changes)
     conn.execute(update(table).where(table.c.id == change.entity_id).values(**flags))
     conn.execute(insert(t.flag_changes).values(message_id=message_id, entity=change.entity,
                                                entity_id=change.entity_id, email=change.email,
                                                changes=flags))
+    return change
 
 
-def _store_forbidden(conn: Connection, message_id: int, forbidden: ForbiddenAction) -> None:
+def _store_forbidden(conn: Connection, message_id: int, forbidden: ForbiddenAction,
+                     directory: Directory) -> ForbiddenAction:
     conn.execute(_upsert(conn, t.forbidden_addresses).values(
         email=forbidden.email, type=forbidden.type, message_id=message_id
     ).on_conflict_do_nothing(index_elements=["email", "type"]))
+    return forbidden
 
 
 def _store_invitation(conn: Connection, message_id: int, invitation: InvitationAction,
-                      directory: Directory) -> None:
+                      directory: Directory) -> InvitationAction:
     """REQUEST/CANCEL replace the stored version only when theirs is not older (the WHERE of
     the upsert, so a race cannot lose the newest); REPLY records answers the same way."""
     user = directory.user(invitation.user)
     if user is None:
-        return
+        return invitation
     key = ["user_id", "uid"]
     values = {c: getattr(invitation, c) for c in INVITATION_COLUMNS}
     if invitation.method != "REPLY":
@@ -167,7 +178,7 @@ def _store_invitation(conn: Connection, message_id: int, invitation: InvitationA
             index_elements=key,
             set_={c: stmt.excluded[c] for c in (*INVITATION_COLUMNS, "message_id")},
             where=t.invitations.c.revision <= stmt.excluded.revision))
-        return
+        return invitation
     # The organiser's invitation, made from the reply when none is stored yet; revision ""
     # lets any real REQUEST or CANCEL replace what a reply could tell.
     conn.execute(_upsert(conn, t.invitations).values(
@@ -183,3 +194,15 @@ def _store_invitation(conn: Connection, message_id: int, invitation: InvitationA
             index_elements=["invitation_id", "attendee"],
             set_={c: stmt.excluded[c] for c in ("partstat", "revision", "message_id")},
             where=t.invitation_responses.c.revision <= stmt.excluded.revision))
+    return invitation
+
+
+# One writer per record kind (sink.pipeline.decision.RECORD_KINDS): (conn, message id, action,
+# directory) -> the action as stored.
+WRITERS = {
+    "activities": _store_activity,
+    "tasks": _store_task,
+    "contact_flags": _store_flags,
+    "forbidden": _store_forbidden,
+    "invitations": _store_invitation,
+}

@@ -61,9 +61,10 @@ def batch(engine):
     """``batch(extra=None, writers=1)`` -> (committer, gate); closed after the test."""
     made = []
 
-    def make(extra=None, writers=1):
+    def make(extra=None, writers=1, executor=None):
         gate = Gate(extra)
-        committer = GroupCommitter(Intake(engine, rules=gate.rules), writers=writers)
+        options = {"executor": executor} if executor else {}
+        committer = GroupCommitter(Intake(engine, rules=gate.rules, **options), writers=writers)
         made.append((committer, gate))
         return committer, gate
     yield make
@@ -165,17 +166,15 @@ def test_a_rule_that_raises_fails_only_its_message_and_is_answered(engine, batch
     assert count(engine, t.raw_messages) == 4
 
 
-def test_a_transient_failure_fails_the_whole_batch_and_commits_nothing(engine, batch,
-                                                                     monkeypatch):
-    import sink.intake
-    real_apply = sink.intake.apply
+def test_a_transient_failure_fails_the_whole_batch_and_commits_nothing(engine, batch):
+    from sink.executor import apply
 
     def apply_then_lose_database(conn, message_id, decision, directory):
-        real_apply(conn, message_id, decision, directory)
+        stored = apply(conn, message_id, decision, directory)
         if any(a.subject == "boom" for a in decision.activities):
             raise sa_exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
-    monkeypatch.setattr(sink.intake, "apply", apply_then_lose_database)
-    committer, gate = batch()
+        return stored
+    committer, gate = batch(executor=apply_then_lose_database)
     raws = [make_mail(subject="before"), make_mail(subject="boom"), make_mail(subject="after")]
     first, futures = held_batch(committer, gate, raws)
     assert isinstance(first.result(60)[0], Delivery)

@@ -56,7 +56,7 @@ def only(decision):
 def test_terminal_rules(directory, mail, settings, verdict):
     decision = run(directory, settings=settings, **mail)
     assert decision.verdict == verdict
-    assert decision.activities == []
+    assert decision.activities == ()
     assert decision.trace[-1].outcome == "hit"
 
 
@@ -146,7 +146,7 @@ def test_incoming_without_user_recipient_is_treated_as_outgoing(directory):
 def test_outgoing_from_non_user_records_nothing(directory):
     decision = run(directory, sender="ghost@firma.cz", to=("jan@acme.cz",))
     assert decision.verdict == "NOT_PROCESSED"
-    assert decision.activities == []
+    assert decision.activities == ()
 
 
 def test_outgoing_from_user_via_alias(directory):

@@ -105,16 +105,13 @@ def test_database_unreachable_answers_451(config, start_server):
     assert code == 451 and text.startswith("4.3.0")
 
 
-def test_failure_mid_transaction_answers_451_and_leaves_nothing(engine, start_server,
-                                                                monkeypatch):
-    import sink.intake
-    real_apply = sink.intake.apply
+def test_failure_mid_transaction_answers_451_and_leaves_nothing(engine, start_server):
+    from sink.executor import apply
 
     def apply_then_lose_database(conn, message_id, decision, directory):
-        real_apply(conn, message_id, decision, directory)   # activities written ...
+        apply(conn, message_id, decision, directory)   # activities written ...
         raise sa_exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
-    monkeypatch.setattr(sink.intake, "apply", apply_then_lose_database)
-    server = start_server(workers=0)        # the patch lives in this process
+    server = start_server(Intake(engine, executor=apply_then_lose_database))
     client = MailClient(server.lmtp_port)
     client.hello()
     code, text = client.send(make_mail())[-1]
@@ -126,15 +123,13 @@ def test_failure_mid_transaction_answers_451_and_leaves_nothing(engine, start_se
     assert count(engine, t.activities) == 0
 
 
-def test_out_of_space_answers_452(engine, start_server, monkeypatch):
-    import sink.intake
+def test_out_of_space_answers_452(engine, start_server):
     import sqlite3
 
     def full(*args, **kwargs):
         raise sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError(
             "database or disk is full"))
-    monkeypatch.setattr(sink.intake, "apply", full)
-    server = start_server(workers=0)        # the patch lives in this process
+    server = start_server(Intake(engine, executor=full))
     client = MailClient(server.lmtp_port)
     client.hello()
     code, text = client.send(make_mail())[-1]

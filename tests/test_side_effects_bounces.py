@@ -195,7 +195,7 @@ def test_a_second_bounce_for_the_same_addresses_records_nothing_new(engine):
     intake = Intake(engine)
     intake.deliver(gmail_dsn(("jan@acme.cz", "nobody@unknown.cz")), LMTP, [box()])
     [second] = intake.deliver(exchange_ndr(("jan@acme.cz", "nobody@unknown.cz")), LMTP, [box()])
-    assert second.decision.contact_flags == [] and second.decision.forbidden == []
+    assert second.decision.contact_flags == () and second.decision.forbidden == ()
     with engine.connect() as conn:
         assert len(conn.execute(select(t.forbidden_addresses)).all()) == 1
         assert len(conn.execute(select(t.flag_changes)).all()) == 1

@@ -115,7 +115,7 @@ def test_method_from_the_content_type_when_the_calendar_has_none(directory):
     raw = invitation_mail(vcalendar(None, vevent()), method="REQUEST")
     assert [i.method for i in decide(directory, raw).invitations] == ["REQUEST", "REQUEST"]
     published = invitation_mail(vcalendar("PUBLISH", vevent()), method="PUBLISH")
-    assert decide(directory, published).invitations == []
+    assert decide(directory, published).invitations == ()
 
 
 def test_inline_calendar_and_attached_ics_make_one_invitation_each(directory):
@@ -129,7 +129,7 @@ def test_cancelling_one_occurrence_does_not_cancel_the_series(directory):
     raw = invitation_mail(vcalendar("CANCEL", vevent(sequence=2,
                                                      recurrence_id="20261117T100000")),
                           method="CANCEL")
-    assert decide(directory, raw).invitations == []
+    assert decide(directory, raw).invitations == ()
 
 
 def test_a_calendar_inside_a_forwarded_message_is_not_this_messages_invitation(directory):
@@ -138,7 +138,7 @@ def test_a_calendar_inside_a_forwarded_message_is_not_this_messages_invitation(d
     outer["From"], outer["To"], outer["Subject"] = "jan@acme.cz", "alice@firma.cz", "Fwd"
     outer.set_content("see below")
     outer.add_attachment(parse_message(request()).message)
-    assert decide(directory, outer.as_bytes()).invitations == []
+    assert decide(directory, outer.as_bytes()).invitations == ()
 
 
 def test_reply_records_the_answer_for_the_organiser(directory):
@@ -155,7 +155,7 @@ def test_reply_to_an_organiser_who_is_not_a_user_records_nothing(directory):
         organizer="eva@globex.com", attendees=(("alice@firma.cz", "DECLINED"),))),
         sender="alice@firma.cz", to=("eva@globex.com",), method="REPLY")
     decision = decide(directory, reply)
-    assert decision.invitations == []
+    assert decision.invitations == ()
     assert "organiser is not a user" in trace_of(decision, "invitations").detail
 
 
@@ -213,7 +213,7 @@ def test_out_of_order_arrival_never_goes_back(engine):
     assert stored(engine).status == "CANCELLED"            # a cancellation seen first is kept
     late_update = deliver(engine, request(sequence=1, dtstamp="20261102T090000Z"))
     late_first = deliver(engine, request(sequence=0))
-    assert late_update.decision.invitations == [] and late_first.decision.invitations == []
+    assert late_update.decision.invitations == () and late_first.decision.invitations == ()
     row = stored(engine)
     assert (row.status, row.sequence, row.method, row.message_id) == (
         "CANCELLED", 2, "CANCEL", cancel.message_id)
@@ -270,7 +270,7 @@ def test_reply_answers_are_stored_on_the_organisers_invitation(engine):
     accepted = deliver(engine, reply("ACCEPTED", 1, "20261102T090000Z"))
     late_tentative = deliver(engine, reply("TENTATIVE", 0, "20261101T090000Z"))
     assert [i.method for i in accepted.decision.invitations] == ["REPLY"]
-    assert late_tentative.decision.invitations == []
+    assert late_tentative.decision.invitations == ()
     with engine.connect() as conn:
         answers = conn.execute(select(t.invitation_responses.c.attendee,
                                       t.invitation_responses.c.partstat,

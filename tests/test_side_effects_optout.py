@@ -138,7 +138,7 @@ def test_unknown_sender_is_stored_once_as_do_not_send(engine):
                             LMTP, [box()])[0]
     assert [f.as_json() for f in first.decision.forbidden] == [
         {"email": "stranger@nowhere.cz", "type": "do-not-send"}]
-    assert second.decision.forbidden == []
+    assert second.decision.forbidden == ()
     with engine.connect() as conn:
         rows = conn.execute(select(t.forbidden_addresses.c.email, t.forbidden_addresses.c.type,
                                    t.forbidden_addresses.c.message_id)).all()

@@ -126,9 +126,9 @@ def test_arbitrary_calendar_text_never_raises(directory, calendar, method):
 def test_arbitrary_html_never_raises(directory, html, subject):
     decision = decide(directory, troubleshooting_mail(html, subject=f"{subject} 1"))
     assert decision.verdict in ("TASK_CREATED", "TASK_UPDATED", "INVALID_TASK")
-    assert decision.activities == []
+    assert decision.activities == ()
     if decision.verdict == "INVALID_TASK":
-        assert decision.tasks == []
+        assert decision.tasks == ()
     else:
         [task] = decision.tasks
         assert task.number.isdigit() and len(task.number) <= 100
@@ -144,7 +144,7 @@ def test_no_trigger_means_no_side_effect_records(directory, subject, body, sende
     assume(not trigger_in(parse_message(raw).subject))
     decision = decide(directory, raw)
     assert (decision.tasks, decision.contact_flags, decision.forbidden,
-            decision.invitations) == ([], [], [], [])
+            decision.invitations) == ((), (), (), ())
     assert all(a.completed for a in decision.activities)
     assert all(e.outcome != "hit" for e in decision.trace if e.rule in SIDE_EFFECT_RULES)
 

@@ -32,7 +32,7 @@ def test_troubleshooting_mail_creates_the_task(directory, subject):
     decision = decide(directory, troubleshooting_mail(subject=subject))
     assert decision.verdict == "TASK_CREATED"
     assert side_effects(decision)["tasks"] == [CREATED_4711]
-    assert decision.activities == []              # terminal: no activity
+    assert decision.activities == ()              # terminal: no activity
     assert [e.rule for e in decision.trace] == ["duplicate", "troubleshooting"]
 
 
@@ -121,7 +121,7 @@ def test_incomplete_troubleshooting_mail_is_invalid_and_records_nothing(director
     decision = decide(directory, troubleshooting_mail(html))
     assert decision.verdict == "INVALID_TASK"
     assert missing in trace_of(decision, "troubleshooting").detail
-    assert side_effects(decision)["tasks"] == [] and decision.activities == []
+    assert side_effects(decision)["tasks"] == [] and decision.activities == ()
 
 
 def test_troubleshooting_mail_without_html_is_invalid(directory):
@@ -133,7 +133,7 @@ def test_troubleshooting_mail_without_html_is_invalid(directory):
 def test_a_reply_to_a_troubleshooting_mail_is_an_ordinary_mail(directory):
     decision = decide(directory, troubleshooting_mail(subject="Re: Problem No. 4711",
                                                       sender="jan@acme.cz"))
-    assert decision.verdict == "PROCESSED" and decision.tasks == []
+    assert decision.verdict == "PROCESSED" and decision.tasks == ()
 
 
 def test_troubleshooting_task_is_created_then_updated_in_the_database(engine):
@@ -221,7 +221,7 @@ def test_new_task_subject_prefixes(directory, subject, expected):
 def test_new_task_from_someone_who_is_not_a_user_makes_no_task(directory):
     decision = decide(directory, make_mail(sender="jan@acme.cz", to=("alice@firma.cz",),
                                            subject="New task: do it"))
-    assert decision.tasks == []
+    assert decision.tasks == ()
     assert trace_of(decision, "new-task").detail.startswith("unknown user")
     assert len(decision.activities) == 1
 
@@ -231,7 +231,7 @@ def test_new_task_from_someone_who_is_not_a_user_makes_no_task(directory):
 def test_subjects_that_do_not_start_with_a_new_task_prefix(directory, subject):
     decision = decide(directory, make_mail(sender="alice@firma.cz", to=("bob@firma.cz",),
                                            subject=subject))
-    assert decision.tasks == []
+    assert decision.tasks == ()
 
 
 def test_new_task_is_stored_with_solvers_approver_and_a_number(engine):

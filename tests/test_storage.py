@@ -82,27 +82,24 @@ def test_raw_bytes_and_summary_stored(engine):
     assert activity.message_id == delivery.message_id
 
 
-def test_an_executor_that_fails_leaves_the_message_failed_without_records(engine,
-                                                                         monkeypatch):
+def test_an_executor_that_fails_leaves_the_message_failed_without_records(engine):
     """The row is written with its decision before the records: when writing them fails, the
     message is kept ``failed`` (no verdict, no direction, no half of its records) for replay."""
-    import sink.intake
-    real_apply = sink.intake.apply
+    from sink.executor import apply
+    from sink.intake.replay import replay
 
     def apply_half_then_fail(conn, message_id, decision, directory):
-        real_apply(conn, message_id, decision, directory)      # the activity is written ...
+        apply(conn, message_id, decision, directory)      # the activity is written ...
         raise ValueError("a bug in the executor")
-    monkeypatch.setattr(sink.intake, "apply", apply_half_then_fail)
     raw = make_mail(message_id="<exec@test>")
-    [delivery] = Intake(engine).deliver(raw, LMTP, [BOX])
+    [delivery] = Intake(engine, executor=apply_half_then_fail).deliver(raw, LMTP, [BOX])
     [msg] = rows(engine, t.messages)
     assert (delivery.status, msg.status, msg.verdict, msg.direction, msg.trace) == (
         "failed", "failed", None, None, [])
     assert msg.error.startswith("executor: ValueError: a bug in the executor")
     assert rows(engine, t.activities) == [] and rows(engine, t.dedup_keys) == []  # ... undone
     assert [r.content for r in rows(engine, t.raw_messages)] == [raw]
-    monkeypatch.setattr(sink.intake, "apply", real_apply)     # fixed: the replay records it
-    replayed = Intake(engine).replay(delivery.message_id, [BOX])
+    replayed = replay(Intake(engine), delivery.message_id, [BOX])   # fixed: it records it
     [msg] = rows(engine, t.messages)
     assert (replayed.status, msg.status, msg.verdict, msg.error) == (
         "processed", "processed", "PROCESSED", None)
@@ -242,7 +239,7 @@ def test_a_rolled_back_directory_change_never_leaves_a_stale_snapshot(engine):
     """A transaction that changes the directory and rolls back may have cached a snapshot under
     its version; the next committed change must not reuse that version."""
     from sink.db.directory_store import directory_version
-    from sink.intake import DirectoryCache
+    from sink.intake.directory_cache import DirectoryCache
     cache = DirectoryCache()
     with engine.connect() as conn:
         trans = conn.begin()

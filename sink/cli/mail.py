@@ -51,18 +51,19 @@ def cmd_replay(config: Config, args) -> int:
     """Replay failed messages: one JSON line each (like ingest), each in its own transaction.
     Every ID is checked first (known, failed, its box configured): a bad one replays nothing.
     A message a concurrent replay processed meanwhile is reported on stderr (exit 2)."""
-    from sink.intake import Intake, ReplayError
+    from sink.intake import Intake
+    from sink.intake.replay import ReplayError, candidates, replay
     if args.all_failed == bool(args.ids):
         raise UsageError("replay: give message IDs or --all-failed (not both)")
     intake = Intake(engine_for(config))
     try:
-        ids = intake.replay_candidates(None if args.all_failed else args.ids, config.boxes)
+        ids = candidates(intake, None if args.all_failed else args.ids, config.boxes)
     except ReplayError as exc:
         raise UsageError(str(exc)) from None
     refused = 0
     for message_id in ids:
         try:
-            delivery = intake.replay(message_id, config.boxes)
+            delivery = replay(intake, message_id, config.boxes)
         except ReplayError as exc:
             print(f"sink: error: {exc}", file=sys.stderr)
             refused += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
@@ -22,6 +22,10 @@ class DbRecords:
         row = self.conn.execute(select(t.tasks.c.number, t.tasks.c.subject, t.tasks.c.status)
                                 .where(t.tasks.c.number == number)).first()
         return TaskState(row.number, row.subject, row.status) if row else None
+
+    def task_number(self, folded: str) -> str | None:
+        return self.conn.execute(select(t.tasks.c.number).where(
+            func.lower(t.tasks.c.number) == folded).limit(1)).scalar()
 
     def flags(self, entity: str, entity_id: int) -> Mapping[str, bool]:
         table = ENTITY_TABLES[entity]

@@ -1,63 +1,21 @@
-"""The rule pipeline: a pure function from a parsed message to a Decision.
+"""The rule pipeline: a pure function from a parsed message to a :class:`Decision`.
 
-``evaluate(msg, box, directory, seen, records)`` runs the rules below in this order. A rule that
-returns a verdict ends the pipeline (a *terminal* rule); every rule leaves one trace entry. There
-is no I/O here: ``directory`` is a read-only snapshot, ``seen`` answers whether dedup keys were
-already processed for the box, and ``records`` (:mod:`sink.pipeline.records`) answers read-only
-questions about tasks, flags, forbidden addresses and invitations.
+No I/O here - no asyncio, SQLAlchemy or logging: the directory is a read-only snapshot, ``seen``
+answers whether dedup keys were already processed for the box, and ``records``
+(:mod:`sink.pipeline.records`) answers read-only questions about tasks, flags, forbidden
+addresses and invitations. The map:
+
+- :mod:`~sink.pipeline.chain`: the order of the rules (one place) and the loop running them;
+- :mod:`~sink.pipeline.result` / :mod:`~sink.pipeline.decision`: what a rule returns, what the
+  chain decides (records as plain data, a trace of every rule);
+- :mod:`~sink.pipeline.context`: what every rule may read about the message in its box;
+- the rules: :mod:`~sink.pipeline.filters` (terminal filters), :mod:`~sink.pipeline.troubleshooting`,
+  :mod:`~sink.pipeline.side_effects` (opt-out, new task), :mod:`~sink.pipeline.bounces`,
+  :mod:`~sink.pipeline.invitations`, :mod:`~sink.pipeline.activities` (direction, incoming,
+  outgoing); :mod:`~sink.pipeline.references` finds ``Contract:NUMBER`` and the like.
 """
 
-from __future__ import annotations
+from sink.pipeline.chain import BUILT_IN, RULE_NAMES, Rule, chain_for, evaluate
+from sink.pipeline.decision import Decision, Verdict
 
-from sink.config import BoxConfig
-from sink.directory import Directory
-from sink.mail.parse import ParsedMessage
-from sink.pipeline import bounces, invitations, rules, side_effects, troubleshooting
-from sink.pipeline.context import Context, Seen, dedup_keys
-from sink.pipeline.decision import Decision, TraceEntry, Verdict
-from sink.pipeline.records import MemoryRecords, Records
-
-# The order of SPEC section 5, in one place. Names are stable: they appear in stored traces.
-PIPELINE = (
-    ("duplicate", rules.duplicate),                  # 1
-    ("troubleshooting", troubleshooting.troubleshooting),  # 2
-    ("spam", rules.spam),                            # 3
-    ("system-sender", rules.system_sender),          # 4
-    ("inform-other-users", rules.inform_other_users),  # 5
-    ("ignored-subject", rules.ignored_subject),      # 6
-    ("exception-address", rules.exception_address),  # 7
-    ("exception-domain", rules.exception_domain),    # 7
-    ("opt-out", side_effects.opt_out),               # 8
-    ("bounce", bounces.bounce),                      # 8
-    ("invitations", invitations.invitations),        # 8
-    ("new-task", side_effects.new_task),             # 8
-    ("direction", rules.direction),                  # 9
-    ("incoming", rules.incoming),                    # 10
-    ("outgoing", rules.outgoing),                    # 11
-)
-
-RULE_NAMES = tuple(name for name, _ in PIPELINE)
-RECORDS = ("activities", "tasks", "contact_flags", "forbidden", "invitations")
-
-
-def evaluate(msg: ParsedMessage, box: BoxConfig, directory: Directory, seen: Seen,
-             records: Records | None = None) -> Decision:
-    records = MemoryRecords() if records is None else records
-    ctx = Context(msg, box, directory, seen, records=records)
-    decision = Decision(verdict=Verdict.NOT_PROCESSED, dedup_keys=dedup_keys(msg))
-    for name, rule in PIPELINE:
-        result = rule(ctx)
-        decision.trace.append(TraceEntry(name, result.outcome, result.detail))
-        if result.direction:
-            ctx.direction = result.direction
-        ctx.facts.update(result.facts)
-        for kind in RECORDS:
-            getattr(decision, kind).extend(getattr(result, kind))
-        if result.verdict:
-            decision.verdict = result.verdict
-            break
-    decision.direction = ctx.direction
-    return decision
-
-
-__all__ = ["PIPELINE", "RULE_NAMES", "evaluate", "Decision", "Verdict"]
+__all__ = ["BUILT_IN", "RULE_NAMES", "Rule", "chain_for", "evaluate", "Decision", "Verdict"]

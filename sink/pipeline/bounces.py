@@ -24,14 +24,13 @@ from email.utils import collapse_rfc2231_value
 
 from sink.mail.parse import is_valid_address, own_parts, part_text
 from sink.pipeline.context import Context
-from sink.pipeline.rules import PASS, Result
+from sink.pipeline.result import PASS, Result
 from sink.pipeline.side_effects import BROKEN, describe, forbid, set_flags
 from sink.mail.textnorm import fold_address
 
 STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 MAX_RECIPIENTS = 1000
 SYSTEM_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster"})
-NOT_COMPLETED = {"completed": False}
 
 
 @dataclass(frozen=True)
@@ -171,4 +170,4 @@ def bounce(ctx: Context) -> Result:
     detail = f"{source}: " + describe(flags, forbidden,
                                       "already recorded" if addresses else "no outside address")
     return Result("hit", detail=detail, contact_flags=flags, forbidden=forbidden,
-                  facts=NOT_COMPLETED)
+                  completed=False)

@@ -1,4 +1,5 @@
-"""What every rule may read about one message in one box, computed once and cached."""
+"""What every rule may read about one message in one box, computed once and cached, and the
+two facts rules hand over (``direction``, ``completed``: :mod:`sink.pipeline.result`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Callable, Iterable
 from sink.config import BoxConfig
 from sink.directory import Directory, User
 from sink.mail.parse import ParsedMessage
-from sink.pipeline.records import MemoryRecords, Records
 from sink.mail.textnorm import domain_of, fold
+from sink.pipeline.records import MemoryRecords, Records
+from sink.pipeline.references import KINDS, find_references, scope_token
+
+INCOMING, OUTGOING = "incoming", "outgoing"
 
 Seen = Callable[[Iterable[tuple[str, str]]], bool]
 
@@ -27,15 +31,26 @@ def dedup_keys(msg: ParsedMessage) -> tuple[tuple[str, str], ...]:
     return tuple(keys)
 
 
+@dataclass(frozen=True)
+class Links:
+    contract: str | None = None
+    order: str | None = None
+    task: str | None = None
+    type: str | None = None
+    scope: str | None = None
+
+
+
 @dataclass
 class Context:
     msg: ParsedMessage
     box: BoxConfig
     directory: Directory
     seen: Seen
-    direction: str | None = None
-    facts: dict = field(default_factory=dict)
     records: Records = field(default_factory=MemoryRecords)
+    # handed over by rules (sink.pipeline.result), applied by the chain
+    direction: str | None = None
+    completed: bool = True
 
     # -- addresses ---------------------------------------------------------------------------
     @cached_property
@@ -101,3 +116,60 @@ class Context:
 
     def folded_list(self, name: str) -> tuple[str, ...]:
         return tuple(f for f in (fold(v) for v in self.box.rule_list(name)) if f)
+
+    # -- references and links -----------------------------------------------------------
+    @cached_property
+    def links(self) -> Links:
+        """Subject first, then body: the first existing number of each kind; TYPE and SCOPE from
+        the first reference that carries them."""
+        keywords = {k: self.box.rule_list(f"{k}_keywords") for k in KINDS}
+        refs = find_references(self.msg.subject, keywords) + find_references(self.msg.body_text,
+                                                                             keywords)
+        tables = {"contract": self.directory.contracts, "order": self.directory.orders,
+                  "task": self.directory.tasks}
+        found: dict[str, str | None] = {"contract": None, "order": None, "task": None,
+                                        "type": None, "scope": None}
+        max_words = self.directory.type_max_words
+        for ref in refs:
+            if found[ref.kind] is None:
+                found[ref.kind] = self._existing(tables[ref.kind], ref)
+            rest = ref.words
+            for n in range(min(max_words, len(rest)), 0, -1):
+                kind = self.directory.activity_types.get(" ".join(rest[:n]))
+                if kind is not None:
+                    found["type"] = found["type"] or kind.number
+                    rest = rest[n:]
+                    break
+            if rest and found["scope"] is None:
+                found["scope"] = scope_token(rest[0])
+        return Links(**found)
+
+    @cached_property
+    def linked(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Contacts and companies of the counterparts (never an exception domain; a company by
+        domain never for a free-mail domain)."""
+        contacts: dict[str, None] = {}
+        companies: dict[str, None] = {}
+        for address in self.counterparts:
+            if self.is_exception_domain(address):
+                continue
+            for contact in self.directory.contacts.get(address, ()):
+                contacts[contact.email] = None
+                if contact.company:        # mail with a company's contact belongs to the company
+                    companies[contact.company] = None
+            for company in self.directory.companies_by_address.get(address, ()):
+                companies[company.name] = None
+            domain = domain_of(address)
+            if domain not in self.free_mail:
+                for company in self.directory.companies_by_domain.get(domain, ()):
+                    companies[company.name] = None
+        return tuple(contacts), tuple(companies)
+
+    def _existing(self, table, ref) -> str | None:
+        """The number as stored, when the contract, order or task exists: in the directory, or
+        for a task also one a message made (read in this transaction, so a task made by an
+        earlier message of the same batch is found exactly as it would be one batch later)."""
+        record = table.get(ref.number)
+        if record is not None:
+            return record.number
+        return self.records.task_number(ref.number) if ref.kind == "task" else None

@@ -6,7 +6,7 @@ Nothing here touches a database; the executor (``sink.executor``) turns a Decisi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 
@@ -130,33 +130,42 @@ class TraceEntry:
         return data
 
 
-@dataclass
+# The kinds of record a decision can ask for, defined once: a Result and a Decision have a
+# field of each name, the executor a writer for each (sink.executor.WRITERS), and the
+# check/ingest JSON a list of each (empty, never absent).
+RECORD_KINDS = ("activities", "tasks", "contact_flags", "forbidden", "invitations")
+# In the JSON although no rule makes them yet (SPEC section 6: lists are empty, never absent).
+JSON_ONLY_KINDS = ("tickets",)
+
+
+@dataclass(frozen=True)
 class Decision:
-    verdict: str
+    verdict: str | None
     direction: str | None = None
-    activities: list[ActivityAction] = field(default_factory=list)
-    tasks: list[TaskAction] = field(default_factory=list)
-    contact_flags: list[FlagAction] = field(default_factory=list)
-    forbidden: list[ForbiddenAction] = field(default_factory=list)
-    invitations: list[InvitationAction] = field(default_factory=list)
-    tickets: list = field(default_factory=list)
-    trace: list[TraceEntry] = field(default_factory=list)
+    activities: tuple[ActivityAction, ...] = ()
+    tasks: tuple[TaskAction, ...] = ()
+    contact_flags: tuple[FlagAction, ...] = ()
+    forbidden: tuple[ForbiddenAction, ...] = ()
+    invitations: tuple[InvitationAction, ...] = ()
+    trace: tuple[TraceEntry, ...] = ()
     dedup_keys: tuple[tuple[str, str], ...] = ()
 
+    def records(self, kind: str) -> tuple:
+        return getattr(self, kind)
+
     def as_json(self) -> dict:
-        def plain(items):
-            return [i.as_json() if hasattr(i, "as_json") else dict(i) for i in items]
-        return {
-            "verdict": self.verdict,
-            "direction": self.direction,
-            "activities": plain(self.activities),
-            "tasks": plain(self.tasks),
-            "contact_flags": plain(self.contact_flags),
-            "forbidden": plain(self.forbidden),
-            "invitations": plain(self.invitations),
-            "tickets": plain(self.tickets),
-            "trace": plain(self.trace),
-        }
+        data = {"verdict": self.verdict, "direction": self.direction}
+        for kind in RECORD_KINDS:
+            data[kind] = [item.as_json() for item in self.records(kind)]
+        for kind in JSON_ONLY_KINDS:
+            data[kind] = []
+        data["trace"] = [entry.as_json() for entry in self.trace]
+        return data
+
+
+def record_counts(decision: Decision | None) -> dict:
+    """How many records of each kind (for the log line of a message)."""
+    return {kind: len(decision.records(kind)) if decision else 0 for kind in RECORD_KINDS}
 
 
 def empty_json() -> dict:

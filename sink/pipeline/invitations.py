@@ -21,7 +21,7 @@ import icalendar
 from sink.mail.parse import own_parts, part_text
 from sink.pipeline.context import Context
 from sink.pipeline.decision import InvitationAction
-from sink.pipeline.rules import PASS, Result
+from sink.pipeline.result import PASS, Result
 from sink.mail.textnorm import fold_address
 
 CALENDAR_TYPES = ("text/calendar", "application/ics")

@@ -29,6 +29,10 @@ class Records(Protocol):
     def task(self, number: str) -> TaskState | None:
         """The task with exactly this number, or None."""
 
+    def task_number(self, folded: str) -> str | None:
+        """The stored number of the task whose number folds to ``folded`` (references compare
+        folded), or None."""
+
     def flags(self, entity: str, entity_id: int) -> Mapping[str, bool]:
         """Current flags of a contact or company (``entity`` is "contact" or "company")."""
 
@@ -53,6 +57,9 @@ class MemoryRecords:
 
     def task(self, number: str) -> TaskState | None:
         return self.tasks.get(number)
+
+    def task_number(self, folded: str) -> str | None:
+        return next((n for n in self.tasks if n.lower() == folded), None)
 
     def flags(self, entity: str, entity_id: int) -> Mapping[str, bool]:
         return {**DEFAULT_FLAGS, **self.entity_flags.get((entity, entity_id), {})}

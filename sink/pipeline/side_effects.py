@@ -12,7 +12,7 @@ from typing import Iterable, Mapping
 
 from sink.pipeline.context import Context
 from sink.pipeline.decision import FlagAction, ForbiddenAction, TaskAction
-from sink.pipeline.rules import PASS, Result
+from sink.pipeline.result import PASS, Result
 from sink.mail.textnorm import fold
 
 DO_NOT_SEND, BROKEN = "do-not-send", "broken"

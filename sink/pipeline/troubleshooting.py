@@ -18,7 +18,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from sink.pipeline.context import Context
 from sink.pipeline.decision import TaskAction, Verdict
-from sink.pipeline.rules import PASS, Result, hit
+from sink.pipeline.result import PASS, Result, hit
 from sink.mail.textnorm import fold
 
 ORIGIN = "troubleshooting"

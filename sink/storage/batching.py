@@ -44,7 +44,8 @@ from sqlalchemy.engine import Connection
 from sink.config import BoxConfig
 from sink.db import fastpath
 from sink.errors import TransientStorageError, classify
-from sink.intake import RACE_RETRIES, Delivery, Envelope, Intake, Prepared
+from sink.intake import Delivery, Envelope, Intake, Prepared
+from sink.intake.races import RaceLost, retry_races
 from sink.log import get_logger
 
 log = get_logger("sink.storage.batching")
@@ -72,24 +73,28 @@ def store_one(intake: Intake, conn: Connection, prepared: Prepared, box: BoxConf
 
     Returns the Delivery, or the exception that only this message answers 4xx for. Raises
     what must fail the whole batch (a transient database error)."""
-    for _ in range(RACE_RETRIES):
+    def attempt() -> Delivery:
         outer = fastpath.savepoint(conn, MESSAGE_SAVEPOINT)
         try:
             delivery = intake.store(conn, prepared, box)
-        except sa_exc.IntegrityError:
-            # Someone stored the same bytes or dedup key first: again, and we see its row.
-            fastpath.rollback_to(conn, MESSAGE_SAVEPOINT, outer, release=True)
-            continue
         except Exception as error:
-            if classify(error) is not None:
-                raise
-            fastpath.rollback_to(conn, MESSAGE_SAVEPOINT, outer, release=True)
-            log.exception("message.store_error", box=box.address,
-                          channel=prepared.envelope.channel, error=type(error).__name__)
-            return error
+            # a lost race (IntegrityError: again, and we see the winner's row) or an error of
+            # ours: undo this message only; a transient error fails the batch as it is
+            if isinstance(error, sa_exc.IntegrityError) or classify(error) is None:
+                fastpath.rollback_to(conn, MESSAGE_SAVEPOINT, outer, release=True)
+            raise
         fastpath.release(conn, MESSAGE_SAVEPOINT)
         return delivery
-    return TransientStorageError("kept racing on a unique key")
+    try:
+        return retry_races(attempt)
+    except RaceLost as lost:
+        return lost
+    except Exception as error:
+        if classify(error) is not None:
+            raise
+        log.exception("message.store_error", box=box.address,
+                      channel=prepared.envelope.channel, error=type(error).__name__)
+        return error
 
 
 def commit_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]

@@ -27,12 +27,12 @@ The frame format is in :mod:`sink.storage.frames`.
 from __future__ import annotations
 
 import fcntl
-import gc
 import os
 import signal
 import socket
 import sys
 
+from sink.runtime import freeze_long_lived
 from sink.storage.frames import Inbox, frame
 
 MAX_BATCH = 256
@@ -66,17 +66,6 @@ class WriteTurn:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         return False
-
-
-def freeze_long_lived() -> None:
-    """Keep the objects that live as long as the process - modules, the directory snapshot
-    (thousands of contacts), SQLAlchemy's caches - out of the cyclic garbage collector's way: a
-    full collection walked all of them, ~30 ms during which this worker answered nobody (a p99
-    of its own). Called once they are loaded, and again after a directory import (the old
-    snapshot, freed by reference counting, is first collected with everything else)."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _result(outcome) -> tuple:
@@ -164,7 +153,9 @@ def main(argv: list[str]) -> int:
     if first is Inbox.EOF:
         return 0                # the protocol process went away before saying anything
     kind, config = first[0]
-    assert kind == "init", kind
+    if kind != "init":          # a protocol error of our own: say so, never run half set up
+        sock.sendall(frame(("failed", f"expected init, got {kind!r}")))
+        return 1
     from sink.log import configure
     configure(config.log.level, config.log.file)
     try:

@@ -12,16 +12,17 @@ import pytest
 from sqlalchemy import exc as sa_exc, func, select
 
 from sink.db import schema as t
+from sink.intake import Intake
 from tests.conftest import config_for
 from tests.support import MailClient, make_mail
 
 
 @pytest.fixture
-def flaky_box(monkeypatch):
+def flaky_box(engine):
     """Storage fails for one box's messages (a transient database error in the middle of its
-    transaction) while ``state["down"]`` is set; the other box's storage works."""
-    import sink.intake
-    real_apply = sink.intake.apply
+    transaction) while ``state["down"]`` is set; the other box's storage works. The Intake
+    with that executor is ``state["intake"]``."""
+    from sink.executor import apply as real_apply
     state = {"box": "crm2@firma.cz", "down": True, "failures": 0}
 
     def apply(conn, message_id, decision, directory):
@@ -31,7 +32,7 @@ def flaky_box(monkeypatch):
             raise sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError(
                 "disk I/O error"))
         return real_apply(conn, message_id, decision, directory)
-    monkeypatch.setattr(sink.intake, "apply", apply)
+    state["intake"] = Intake(engine, executor=apply)
     return state
 
 
@@ -57,7 +58,7 @@ def activities_by_box(engine) -> dict[str, int]:
 
 def test_one_reply_per_rcpt_in_order_and_only_the_deferred_are_retried(engine, db_url,
                                                                     start_server, flaky_box):
-    server = start_server(cfg=two_box_config(db_url), workers=0)   # the patch is in-process
+    server = start_server(flaky_box["intake"], cfg=two_box_config(db_url))
     raw = make_mail(message_id="<multi@test>")
     rcpts = ("crm@firma.cz", "crm2@firma.cz", "stranger@elsewhere.org", "CRM@firma.cz",
              "crm2@firma.cz")
@@ -97,7 +98,7 @@ def test_one_reply_per_rcpt_in_order_and_only_the_deferred_are_retried(engine, d
 
 def test_smtp_with_one_box_deferred_answers_4xx_and_the_retry_stores_each_once(
         engine, db_url, start_server, flaky_box):
-    server = start_server(cfg=two_box_config(db_url, "smtp"), workers=0)
+    server = start_server(flaky_box["intake"], cfg=two_box_config(db_url, "smtp"))
     raw = make_mail(message_id="<multi-smtp@test>")
     client = MailClient(server.smtp_port)
     client.hello(lmtp=False)

@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from sink.cli import main
 from sink.db import schema as t
-from sink.intake import Intake, ReplayError
+from sink.intake import Intake
+from sink.intake.replay import ReplayError, replay
 from sink.pipeline import evaluate
 from tests.support import MailClient, free_port, make_mail, write_config
 
@@ -131,7 +132,7 @@ def test_a_rule_still_failing_on_replay_keeps_the_message_failed(engine, start_s
     [key] = poison
     before = rows(engine)[key]
     box = load_config_boxes()
-    delivery = Intake(engine, rules=poisoned_rules).replay(before.id, box)
+    delivery = replay(Intake(engine, rules=poisoned_rules), before.id, box)
     assert delivery.status == "failed" and "ZeroDivisionError" in delivery.error
     after = rows(engine)[key]
     assert (after.status, after.activities) == ("failed", 0)
@@ -154,14 +155,14 @@ def test_concurrent_replays_create_records_once(engine, start_server, figures):
         message_id = rows(engine)[key].id
         barrier = threading.Barrier(3)
 
-        def replay():
+        def replay_once():
             barrier.wait()
             try:
-                outcomes.append(Intake(engine, rules=slow_fixed_rules).replay(message_id, boxes)
+                outcomes.append(replay(Intake(engine, rules=slow_fixed_rules), message_id, boxes)
                                 .status)
             except ReplayError as exc:
                 outcomes.append(f"refused: {exc}")
-        threads = [threading.Thread(target=replay) for _ in range(3)]
+        threads = [threading.Thread(target=replay_once) for _ in range(3)]
         for th in threads:
             th.start()
         for th in threads:

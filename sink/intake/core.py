@@ -1,0 +1,258 @@
+"""Store-then-decide for one message in one box, inside the caller's transaction: the one body
+every path runs (a new message, a carried one, a replay) - decide, write the message row with
+its outcome, then the records through the executor.
+
+The rules need no row of the message, so a new message's row is written once, with its outcome
+(one UPDATE fewer than pending-then-processed; the transaction makes the order invisible). A
+rule that raises stores the message ``failed`` with the error; an executor that raises leaves it
+``failed`` without any of its records (their savepoint is rolled back); a storage failure
+propagates, and the caller's transaction (or batch) is rolled back and answered 4xx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from sink.config import BoxConfig
+from sink.db import fastpath
+from sink.db import schema as t
+from sink.db.records import DbRecords
+from sink.directory import Directory
+from sink.errors import classify
+from sink.executor import apply
+from sink.intake import rows
+from sink.intake.directory_cache import DirectoryCache
+from sink.intake.model import UNWRAPPED, Delivery, Envelope, Prepared
+from sink.intake.races import retry_races, transient
+from sink.log import get_logger
+from sink.mail.parse import ParsedMessage, parse_message, storable
+from sink.mail.unwrap import Unwrapped, unwrap
+from sink.pipeline import evaluate
+from sink.pipeline.decision import Decision, record_counts
+
+log = get_logger("sink.intake")
+RECORDS_SAVEPOINT = "sink_records"
+WriteRow = Callable[[dict], int]      # the message's outcome -> its row id
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Intake:
+    """``rules``: the pipeline (:func:`sink.pipeline.evaluate`); ``executor``: what turns a
+    decision into rows (:func:`sink.executor.apply`); both replaceable (tests)."""
+
+    def __init__(self, engine: Engine, *, rules=evaluate, executor=apply, clock=_now):
+        self.engine = engine
+        self.rules = rules
+        self.executor = executor
+        self.clock = clock
+        self.directory = DirectoryCache()
+
+    # ------------------------------------------------------------------------------ public
+    def deliver(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> list[Delivery]:
+        """Store and process ``raw`` for each box, one transaction each; raise
+        TransientStorageError to defer (nothing of that box was committed)."""
+        prepared = self.prepare(raw, envelope)
+        deliveries = []
+        for box in boxes:
+            def attempt(box=box):
+                with self.engine.begin() as conn:
+                    return self.store(conn, prepared, box)
+            try:
+                delivery = retry_races(attempt)
+            except Exception as error:
+                deferred = transient(error)
+                log.warning("message.deferred", box=box.address, channel=envelope.channel,
+                            size=len(raw), reason=str(deferred), no_space=deferred.no_space)
+                raise deferred from error
+            deliveries.append(delivery)
+            self.log_delivery(delivery, prepared)
+        return deliveries
+
+    def prepare(self, raw: bytes, envelope: Envelope, started: float | None = None) -> Prepared:
+        """Digest and parse ``raw`` (and unwrap what it carries); no database work.
+        ``started``: ``time.perf_counter()`` at receipt (CLOCK_MONOTONIC on Linux, so the
+        protocol process's reading is valid in a storage worker), else now."""
+        if started is None:
+            started = time.perf_counter()
+        parsed = parse_message(raw, bcc=envelope.bcc)
+        return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
+                        started)
+
+    def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
+        """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
+        bytes already stored for the box: that row, marked ``already_stored``). Raises
+        IntegrityError when another transaction stored the same bytes or dedup key first."""
+        stored = self._already_stored(conn, box, prepared.sha256)
+        if stored is not None:
+            return stored
+        if prepared.carried is None:
+            return self._store_new(conn, prepared.raw, prepared.sha256, prepared.parsed,
+                                   prepared.envelope, box)
+        outer_id = self._insert(conn, prepared.raw, prepared.sha256, prepared.parsed,
+                                prepared.envelope, box, outcome=self._pending())
+        return self._store_carried(conn, outer_id, prepared.carried, prepared.envelope, box)
+
+    def decide_stored(self, conn: Connection, message_id: int, parsed: ParsedMessage,
+                      box: BoxConfig) -> Delivery:
+        """Decide a message already stored (a replay): its row gets the outcome, with records."""
+        def write(outcome: dict) -> int:
+            rows.UPDATE_OUTCOME.execute(conn, {"message_pk": message_id, **outcome})
+            return message_id
+        return self._decide(conn, parsed, box, write)
+
+    def evaluate_only(self, raw: bytes, box: BoxConfig, envelope: Envelope) -> list[Decision]:
+        """What ``deliver`` would decide, writing nothing (``sink check``): one decision per
+        processed message (a wrapper yields one for each message it carries)."""
+        parsed = parse_message(raw, bcc=envelope.bcc)
+        carried = unwrap(parsed)
+        messages = [i.parsed for i in carried.inner] if carried else [parsed]
+        with self.engine.connect() as conn:
+            try:
+                directory = self.directory.get(conn)
+                return [self._evaluate(conn, m, box, directory) for m in messages]
+            finally:
+                conn.rollback()
+
+    def log_delivery(self, delivery: Delivery, prepared: Prepared) -> None:
+        """The log events of one committed delivery (and of the messages it carried)."""
+        for item in (delivery, *delivery.carried):
+            self.log_one(item, prepared.envelope, prepared.parsed, len(prepared.raw),
+                         prepared.started)
+
+    def log_one(self, delivery: Delivery, envelope: Envelope, parsed: ParsedMessage,
+                size: int, started: float) -> None:
+        fields = dict(id=delivery.message_id, box=delivery.box, channel=envelope.channel,
+                      sender=delivery.sender or parsed.sender, verdict=delivery.verdict,
+                      status=delivery.status, size=size,
+                      duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        if delivery.already_stored:
+            log.info("message.already_stored", **fields)
+        elif delivery.carried:
+            log.info("message.unwrapped", carried=[c.message_id for c in delivery.carried],
+                     **fields)
+        elif delivery.status == "failed":
+            log.error("message.failed", error=delivery.error, **fields)
+        else:
+            log.info("message.processed", **record_counts(delivery.decision), **fields)
+
+    # ------------------------------------------------------------------------------ the body
+    def _decide(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
+                write: WriteRow) -> Delivery:
+        """Decide, write the message row's outcome with ``write``, then the records."""
+        directory = self.directory.get(conn)
+        try:
+            decision = self._evaluate(conn, parsed, box, directory)
+        except Exception as error:
+            outcome = self._failed("rules", error)
+            return Delivery(box.address, write(outcome), "failed", None, None,
+                            error=outcome["error"])
+        message_id = write(self._processed(decision))
+        return self._apply(conn, message_id, decision, box, directory)
+
+    def _evaluate(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
+                  directory: Directory) -> Decision:
+        """Run the rules with read-only lookups answered inside this transaction."""
+        return self.rules(parsed, box, directory, rows.seen_in(conn, box.address),
+                          DbRecords(conn))
+
+    def _apply(self, conn: Connection, message_id: int, decision: Decision, box: BoxConfig,
+               directory: Directory) -> Delivery:
+        """The decision's records and dedup keys; an executor that fails leaves the message
+        ``failed`` without any of them."""
+        outer = fastpath.savepoint(conn, RECORDS_SAVEPOINT)
+        try:
+            stored = self.executor(conn, message_id, decision, directory)
+            if decision.verdict != "DUPLICATE" and decision.dedup_keys:
+                rows.INSERT_DEDUP_KEYS.execute_many(conn, [
+                    {"box": box.address, "kind": kind, "digest": digest,
+                     "message_id": message_id} for kind, digest in decision.dedup_keys])
+            fastpath.release(conn, RECORDS_SAVEPOINT)
+        except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.InterfaceError):
+            raise
+        except Exception as error:
+            if classify(error) is not None:
+                raise
+            fastpath.rollback_to(conn, RECORDS_SAVEPOINT, outer, release=True)
+            outcome = self._failed("executor", error)
+            rows.UPDATE_OUTCOME.execute(conn, {"message_pk": message_id, **outcome})
+            return Delivery(box.address, message_id, "failed", None, None,
+                            error=outcome["error"])
+        return Delivery(box.address, message_id, "processed", decision.verdict, stored)
+
+    # ------------------------------------------------------------------------------ rows
+    def _store_new(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
+                   envelope: Envelope, box: BoxConfig, parent_id: int | None = None
+                   ) -> Delivery:
+        return self._decide(conn, parsed, box, lambda outcome: self._insert(
+            conn, raw, sha256, parsed, envelope, box, outcome, parent_id))
+
+    def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
+                       envelope: Envelope, box: BoxConfig) -> Delivery:
+        """The carrier's own row records what it carried; each carried message is a message of
+        its own (child row, own raw bytes, own decision), in the same transaction."""
+        children = []
+        for inner in carried.inner:
+            sha = hashlib.sha256(inner.raw).hexdigest()
+            child = self._already_stored(conn, box, sha) or dataclasses.replace(
+                self._store_new(conn, inner.raw, sha, inner.parsed, envelope, box,
+                                parent_id=outer_id), sender=inner.parsed.sender)
+            children.append(child)
+        detail = f"{carried.kind}: " + ", ".join(f"#{c.message_id}" for c in children)
+        rows.UPDATE_OUTCOME.execute(conn, {
+            "message_pk": outer_id, "status": "processed", "verdict": UNWRAPPED,
+            "direction": None, "processed_at": self.clock(), "error": None,
+            "trace": [{"rule": "unwrap", "outcome": "hit", "detail": detail}]})
+        return Delivery(box.address, outer_id, "processed", UNWRAPPED, None,
+                        carried=tuple(children))
+
+    def _already_stored(self, conn: Connection, box: BoxConfig, sha256: str) -> Delivery | None:
+        existing = rows.STORED.first(conn, {"box": box.address, "sha256": sha256})
+        if existing is None:
+            return None
+        stored_id, status, verdict = existing
+        return Delivery(box.address, stored_id, status, verdict, None, already_stored=True)
+
+    def _insert(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
+                envelope: Envelope, box: BoxConfig, outcome: dict,
+                parent_id: int | None = None) -> int:
+        message_id = rows.INSERT_MESSAGE.insert(conn, rows.storable_row(t.messages, dict(
+            uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
+            box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
+            sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
+            date_header=parsed.date_header, subject=parsed.subject,
+            message_id=parsed.message_id, size=len(raw), sha256=sha256, parent_id=parent_id,
+            **outcome)))
+        rows.INSERT_RAW.execute(conn, {"message_id": message_id, "content": raw})
+        return message_id
+
+    # ------------------------------------------------------------------------------ outcomes
+    def _processed(self, decision: Decision) -> dict:
+        return dict(status="processed", verdict=decision.verdict, direction=decision.direction,
+                    trace=[e.as_json() for e in decision.trace], processed_at=self.clock(),
+                    error=None)
+
+    @staticmethod
+    def _pending() -> dict:
+        return dict(status="pending", verdict=None, direction=None, trace=[],
+                    processed_at=None, error=None)
+
+    def _failed(self, stage: str, error: Exception) -> dict:
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        where = traceback.extract_tb(error.__traceback__)
+        if where:
+            frame = where[-1]
+            detail += f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})"
+        return dict(status="failed", verdict=None, direction=None, trace=[],
+                    processed_at=self.clock(), error=storable(f"{stage}: {detail}"[:4000]))

@@ -1,0 +1,70 @@
+"""The statements every message runs, compiled once and run on the DBAPI cursor
+(:mod:`sink.db.fastpath`: the same SQL and type processing as Connection.execute, a fraction of
+its per-call cost), and the message row as a database accepts it."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from sink.db import schema as t
+from sink.db.fastpath import Fast
+from sink.mail.parse import storable
+
+SEEN_KEY = Fast(select(t.dedup_keys.c.message_id).where(
+    t.dedup_keys.c.box == bindparam("box"), t.dedup_keys.c.kind == bindparam("kind"),
+    t.dedup_keys.c.digest == bindparam("digest")))
+SEEN_KEYS = Fast(select(t.dedup_keys.c.message_id).where(   # a message's two keys at once
+    t.dedup_keys.c.box == bindparam("box"),
+    or_(and_(t.dedup_keys.c.kind == bindparam("kind1"),
+             t.dedup_keys.c.digest == bindparam("digest1")),
+        and_(t.dedup_keys.c.kind == bindparam("kind2"),
+             t.dedup_keys.c.digest == bindparam("digest2")))))
+STORED = Fast(select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict).where(
+    t.messages.c.box == bindparam("box"), t.messages.c.sha256 == bindparam("sha256")))
+INSERT_MESSAGE = Fast(insert(t.messages), (
+    "uuid", "received_at", "channel", "box", "mail_from", "rcpt_to", "sender", "to_addrs",
+    "cc_addrs", "date_header", "subject", "message_id", "size", "sha256", "status", "trace",
+    "parent_id", "verdict", "direction", "processed_at", "error"))
+INSERT_RAW = Fast(insert(t.raw_messages), ("message_id", "content"))
+INSERT_DEDUP_KEYS = Fast(insert(t.dedup_keys), ("box", "kind", "digest", "message_id"),
+                         many=True)
+# A message's outcome: what the rules decided, or that they failed (error).
+OUTCOME_COLUMNS = ("status", "verdict", "direction", "trace", "processed_at", "error")
+UPDATE_OUTCOME = Fast(update(t.messages).where(t.messages.c.id == bindparam("message_pk")),
+                      OUTCOME_COLUMNS)
+
+
+def seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]], bool]:
+    def seen(keys: Iterable[tuple[str, str]]) -> bool:
+        keys = list(keys)
+        while len(keys) >= 2:
+            (kind1, digest1), (kind2, digest2) = keys[:2]
+            if SEEN_KEYS.first(conn, {"box": box, "kind1": kind1, "digest1": digest1,
+                                       "kind2": kind2, "digest2": digest2}):
+                return True
+            keys = keys[2:]
+        return bool(keys) and SEEN_KEY.first(
+            conn, {"box": box, "kind": keys[0][0], "digest": keys[0][1]}) is not None
+    return seen
+
+
+def storable_row(table, values: dict) -> dict:
+    """The summary of a message as the database accepts it, whatever the message held: no NUL
+    or lone surrogate in any text (an envelope address in Latin-1 arrives as surrogates), and no
+    string longer than its column (PostgreSQL refuses a 400-character From address). The raw
+    bytes, stored beside it, stay exact; a summary that could not be stored would defer the
+    message for ever."""
+    row = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            value = storable(value)
+            length = getattr(table.c[key].type, "length", None)
+            if length and len(value) > length:
+                value = value[:length]
+        elif isinstance(value, list):
+            value = [storable(v) if isinstance(v, str) else v for v in value]
+        row[key] = value
+    return row

@@ -1,0 +1,76 @@
+"""Direction and the activities (SPEC section 5, steps 9-11), and how an activity is built:
+type, scope and links from the references and the counterparts the context worked out."""
+
+from __future__ import annotations
+
+from sink.pipeline.context import INCOMING, OUTGOING, Context, Links
+from sink.pipeline.decision import ActivityAction, Verdict
+from sink.pipeline.result import Result, hit
+
+EMAIL_TYPE = "E-mail"
+
+
+def direction(ctx: Context) -> Result:
+    recipients = ctx.recipients
+    if ctx.box.address in recipients:
+        return Result("hit", direction=OUTGOING, detail="the box is a recipient")
+    if ctx.is_internal(ctx.sender) and not (
+            len(recipients) == 1 and ctx.is_internal(recipients[0])):
+        return Result("hit", direction=OUTGOING, detail="internal sender")
+    return Result("hit", direction=INCOMING)
+
+
+def incoming(ctx: Context) -> Result:
+    if ctx.direction != INCOMING:
+        return Result("skip")
+    users = {}
+    for address in ctx.recipients:
+        user = ctx.user(address)
+        if user is not None and address != ctx.box.address:
+            users.setdefault(user.id, user)
+    if not users:
+        return Result("pass", direction=OUTGOING, detail="no recipient is a user")
+    acts = tuple(_activity(ctx, u, INCOMING) for u in users.values())
+    return Result("hit", Verdict.PROCESSED, activities=acts)
+
+
+def outgoing(ctx: Context) -> Result:
+    user = ctx.user(ctx.sender)
+    if user is None:
+        return hit(Verdict.NOT_PROCESSED, "sender is not a user")
+    return Result("hit", Verdict.PROCESSED, activities=(_activity(ctx, user, OUTGOING),))
+
+
+
+def _scope(links: Links, role: str | None) -> str:
+    if links.scope == "p-":
+        return "none"
+    if links.scope:
+        return f"level:{links.scope[1]}"
+    return f"role:{role}" if role else "none"
+
+
+def _activity(ctx: Context, user, way: str) -> ActivityAction:
+    links = ctx.links
+    email_type = ctx.directory.activity_type(EMAIL_TYPE)
+    kind = (links.type if way == OUTGOING and links.type else
+            (email_type.number if email_type else EMAIL_TYPE))
+    pending = way == INCOMING and ctx.box.incoming_as_pending
+    contacts, companies = ctx.linked
+    return ActivityAction(
+        responsible=user.email,
+        direction=way,
+        type=kind,
+        scope=_scope(links, user.role),
+        subject=ctx.msg.subject,
+        text=ctx.msg.body_text,
+        date=ctx.msg.date,
+        contract=links.contract,
+        order=links.order,
+        task=links.task,
+        completed=ctx.completed and not pending,
+        due=pending,
+        original_attached=ctx.sender in ctx.box.save_originals_from,
+        contacts=contacts,
+        companies=companies,
+    )
