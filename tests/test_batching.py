@@ -237,3 +237,38 @@ def test_many_sessions_over_lmtp_are_each_answered_after_their_commit(engine, st
     assert count(engine, t.messages) == 96 and count(engine, t.activities) == 96
     ids = {text.rsplit("#", 1)[1] for _, text in replies}
     assert len(ids) == 96
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_a_task_made_by_mail_is_linked_the_same_in_one_batch_or_two(engine, batch, together):
+    """A troubleshooting mail creates task 4711; a reply naming "Task:4711" right behind it
+    links to it whether both share one batch (one transaction) or not - and creating the task
+    does not change the directory's version (which made every worker reload the directory)."""
+    from sink.db.directory_store import directory_version
+    from tests.side_effect_mail import troubleshooting_mail
+    with engine.connect() as conn:
+        version = directory_version(conn)
+    reply = make_mail(sender="alice@firma.cz", to=("jan@acme.cz",), subject="Re: Task:4711")
+    committer, gate = batch()
+    if together:        # one batch, in this order (prepared one after the other)
+        committer.submit(make_mail(subject="gate"), LMTP, [BOX])
+        assert gate.reached.wait(30)
+        futures = []
+        for n, raw in enumerate((troubleshooting_mail(), reply), 1):
+            futures.append(committer.submit(raw, LMTP, [BOX]))
+            _wait_prepared(committer, n)
+        gate.opened.set()
+        created, replied = (f.result(60)[0] for f in futures)
+    else:
+        gate.opened.set()
+        [created] = committer.deliver(troubleshooting_mail(), LMTP, [BOX])
+        [replied] = committer.deliver(reply, LMTP, [BOX])
+    assert created.verdict == "TASK_CREATED"
+    [activity] = replied.decision.activities
+    assert activity.task == "4711"
+    with engine.connect() as conn:
+        task_id = conn.execute(select(t.tasks.c.id).where(t.tasks.c.number == "4711")).scalar()
+        linked = conn.execute(select(t.activities.c.task_id).where(
+            t.activities.c.message_id == replied.message_id)).scalar()
+        assert directory_version(conn) == version
+    assert linked == task_id is not None

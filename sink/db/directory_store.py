@@ -108,33 +108,56 @@ def _addresses(where: str, value) -> list[str]:
     return list(dict.fromkeys(fold_address(v) for v in value if v.strip()))
 
 
+_SECTIONS = ("roles", "users", "companies", "contacts", "contracts", "orders", "tasks",
+             "activity_types")
+
+
 def import_directory(conn: Connection, data: dict) -> dict[str, int]:
     """Upsert everything in ``data`` (by e-mail, number or name); return counts per kind."""
     if not isinstance(data, dict):
         raise DirectoryImportError("expected a JSON object")
-    known = {"roles", "users", "companies", "contacts", "contracts", "orders", "tasks",
-             "activity_types"}
     for key in data:
-        if key not in known:
+        if key not in _SECTIONS:
             raise DirectoryImportError(f"{key}: unknown section")
-    counts = {}
+    role_ids = _import_roles(conn, _items(data, "roles"))
+    _import_users(conn, _items(data, "users"), role_ids)
+    company_ids = _import_companies(conn, _items(data, "companies"))
+    _import_contacts(conn, _items(data, "contacts"), company_ids)
+    for section, table, text_col in (("contracts", t.contracts, "name"),
+                                     ("orders", t.orders, "name"),
+                                     ("tasks", t.tasks, "subject")):
+        _import_numbered(conn, section, _items(data, section), table, text_col)
+    _import_activity_types(conn, _items(data, "activity_types"))
+    bump_version(conn)
+    return {section: len(_items(data, section)) for section in _SECTIONS}
+
+
+def _person(w: str, item: dict, link: str, ids: dict[str, int], column: str) -> tuple[str, dict]:
+    """A user's or contact's e-mail and values: name, and its role / company by name."""
+    email = fold_address(_field(w, item, "email", required=True))
+    values = {"name": _field(w, item, "name", default="")}
+    name = _field(w, item, link)
+    if name is not None:
+        if name not in ids:
+            raise DirectoryImportError(f"{w}.{link}: unknown {link} {name!r}")
+        values[column] = ids[name]
+    return email, values
+
+
+def _import_roles(conn: Connection, items: list) -> dict[str, int]:
     role_ids = {r.name: r.id for r in conn.execute(select(t.roles))}
-    for i, item in enumerate(_items(data, "roles")):
+    for i, item in enumerate(items):
         w = f"roles[{i}]"
         name = _field(w, item, "name", required=True)
         role_ids[name] = _upsert(conn, t.roles, "name", name,
                                  {"level": _field(w, item, "level", int, required=True)})
-    counts["roles"] = len(data.get("roles", []))
+    return role_ids
 
-    for i, item in enumerate(_items(data, "users")):
+
+def _import_users(conn: Connection, items: list, role_ids: dict[str, int]) -> None:
+    for i, item in enumerate(items):
         w = f"users[{i}]"
-        email = fold_address(_field(w, item, "email", required=True))
-        values = {"name": _field(w, item, "name", default="")}
-        role = _field(w, item, "role")
-        if role is not None:
-            if role not in role_ids:
-                raise DirectoryImportError(f"{w}.role: unknown role {role!r}")
-            values["role_id"] = role_ids[role]
+        email, values = _person(w, item, "role", role_ids, "role_id")
         user_id = _upsert(conn, t.users, "email", email, values)
         if "aliases" in item:
             conn.execute(delete(t.user_aliases).where(t.user_aliases.c.user_id == user_id))
@@ -142,10 +165,11 @@ def import_directory(conn: Connection, data: dict) -> dict[str, int]:
                 if alias != email:
                     conn.execute(delete(t.user_aliases).where(t.user_aliases.c.address == alias))
                     conn.execute(insert(t.user_aliases).values(address=alias, user_id=user_id))
-    counts["users"] = len(data.get("users", []))
 
+
+def _import_companies(conn: Connection, items: list) -> dict[str, int]:
     company_ids = {r.name: r.id for r in conn.execute(select(t.companies.c.id, t.companies.c.name))}
-    for i, item in enumerate(_items(data, "companies")):
+    for i, item in enumerate(items):
         w = f"companies[{i}]"
         name = _field(w, item, "name", required=True)
         company_id = company_ids[name] = _upsert(conn, t.companies, "name", name, {})
@@ -158,41 +182,35 @@ def import_directory(conn: Connection, data: dict) -> dict[str, int]:
                     fix(v) for v in _addresses(f"{w}.{key}", item[key])]
                 for value in dict.fromkeys(values):
                     conn.execute(insert(table).values(company_id=company_id, **{col: value}))
-    counts["companies"] = len(data.get("companies", []))
+    return company_ids
 
-    for i, item in enumerate(_items(data, "contacts")):
+
+def _import_contacts(conn: Connection, items: list, company_ids: dict[str, int]) -> None:
+    for i, item in enumerate(items):
         w = f"contacts[{i}]"
-        email = fold_address(_field(w, item, "email", required=True))
-        values = {"name": _field(w, item, "name", default="")}
-        company = _field(w, item, "company")
-        if company is not None:
-            if company not in company_ids:
-                raise DirectoryImportError(f"{w}.company: unknown company {company!r}")
-            values["company_id"] = company_ids[company]
+        email, values = _person(w, item, "company", company_ids, "company_id")
         for flag in ("allow_emails", "allow_bulk_emails", "non_functional"):
             if flag in item:
                 values[flag] = _field(w, item, flag, bool)
         _upsert(conn, t.contacts, "email", email, values)
-    counts["contacts"] = len(data.get("contacts", []))
 
-    for section, table, text_col in (("contracts", t.contracts, "name"),
-                                     ("orders", t.orders, "name"),
-                                     ("tasks", t.tasks, "subject")):
-        for i, item in enumerate(_items(data, section)):
-            w = f"{section}[{i}]"
-            number = _field(w, item, "number", required=True)
-            values = {}
-            if text_col in item:
-                values[text_col] = _field(w, item, text_col)
-            if section == "contracts" and "kind" in item:
-                kind = _field(w, item, "kind")
-                if kind not in ("contract", "project"):
-                    raise DirectoryImportError(f"{w}.kind: expected \"contract\" or \"project\"")
-                values["kind"] = kind
-            _upsert(conn, table, "number", number, values)
-        counts[section] = len(data.get(section, []))
 
-    types = _items(data, "activity_types")
+def _import_numbered(conn: Connection, section: str, items: list, table, text_col: str) -> None:
+    for i, item in enumerate(items):
+        w = f"{section}[{i}]"
+        number = _field(w, item, "number", required=True)
+        values = {}
+        if text_col in item:
+            values[text_col] = _field(w, item, text_col)
+        if section == "contracts" and "kind" in item:
+            kind = _field(w, item, "kind")
+            if kind not in ("contract", "project"):
+                raise DirectoryImportError(f"{w}.kind: expected \"contract\" or \"project\"")
+            values["kind"] = kind
+        _upsert(conn, table, "number", number, values)
+
+
+def _import_activity_types(conn: Connection, types: list) -> None:
     existing = {fold(r.name) for r in conn.execute(select(t.activity_types.c.name))}
     for i, name in enumerate(["E-mail", *types]):
         if not isinstance(name, str) or not name.strip():
@@ -200,6 +218,3 @@ def import_directory(conn: Connection, data: dict) -> dict[str, int]:
         if fold(name) not in existing:
             conn.execute(insert(t.activity_types).values(name=name.strip()))
             existing.add(fold(name))
-    counts["activity_types"] = len(types)
-    bump_version(conn)
-    return counts

@@ -7,13 +7,9 @@ field is read under its own guard and hostile input is bounded: at most ``MAX_PA
 are visited, headers longer than ``MAX_HEADER`` are cut, and at most ``MAX_TEXT`` characters of
 body reach the rules, so one message cannot stall the others.
 
-The parser's own cost is bounded before it starts (:func:`parse_window`): it reads at most
-``MAX_PARSE_LINES`` lines (``MAX_HEADER_LINES`` of them in the header block), ``MAX_BOUNDARIES``
-boundary-like lines and ``MAX_MULTIPARTS`` multipart containers (which bounds the nesting that
-makes the email package recurse) - the rest of the bytes is stored but not read by the rules, and
-the message's defects say so. HTML reaches the tree parser only when it is small and shallow
-enough (lexbor is quadratic in nesting depth); otherwise its text is taken by a linear tag
-stripper and the rules get no HTML tree.
+The parser's own cost is bounded before it starts (:mod:`sink.mail.window`: lines, boundary
+lines and multipart containers), attachment bodies no rule reads are left out of the parse
+(:mod:`sink.mail.opaque`), and HTML becomes text in bounded time (:mod:`sink.mail.html`).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import email
 import email.parser
 import re
-from html import unescape as _html_unescape
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.header import decode_header, make_header
@@ -30,32 +25,18 @@ from email.policy import Compat32
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import lru_cache
 
-from selectolax.lexbor import LexborHTMLParser as HTMLParser
-
+from sink.mail.html import html_to_text, tree_safe_html
 from sink.mail.opaque import without_opaque_bodies
 from sink.mail.textnorm import fold_address
+from sink.mail.window import MAX_PARTS, parse_window
 
-MAX_PARTS = 1000
 MAX_DEPTH = 50
 MAX_HEADER = 64 * 1024
 MAX_ADDRESSES = 5000
 MAX_TEXT = 512 * 1024
-MAX_PARSE_LINES = 500_000         # the email package's cost is per line: ~0.3 s for these
-MAX_HEADER_LINES = 100_000
-MAX_BOUNDARIES = 2 * MAX_PARTS    # lines starting with "--"
-MAX_MULTIPARTS = 100              # multipart containers: bounds nesting (recursion) and count
-MAX_HTML_TREE = 256 * 1024        # characters of HTML given to the tree parser
-MAX_HTML_DEPTH = 1000             # open elements at once; deeper HTML is stripped, not parsed
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_MULTIPART = re.compile(rb"multipart/", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)")
-_HTML_VOID = frozenset("area base br col embed hr img input keygen link meta param source "
-                       "track wbr".split())
-# comments, raw-text elements and tags, each matched in one linear pass (no backtracking)
-_HTML_STRIP = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style|head)\b[^>]*>.*?(?:</\1\s*>|\Z)"
-                         r"|<[^<>]*>", re.IGNORECASE | re.DOTALL)
 _SPECIALS = set('<>()[],;:\\"')
 
 
@@ -172,49 +153,6 @@ def _decode_payload(part: Message) -> str:
         return storable(payload.decode("utf-8", "replace"))
 
 
-def html_depth(html: str) -> int:
-    """The most elements open at once (void elements do not nest), counted in one pass."""
-    depth = deepest = 0
-    for match in _HTML_TAG.finditer(html):
-        if match.group(1):
-            depth = max(0, depth - 1)
-        elif match.group(2).lower() not in _HTML_VOID:
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-    return deepest
-
-
-def tree_safe_html(html: str) -> bool:
-    """Whether the tree parser takes ``html`` in bounded time (small and shallow enough)."""
-    return len(html) <= MAX_HTML_TREE and html_depth(html) <= MAX_HTML_DEPTH
-
-
-def strip_tags(html: str) -> str:
-    """Visible text of HTML without building a tree: linear in its length, for HTML too big or
-    too deep for the tree parser. Comments, scripts, styles and the head are dropped."""
-    text = _HTML_STRIP.sub(" ", html)
-    try:
-        text = _html_unescape(text)
-    except Exception:
-        pass
-    return text
-
-
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML body (selectolax/lexbor), scripts and styles dropped; HTML too
-    big or too deep for a tree in bounded time is stripped of its tags instead."""
-    if not tree_safe_html(html):
-        return strip_tags(html)
-    try:
-        tree = HTMLParser(html)
-        tree.strip_tags(["script", "style", "head"])
-        root = tree.body or tree.root
-        return root.text(separator=" ") if root is not None else ""
-    except Exception:
-        return ""
-
-
 def walk_parts(msg: Message):
     """Yield (part, depth) breadth-first, bounded in count and depth."""
     queue = [(msg, 0)]
@@ -273,73 +211,6 @@ def _date(value: str, defects: list[str]) -> datetime | None:
     if parsed is None:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _after_lines(raw: bytes, count: int, start: int = 0, end: int | None = None) -> int | None:
-    """Offset just after the ``count``-th line end in ``raw[start:end]``; None when it has
-    fewer lines. Counts in C, chunk by chunk."""
-    end = len(raw) if end is None else end
-    pos, chunk = start, 1 << 16
-    while pos < end:
-        stop = min(pos + chunk, end)
-        found = raw.count(b"\n", pos, stop)
-        if found >= count:
-            for _ in range(count):
-                pos = raw.index(b"\n", pos, stop) + 1
-            return pos
-        count -= found
-        pos = stop
-    return None
-
-
-def _nth(raw: bytes, needle: bytes, count: int, end: int) -> int | None:
-    """Offset of the ``count``-th occurrence of ``needle`` before ``end``, or None."""
-    if raw.count(needle, 0, end) < count:
-        return None
-    pos = -1
-    for _ in range(count):
-        pos = raw.find(needle, pos + 1, end)
-    return pos
-
-
-def parse_window(raw: bytes) -> tuple[int, str | None]:
-    """How many bytes of ``raw`` the MIME parser reads, and why not all of them (None: all).
-    Each bound cuts at the start of a line; see the module docstring."""
-    cut, reason = len(raw), None
-    header_end = raw.find(b"\n\r\n")
-    if header_end < 0:
-        header_end = raw.find(b"\n\n")
-    header_end = len(raw) if header_end < 0 else header_end
-    at = _after_lines(raw, MAX_HEADER_LINES, 0, header_end)
-    if at is not None:
-        cut, reason = at, f"more than {MAX_HEADER_LINES} header lines"
-    at = _after_lines(raw, MAX_PARSE_LINES, 0, cut)
-    if at is not None:
-        cut, reason = at, f"more than {MAX_PARSE_LINES} lines"
-    at = _nth(raw, b"\n--", MAX_BOUNDARIES + 1, cut)
-    if at is not None:
-        cut, reason = at + 1, f"more than {MAX_BOUNDARIES} boundary lines"
-    matches = 0
-    if _count_any_case(raw, b"multipart/", cut) <= MAX_MULTIPARTS:
-        return cut, reason                      # the usual case, counted in C
-    for match in _MULTIPART.finditer(raw, 0, cut):
-        matches += 1
-        if matches > MAX_MULTIPARTS:
-            cut = raw.rfind(b"\n", 0, match.start()) + 1
-            reason = f"more than {MAX_MULTIPARTS} multipart containers"
-            break
-    return cut, reason
-
-
-def _count_any_case(raw: bytes, needle: bytes, end: int) -> int:
-    """How often lower-case ``needle`` occurs in ``raw[:end]`` in any case: counted in C on
-    lower-cased chunks (a case-insensitive regex scans 100 KB in ~0.5 ms, this in ~0.02)."""
-    count, pos, step, overlap = 0, 0, 1 << 20, len(needle) - 1
-    while pos < end:
-        stop = min(pos + step, end)
-        count += raw[pos:min(stop + overlap, end)].lower().count(needle)
-        pos = stop
-    return count
 
 
 def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:

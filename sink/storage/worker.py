@@ -77,12 +77,53 @@ def _result(outcome) -> tuple:
     return ("stored", outcome.message_id, outcome.status, outcome.already_stored)
 
 
-def serve(sock: socket.socket, inbox: Inbox, config) -> int:
-    from sink.storage.batching import commit_batch, log_batch
-    from sink.db.engine import make_engine
+def _take_batch(inbox: Inbox) -> tuple[list, bool]:
+    """Wait for one job, then take every job already waiting (up to MAX_BATCH / MAX_BYTES);
+    and whether the protocol process has closed its end (answer these, then stop)."""
+    first = inbox.next(block=True)
+    if first is Inbox.EOF:
+        return [], True
+    jobs, size = [first], len(first[1])
+    while len(jobs) < MAX_BATCH and size < MAX_BYTES:
+        more = inbox.next(block=False)
+        if more is None:
+            break
+        if more is Inbox.EOF:
+            return jobs, True
+        jobs.append(more)
+        size += len(more[1])
+    return jobs, False
+
+
+def _commit(intake, write_turn: WriteTurn, jobs: list, boxes: dict) -> tuple[list, list, list]:
+    """Prepare and commit one batch: (the reply frame's results, the prepared messages, their
+    outcomes - empty when the batch was rolled back)."""
     from sink.errors import TransientStorageError
+    from sink.storage.batching import commit_batch
+    done, items = [], []
+    for (job_id, envelope, addresses, started), raw in jobs:
+        try:
+            prepared = intake.prepare(raw, envelope, started)
+        except Exception as error:          # parsing never raises; be sure anyway
+            done.append((job_id, [_result(error)] * len(addresses)))
+            continue
+        items.append((job_id, prepared, [boxes[a] for a in addresses]))
+    try:
+        with write_turn:
+            outcomes = commit_batch(intake, [(p, b) for _, p, b in items]) if items else []
+    except TransientStorageError as transient:
+        done += [(job_id, [_result(transient)] * len(b)) for job_id, _, b in items]
+        return done, [], []
+    done += [(job_id, [_result(o) for o in results])
+             for (job_id, _, _), results in zip(items, outcomes)]
+    return done, [p for _, p, _ in items], outcomes
+
+
+def serve(sock: socket.socket, inbox: Inbox, config) -> int:
+    from sink.db.engine import make_engine
     from sink.intake import Intake
     from sink.log import get_logger
+    from sink.storage.batching import log_batch
 
     log = get_logger("sink.storage.worker")
     boxes = {box.address: box for box in config.boxes}
@@ -99,41 +140,12 @@ def serve(sock: socket.socket, inbox: Inbox, config) -> int:
     closing = False
     frozen_with = None
     while not closing:
-        first = inbox.next(block=True)
-        if first is Inbox.EOF:
+        jobs, closing = _take_batch(inbox)
+        if not jobs:
             break
-        jobs, size = [first], len(first[1])
-        while len(jobs) < MAX_BATCH and size < MAX_BYTES:
-            more = inbox.next(block=False)
-            if more is None:
-                break
-            if more is Inbox.EOF:
-                closing = True
-                break
-            jobs.append(more)
-            size += len(more[1])
-        done = []
-        items = []
-        for (job_id, envelope, addresses, started), raw in jobs:
-            try:
-                prepared = intake.prepare(raw, envelope, started)
-            except Exception as error:          # parsing never raises; be sure anyway
-                done.append((job_id, [_result(error)] * len(addresses)))
-                continue
-            items.append((job_id, prepared, [boxes[a] for a in addresses]))
-        try:
-            with write_turn:
-                outcomes = commit_batch(intake, [(p, b) for _, p, b in items]) if items else []
-        except TransientStorageError as transient:
-            outcomes = [[transient] * len(b) for _, _, b in items]
-            committed = False
-        else:
-            committed = True
-        done += [(job_id, [_result(o) for o in results])
-                 for (job_id, _, _), results in zip(items, outcomes)]
-        sock.sendall(frame(("done", done)))
-        if committed:
-            log_batch(intake, [p for _, p, _ in items], outcomes)
+        done, prepared, outcomes = _commit(intake, write_turn, jobs, boxes)
+        sock.sendall(frame(("done", done)))         # answer first, then write the log lines
+        log_batch(intake, prepared, outcomes)
         if intake.directory.current is not frozen_with:
             frozen_with = intake.directory.current
             freeze_long_lived()
