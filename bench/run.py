@@ -168,8 +168,12 @@ def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
 def make_server(name: str, workdir: Path, args):
     """``bare``, ``sqlite`` or ``postgres``, with options after colons: ``:asyncio`` runs it on
     asyncio's own loop even when uvloop is installed, ``:wN`` gives the sink ``[storage]
-    workers = N`` (``:w0``: parse, rules and storage in the protocol process)."""
-    kind, *options = name.split(":")
+    workers = N`` (``:w0``: parse, rules and storage in the protocol process); ``@DIR`` at the
+    end runs the sink of another checkout (e.g. ``sqlite@/tmp/before``: a same-run A/B of two
+    versions of the code; the database is prepared by this checkout, so both must share the
+    schema)."""
+    spec, _, checkout = name.partition("@")
+    kind, *options = spec.split(":")
     uvloop = args.uvloop and "asyncio" not in options
     if kind == "bare":
         server = Bare(workdir, uvloop=uvloop)
@@ -184,7 +188,7 @@ def make_server(name: str, workdir: Path, args):
     extra = "".join(["\n[storage]\n"] + [f"{k} = {v}\n" for k, v in storage.items()]) \
         if storage else ""
     return Sink(kind, workdir, log_level=args.log_level, uvloop=uvloop, name=name,
-                extra_config=extra)
+                extra_config=extra, root=Path(checkout) if checkout else None)
 
 
 def _median(values):

@@ -168,8 +168,10 @@ class Sink(_Server):
     """``sink serve`` on a fresh database of ``kind`` (sqlite or postgres)."""
 
     def __init__(self, kind: str, workdir: Path, *, log_level: str = "info", env=None,
-                 uvloop: bool = True, name: str | None = None, extra_config: str = ""):
+                 uvloop: bool = True, name: str | None = None, extra_config: str = "",
+                 root: Path | None = None):
         self.kind = kind
+        self.root = root or ROOT            # the checkout whose sink runs
         self.name = name or kind
         self.uvloop = uvloop
         self.extra_config = extra_config
@@ -197,11 +199,13 @@ class Sink(_Server):
                           self.extra_config)
         out = self.workdir / f"{tag}.out"
         env = dict(os.environ, **(self.env or {}))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root),
+                                                          env.get("PYTHONPATH")]))
         with open(out, "ab") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, *(("-m", "sink") if self.uvloop else _WITHOUT_UVLOOP),
                  "--config", str(config), "serve"],
-                cwd=ROOT, stdout=f, stderr=f, env=env)
+                cwd=self.root, stdout=f, stderr=f, env=env)
         _wait_port(self.proc, self.port, f"sink serve ({self.kind})", out)
 
     def stored(self) -> dict:
