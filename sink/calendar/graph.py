@@ -10,6 +10,7 @@ resync.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from typing import Iterator
 from urllib.parse import quote, urlsplit
@@ -71,7 +72,8 @@ class GraphClient:
         self.sleep = sleep
         self.max_retries, self.max_wait = max_retries, max_wait
         self.http = httpx.Client(timeout=timeout, transport=transport,
-                                 verify=str(ca_file) if ca_file else True,
+                                 verify=ssl.create_default_context(cafile=str(ca_file))
+                                 if ca_file else True,
                                  follow_redirects=False, trust_env=False)
         self.throttled = 0                  # 429/503 answers waited out, for the pass report
 
