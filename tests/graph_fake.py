@@ -127,7 +127,7 @@ class FakeMicrosoft:
         with self.tenant.lock:
             result = self._graph(method, split.path[len("/v1.0"):], query, headers, payload)
         if self.hold is not None:
-            self.hold(method, split.path, result)
+            self.hold(method, path, result)
         return result
 
     def _entra(self, method: str, path: str, body: bytes):

@@ -103,6 +103,6 @@ class TokenProvider:
             if self._app is None:
                 return
             cache = self._app.token_cache
-            for item in cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN):
+            for item in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
                 if item.get("secret") == token:
                     cache.remove_at(item)
