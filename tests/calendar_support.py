@@ -85,7 +85,8 @@ class Harness:
                 user_id=user_id, outlook=True, crm_deleted=False,
                 type_name="Meeting", subject=subject, location=values.pop("location", ""),
                 start=start, end=start + timedelta(hours=1), all_day=False,
-                attendees=values.pop("attendees", []), event_type="singleInstance",
+                attendees=values.pop("attendees", []),
+                event_type=values.pop("event_type", "singleInstance"),
                 cancelled=False, crm_modified_at=datetime.now(timezone.utc), **values)
             ).inserted_primary_key[0]
 

@@ -285,3 +285,33 @@ def test_a_pass_in_progress_for_a_user_makes_another_skip_it(cal):
     assert reports["alice@firma.cz"].status == "busy" and reports["bob@firma.cz"].status == "ok"
     assert cal.rows("alice@firma.cz") == []
     assert cal.run()["alice@firma.cz"].status == "ok"
+
+
+def test_a_series_the_crm_creates_arrives_as_a_series_and_its_instances_come_back(cal):
+    recurrence = {"pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+                  "range": {"type": "numbered", "startDate": hour(7).date().isoformat(),
+                            "numberOfOccurrences": 3}}
+    activity = cal.crm_create("bob@firma.cz", "Weekly call", hour(7), event_type="seriesMaster",
+                              recurrence=recurrence)
+    cal.run("bob@firma.cz")
+    [master] = [e for e in cal.tenant.events[cal.bob].values() if e["type"] == "seriesMaster"]
+    assert master["recurrence"] == recurrence
+    cal.run("bob@firma.cz")
+    rows = cal.rows("bob@firma.cz")
+    assert [r.id for r in rows if r.event_type == "seriesMaster"] == [activity]
+    assert sorted(r.event_type for r in rows if r.series_master_id == master["id"]) == [
+        "occurrence"] * 3
+    assert len(cal.graph_calls("POST")) == 1 and cal.graph_calls("PATCH") == []
+
+
+def test_an_outlook_edit_later_than_a_crm_deletion_keeps_the_event(cal):
+    event = cal.tenant.add_event(cal.alice, "Kickoff", hour(2))
+    cal.run()
+    base = hour(0, 8)
+    cal.crm_edit(cal.row(event).id, base, crm_deleted=True)
+    cal.tenant.edit(cal.alice, event, modified=base.replace(hour=9), subject="Kickoff, moved")
+    report = cal.run("alice@firma.cz")["alice@firma.cz"]
+    assert report.conflicts == 1 and report.pushed["deleted"] == 0
+    row = cal.row(event)
+    assert (row.subject, row.crm_deleted) == ("Kickoff, moved", False)
+    assert event in cal.tenant.events[cal.alice]

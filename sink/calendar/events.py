@@ -92,7 +92,8 @@ def _attendees(value) -> list[dict]:
         seen.add(address)
         kind = _get(item, "type")
         out.append({"email": address, "name": _text(_get(item, "emailAddress", "name"), 200),
-                    "type": kind if kind in ATTENDEE_TYPES else "required"})
+                    "type": kind if isinstance(kind, str) and kind in ATTENDEE_TYPES
+                    else "required"})
     return out
 
 
@@ -115,7 +116,7 @@ def from_graph(event: dict) -> dict:
         "change_key": _text(event.get("changeKey"), 200) or None,
         "graph_modified_at": parse_offset_time(event.get("lastModifiedDateTime")),
         "ical_uid": _text(event.get("iCalUId"), 500) or None,
-        "event_type": kind if kind in TYPES else "singleInstance",
+        "event_type": kind if isinstance(kind, str) and kind in TYPES else "singleInstance",
         "series_master_id": _text(master, 500) or None,
         "original_start": parse_offset_time(event.get("originalStart")),
         "recurrence": _recurrence(event.get("recurrence")) if kind == "seriesMaster" else None,

@@ -104,11 +104,17 @@ class CalendarSyncer:
             except MailboxUnavailable as exc:
                 self._failed(user, report, "no-mailbox", exc)
             except GraphError as exc:
+                if exc.status == 404 and exc.code == "ResourceNotFound":
+                    self._forget_graph_user(user)   # the user was re-created: look up again
                 self._failed(user, report, "failed", exc)
             except Exception as exc:        # one user's bad data never stops the others
                 log.exception("calendar.user_crashed", user=user["email"])
                 self._failed(user, report, "failed", exc)
         return report
+
+    def _forget_graph_user(self, user: dict) -> None:
+        with self.engine.begin() as conn:
+            store.save_state(conn, user["id"], graph_user_id=None, delta_link=None)
 
     def _failed(self, user: dict, report: UserReport, status: str, exc: Exception) -> None:
         report.status, report.error = status, str(exc)[:500]
@@ -153,7 +159,9 @@ class CalendarSyncer:
                 today + timedelta(days=self.config.days_ahead))
 
     def _pull(self, user, graph_user, report, state, should_stop) -> None:
-        window = f"{self.config.days_back}/{self.config.days_ahead}"
+        # A deltaLink keeps the window it was made for; anchored to today, the window moves
+        # once a day (one full round a day), and at once when the configured days change.
+        window = f"{self.config.days_back}/{self.config.days_ahead}/{self._window()[0].date()}"
         link = state.delta_link if state.window == window else None
         try:
             self._round(user, graph_user, report, link, window, should_stop)
@@ -203,10 +211,10 @@ class CalendarSyncer:
                 and self._crm_wins(conn, rnd, row, fields):
             return
         values = {**fields, "synced_hash": digest(fields), "synced_at": store.now(),
-                  "outlook": True, "invitation_id": store.invitation_for(conn, uid,
+                  "outlook": True, "crm_deleted": False, "invitation_id": store.invitation_for(conn, uid,
                                                                          fields["ical_uid"])}
         if row is None:
-            values.update(user_id=uid, type_name=self.config.activity_type, crm_deleted=False,
+            values.update(user_id=uid, type_name=self.config.activity_type,
                           type_id=store.activity_type(conn, self.config.activity_type))
             activity_id = conn.execute(insert(A).values(**values)).inserted_primary_key[0]
             rnd.report.pulled["created"] += 1

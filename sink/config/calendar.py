@@ -63,6 +63,9 @@ def parse_calendar(raw: Any, base: Path) -> CalendarConfig:
     days_ahead = whole("calendar.days_ahead", table.get("days_ahead", 365))
     if days_ahead > 1825:
         raise ConfigError("calendar.days_ahead: at most 1825 (five years)")
+    days_back = whole("calendar.days_back", table.get("days_back", 30), 0)
+    if days_back > 3650:
+        raise ConfigError("calendar.days_back: at most 3650 (ten years)")
     return CalendarConfig(
         tenant_id=tenant,
         client_id=string("calendar.client_id", table["client_id"]),
@@ -75,7 +78,7 @@ def parse_calendar(raw: Any, base: Path) -> CalendarConfig:
                          table.get("graph_url", "https://graph.microsoft.com/v1.0")),
         ca_file=resolve(base, string("calendar.ca_file", table["ca_file"]))
         if "ca_file" in table else None,
-        days_back=whole("calendar.days_back", table.get("days_back", 30), 0),
+        days_back=days_back,
         days_ahead=days_ahead,
         activity_type=string("calendar.activity_type", table.get("activity_type", "Meeting")),
     )
