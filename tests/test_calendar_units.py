@@ -67,7 +67,7 @@ event_keys = st.sampled_from(["id", "changeKey", "iCalUId", "type", "seriesMaste
                               "originalStart"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(event_keys, json_values, max_size=16))
 def test_hostile_events_map_without_raising_and_fit_their_columns(event):
     fields = from_graph(event)
