@@ -155,6 +155,11 @@ def test_a_user_without_a_mailbox_is_logged_once_and_stops_nobody(cal, log_file)
         assert reports["bob@firma.cz"].status == "ok"
     failures = events(log_file, "calendar.user_failed")
     assert [e["user"] for e in failures] == ["carol@firma.cz"]
+    assert [e["user"] for e in events(log_file, "calendar.user_skipped")] == ["dave@firma.cz"]
+    # Once the mailbox exists, the pass succeeds and says the problem is over.
+    cal.tenant.users[cal.carol]["mailbox"] = True
+    assert cal.run("carol@firma.cz")["carol@firma.cz"].status == "ok"
+    assert [e["user"] for e in events(log_file, "calendar.user_recovered")] == ["carol@firma.cz"]
 
 
 def test_cli_calendar_sync(cal, tmp_path, capsys):

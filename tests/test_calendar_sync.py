@@ -315,3 +315,22 @@ def test_an_outlook_edit_later_than_a_crm_deletion_keeps_the_event(cal):
     row = cal.row(event)
     assert (row.subject, row.crm_deleted) == ("Kickoff, moved", False)
     assert event in cal.tenant.events[cal.alice]
+
+
+def test_an_activity_outlook_refuses_is_traced_and_stops_neither_the_user_nor_others(cal):
+    from datetime import datetime, timezone
+    bad = cal.crm_create("bob@firma.cz", "No end", hour(2))
+    with cal.engine.begin() as conn:      # Graph refuses an event without a usable start
+        conn.execute(t.calendar_activities.update().where(t.calendar_activities.c.id == bad)
+                     .values(start=datetime(1, 1, 1, tzinfo=timezone.utc)))
+    cal.fake.tenant.create = (lambda original: lambda user, body: (
+        (400, {}, {"error": {"code": "ErrorInvalidRequest", "message": "bad start"}})
+        if body["start"]["dateTime"].startswith("0001") else original(user, body)))(
+        cal.fake.tenant.create)
+    cal.crm_create("bob@firma.cz", "Fine", hour(3))
+    report = cal.run("bob@firma.cz")["bob@firma.cz"]
+    assert report.status == "ok" and report.pushed["created"] == 1
+    assert [e.activity_id for e in cal.trace("refused-by-outlook")] == [bad]
+    assert [e["subject"] for e in cal.tenant.events[cal.bob].values()] == ["Fine"]
+    cal.run("bob@firma.cz")                        # not retried until the CRM edits it
+    assert len(cal.trace("refused-by-outlook")) == 1

@@ -34,6 +34,13 @@ from sink.log import get_logger
 
 log = get_logger("sink.calendar.sync")
 A = t.calendar_activities
+REFUSALS = {400, 403, 409, 422}     # Graph refuses the activity itself: not worth a retry
+
+
+class NotInTenant(Exception):
+    """No user of the tenant has this user's e-mail or an alias of it."""
+
+    code = "not-in-tenant"
 
 
 class Stopped(Exception):
@@ -101,6 +108,8 @@ class CalendarSyncer:
                 self._sync_locked(user, report, should_stop)
             except (TokenError, Stopped):
                 raise
+            except NotInTenant as exc:
+                self._failed(user, report, "not-in-tenant", exc)
             except MailboxUnavailable as exc:
                 self._failed(user, report, "no-mailbox", exc)
             except GraphError as exc:
@@ -122,7 +131,11 @@ class CalendarSyncer:
         with self.engine.begin() as conn:
             before = store.state(conn, user["id"]).error_kind
             store.save_state(conn, user["id"], last_error=report.error, error_kind=kind)
-        if before != kind:                  # logged once per kind of problem, not per pass
+        if before == kind:                  # logged once per kind of problem, not per pass
+            return
+        if status == "not-in-tenant":       # a standing fact about the directory, not an error
+            log.warning("calendar.user_skipped", user=user["email"], reason=report.error)
+        else:
             log.error("calendar.user_failed", user=user["email"], status=status,
                       reason=report.error)
 
@@ -133,11 +146,7 @@ class CalendarSyncer:
         if graph_user is None:
             found = self.graph.find_user(user["addresses"])
             if found is None:
-                report.status = "not-in-tenant"
-                with self.engine.begin() as conn:
-                    store.save_state(conn, user["id"], error_kind="not-in-tenant",
-                                     last_error="no user with this address in the tenant")
-                return
+                raise NotInTenant("no user of the tenant has this address or an alias of it")
             graph_user = found["id"][:200]
             with self.engine.begin() as conn:
                 store.save_state(conn, user["id"], graph_user_id=graph_user)
@@ -308,7 +317,22 @@ class CalendarSyncer:
         for row in rows:
             if not self._crm_changed(row):
                 continue
-            self._push_row(user, graph_user, report, row)
+            try:
+                self._push_row(user, graph_user, report, row)
+            except GraphError as exc:
+                if exc.status not in REFUSALS or isinstance(exc, MailboxUnavailable):
+                    raise                   # the user's problem, not this row's: retried
+                self._refused(user, row, exc)
+
+    def _refused(self, user: dict, row, exc: GraphError) -> None:
+        """Graph will not take this activity as it is (e.g. end before start): say so once
+        and leave it until the CRM edits it again, instead of failing the user every pass."""
+        with self.engine.begin() as conn:
+            conn.execute(update(A).where(A.c.id == row.id).values(synced_hash=digest(row)))
+            store.trace(conn, user["id"], "refused-by-outlook", str(exc), activity_id=row.id,
+                        graph_id=row.graph_id)
+        log.warning("calendar.push_refused", user=user["email"], activity=row.id,
+                    status=exc.status, code=exc.code)
 
     def _push_row(self, user, graph_user, report, row) -> None:
         uid = user["id"]
