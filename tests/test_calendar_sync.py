@@ -276,6 +276,22 @@ def test_an_invitation_from_mail_and_its_graph_event_are_one_thing(cal):
     assert linked(cal, t.calendar_activity_contacts, "contact_id", row.id) == {"Jan"}
 
 
+def test_an_invitation_recorded_after_its_event_was_synced_is_linked_too(cal):
+    event = cal.tenant.add_event(cal.alice, "Partner meeting", hour(5))
+    cal.run()
+    alice, bob, uid = cal.user_id("alice@firma.cz"), cal.user_id("bob@firma.cz"), \
+        cal.row(event).ical_uid
+    with cal.engine.begin() as conn:
+        invitation = conn.execute(insert(t.invitations).values(
+            user_id=alice, uid=uid, method="REQUEST", status="CONFIRMED", sequence=0,
+            revision="0000", summary="Partner meeting", location="")).inserted_primary_key[0]
+        conn.execute(insert(t.invitations).values(       # Bob's invitation: not Alice's row
+            user_id=bob, uid=uid,
+            method="REQUEST", status="CONFIRMED", sequence=0, revision="0000"))
+    cal.run()
+    assert cal.row(event).invitation_id == invitation
+
+
 def test_a_pass_in_progress_for_a_user_makes_another_skip_it(cal):
     from sink.calendar.store import user_lock
     cal.tenant.add_event(cal.alice, "Kickoff", hour(2))

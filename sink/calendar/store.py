@@ -126,6 +126,17 @@ def invitation_for(conn: Connection, user_id: int, ical_uid: str | None) -> int 
     return conn.execute(select(i.id).where(i.user_id == user_id, i.uid == ical_uid)).scalar()
 
 
+def link_invitations(conn: Connection, user_id: int) -> int:
+    """Rows whose invitation the sink recorded from mail after the event was synchronised
+    get linked now (the mail and the calendar reach the sink in either order)."""
+    a, i = t.calendar_activities.c, t.invitations.c
+    match = select(i.id).where(i.user_id == user_id, i.uid == a.ical_uid) \
+        .limit(1).scalar_subquery()
+    return conn.execute(update(t.calendar_activities).where(
+        a.user_id == user_id, a.invitation_id.is_(None), a.ical_uid.is_not(None),
+        match.is_not(None)).values(invitation_id=match)).rowcount
+
+
 def activity_type(conn: Connection, name: str) -> int | None:
     return conn.execute(select(t.activity_types.c.id)
                         .where(t.activity_types.c.name == name)).scalar()

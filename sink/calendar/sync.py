@@ -157,6 +157,7 @@ class CalendarSyncer:
                 log.info("calendar.user_recovered", user=user["email"])
             store.save_state(conn, user["id"], last_success=store.now(), last_error=None,
                              error_kind=None)
+            store.link_invitations(conn, user["id"])
             store.prune_trace(conn, user["id"])
         log.info("calendar.user_synced", user=user["email"], full=report.full_sync,
                  pulled=report.pulled, pushed=report.pushed, conflicts=report.conflicts)
