@@ -350,3 +350,15 @@ def test_an_activity_outlook_refuses_is_traced_and_stops_neither_the_user_nor_ot
     assert [e["subject"] for e in cal.tenant.events[cal.bob].values()] == ["Fine"]
     cal.run("bob@firma.cz")                        # not retried until the CRM edits it
     assert len(cal.trace("refused-by-outlook")) == 1
+
+
+def test_events_get_the_configured_activity_type(cal):
+    import dataclasses
+    cal.syncer.config = dataclasses.replace(cal.syncer.config, activity_type="Phone call")
+    event = cal.tenant.add_event(cal.bob, "Call Eva", hour(1), attendees=["eva@globex.com"])
+    cal.run("bob@firma.cz")
+    with cal.engine.connect() as conn:
+        phone = conn.execute(select(t.activity_types.c.id)
+                             .where(t.activity_types.c.name == "Phone call")).scalar()
+    row = cal.row(event)
+    assert (row.type_name, row.type_id) == ("Phone call", phone) and phone is not None

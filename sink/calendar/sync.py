@@ -71,6 +71,7 @@ class _Round:
     full: bool
     seen: set = field(default_factory=set)
     masters: set = field(default_factory=set)
+    type_id: int | None = None          # of the configured activity type, looked up once
 
 
 class CalendarSyncer:
@@ -224,8 +225,10 @@ class CalendarSyncer:
                   "outlook": True, "crm_deleted": False, "invitation_id": store.invitation_for(conn, uid,
                                                                          fields["ical_uid"])}
         if row is None:
+            if rnd.type_id is None:
+                rnd.type_id = store.activity_type(conn, self.config.activity_type) or 0
             values.update(user_id=uid, type_name=self.config.activity_type,
-                          type_id=store.activity_type(conn, self.config.activity_type))
+                          type_id=rnd.type_id or None)
             activity_id = conn.execute(insert(A).values(**values)).inserted_primary_key[0]
             rnd.report.pulled["created"] += 1
         else:
