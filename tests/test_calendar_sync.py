@@ -362,3 +362,14 @@ def test_events_get_the_configured_activity_type(cal):
                              .where(t.activity_types.c.name == "Phone call")).scalar()
     row = cal.row(event)
     assert (row.type_name, row.type_id) == ("Phone call", phone) and phone is not None
+
+
+def test_hostile_event_text_is_stored_not_a_failed_pass(cal):
+    event = cal.tenant.add_event(cal.alice, "Q\x00uarterly\x1b[31m review", hour(2),
+                                 location="Room\x00 7", attendees=["j\x00an@acme.cz"])
+    cal.tenant.events[cal.alice][event]["attendees"].append({"emailAddress": "junk"})
+    report = cal.run("alice@firma.cz")["alice@firma.cz"]
+    assert report.status == "ok"
+    row = cal.row(event)
+    assert (row.subject, row.location) == ("Quarterly\x1b[31m review", "Room 7")
+    assert [a["email"] for a in row.attendees] == ["jan@acme.cz"]

@@ -162,3 +162,18 @@ def test_a_delta_page_without_links_or_with_junk_is_an_error_not_a_loop():
     graph, _ = client(lambda r: httpx.Response(200, content=b"[1, 2]"))
     with pytest.raises(GraphError, match="BadResponse"):
         graph.request("GET", "/users")
+
+
+@given(st.text(max_size=40) | st.from_regex(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,7})?\Z"),
+       st.sampled_from(["UTC", "America/Adak", "Pacific/Kiritimati", "Europe/Prague",
+                        "Pacific Standard Time", "", "../../etc/passwd"]) | st.text(max_size=20))
+def test_any_graph_time_parses_to_aware_utc_or_none(text, zone):
+    parsed = parse_graph_time({"dateTime": text, "timeZone": zone})
+    assert parsed is None or (parsed.utcoffset().total_seconds() == 0 and not parsed.microsecond)
+
+
+def test_the_ends_of_the_calendar_in_far_zones_are_none_not_a_crash():
+    assert parse_graph_time({"dateTime": "9999-12-31T23:00:00",
+                             "timeZone": "America/Adak"}) is None
+    assert parse_graph_time({"dateTime": "0001-01-01T00:30:00",
+                             "timeZone": "Asia/Tokyo"}) is None

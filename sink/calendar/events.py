@@ -24,7 +24,8 @@ SYNCED = ("subject", "location", "start", "end", "all_day", "attendees", "recurr
 
 
 def _text(value, limit: int) -> str:
-    return value[:limit] if isinstance(value, str) else ""
+    # NUL is the one character PostgreSQL text cannot hold: dropped, not a failed pass.
+    return value.replace("\x00", "")[:limit] if isinstance(value, str) else ""
 
 
 def _get(obj, *path):
@@ -50,9 +51,9 @@ def parse_offset_time(value) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return utc(parsed)
+    except (OverflowError, ValueError):
         return None
-    return utc(parsed)
 
 
 def parse_graph_time(value) -> datetime | None:
@@ -73,14 +74,17 @@ def parse_graph_time(value) -> datetime | None:
             except (ZoneInfoNotFoundError, ValueError):
                 tz = timezone.utc
         parsed = parsed.replace(tzinfo=tz)
-    return utc(parsed)
+    try:
+        return utc(parsed)
+    except (OverflowError, ValueError):     # 9999-12-31 in a zone west of UTC
+        return None
 
 
 def _address(value) -> str | None:
     address = _get(value, "emailAddress", "address")
     if not isinstance(address, str) or "@" not in address or len(address) > 320:
         return None
-    return fold_address(address)
+    return fold_address(address.replace("\x00", "")) or None
 
 
 def _attendees(value) -> list[dict]:
