@@ -177,3 +177,27 @@ def test_the_ends_of_the_calendar_in_far_zones_are_none_not_a_crash():
                              "timeZone": "America/Adak"}) is None
     assert parse_graph_time({"dateTime": "0001-01-01T00:30:00",
                              "timeZone": "Asia/Tokyo"}) is None
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("7", 7.0), ("0", 0.0), ("-5", 0.0), ("100000", 120.0), ("nan", 120.0), ("soon", 1.0),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("", 1.0)])
+def test_retry_after_as_seconds_or_a_date_is_bounded(header, expected):
+    from sink.calendar.graph import _retry_after
+    response = httpx.Response(429, headers={"Retry-After": header})
+    assert _retry_after(response, 0, 120.0) == expected
+
+
+def test_stopping_cuts_a_retry_after_wait_short(tmp_path):
+    import threading
+    import time as clock
+    from sink.calendar.service import CalendarSync
+    from sink.calendar.sync import Stopped
+    cfg = parse_config({"calendar": CALENDAR}, base=tmp_path).calendar
+    component = CalendarSync(cfg, engine=None)
+    threading.Timer(0.2, component._stopping.set).start()
+    began = clock.monotonic()
+    with pytest.raises(Stopped):
+        component._sleep(60)
+    assert clock.monotonic() - began < 5
+    component.syncer.graph.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Iterator
 from urllib.parse import quote, urlsplit
 
@@ -53,11 +55,17 @@ MAILBOX_CODES = {"MailboxNotEnabledForRESTAPI", "MailboxNotSupportedForRESTAPI",
 
 
 def _retry_after(response: httpx.Response, attempt: int, cap: float) -> float:
-    value = response.headers.get("Retry-After", "")
+    """Seconds to wait: Retry-After as seconds or an HTTP date, else exponential back-off."""
+    value = response.headers.get("Retry-After", "")[:100]
     try:
         seconds = float(value)
     except ValueError:
-        seconds = min(2.0 ** attempt, 30.0)   # no (usable) header: back off exponentially
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            seconds = min(2.0 ** attempt, 30.0)
+    if seconds != seconds:                      # NaN
+        seconds = cap
     return max(0.0, min(seconds, cap))
 
 

@@ -12,7 +12,7 @@ import asyncio
 import threading
 
 from sink.calendar.graph import GraphClient
-from sink.calendar.sync import CalendarSyncer
+from sink.calendar.sync import CalendarSyncer, Stopped
 from sink.calendar.token import TokenProvider
 from sink.config.calendar import CalendarConfig
 from sink.log import get_logger
@@ -32,11 +32,16 @@ class CalendarSync:
 
     def __init__(self, config: CalendarConfig, engine, syncer: CalendarSyncer | None = None):
         self.config = config
-        self.syncer = syncer or make_syncer(config, engine)
         self._stopping = threading.Event()
+        self.syncer = syncer or make_syncer(config, engine, sleep=self._sleep)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.passes = 0
+
+    def _sleep(self, seconds: float) -> None:
+        """A Retry-After wait that SIGTERM cuts short: shutdown never waits for Graph."""
+        if self._stopping.wait(seconds):
+            raise Stopped()
 
     async def start(self) -> None:
         self._stopping.clear()

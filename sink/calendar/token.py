@@ -74,6 +74,9 @@ class TokenProvider:
             try:
                 secret = self.config.read_secret()
             except Exception as exc:            # ConfigError: unreadable secret file
+                if not self._refused or self._refused[1] != str(exc):
+                    log.error("calendar.secret_unreadable", reason=str(exc))
+                self._refused = ("", str(exc), self.clock())
                 raise TokenError(str(exc), refused=True) from None
             digest = hashlib.sha256(secret.encode()).hexdigest()
             if self._refused and self._refused[0] == digest \
