@@ -1,7 +1,8 @@
 """The calendar's database side: the per-user lock, the sync state, rows, links and trace.
 
 Everything a pass knows between passes is here, never in a process: several sink instances on
-one PostgreSQL take turns per user through an advisory lock, and a pass killed at any point
+one PostgreSQL take turns per user through an advisory lock (on SQLite, processes of one host
+through a file lock), and a pass killed at any point
 leaves rows that the next pass finds by Graph id (or by our transactionId) and updates instead
 of duplicating.
 """
@@ -9,8 +10,9 @@ of duplicating.
 from __future__ import annotations
 
 import contextlib
-import threading
+import fcntl
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -21,8 +23,6 @@ from sink.mail.textnorm import domain_of
 LOCK_NAMESPACE = 0x5C41         # first key of pg_try_advisory_lock(int, int): "the calendar"
 TRACE_DAYS = 90
 TRANSACTION_PREFIX = "crm-sink-"
-_local_locks: dict[int, threading.Lock] = {}
-_local_guard = threading.Lock()
 
 
 def now() -> datetime:
@@ -31,19 +31,10 @@ def now() -> datetime:
 
 @contextlib.contextmanager
 def user_lock(engine: Engine, user_id: int):
-    """True while this process holds the user's pass; False when another one does."""
+    """True while this process holds the user's pass; False when another pass has it."""
     if engine.dialect.name != "postgresql":
-        # SQLite is one host's file: the sink instances sharing it are this process's threads
-        # (serve's task and nothing else), and every write transaction is BEGIN IMMEDIATE.
-        with _local_guard:
-            lock = _local_locks.setdefault(user_id, threading.Lock())
-        if not lock.acquire(blocking=False):
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+        with _file_lock(engine, user_id) as mine:
+            yield mine
         return
     with engine.connect() as conn:
         got = conn.execute(select(func.pg_try_advisory_lock(LOCK_NAMESPACE, user_id))).scalar()
@@ -54,6 +45,28 @@ def user_lock(engine: Engine, user_id: int):
             if got:
                 conn.execute(select(func.pg_advisory_unlock(LOCK_NAMESPACE, user_id)))
                 conn.commit()
+
+
+@contextlib.contextmanager
+def _file_lock(engine: Engine, user_id: int):
+    """SQLite: an flock on a file beside the database, one per user - shared by `serve` and
+    `sink calendar sync` on the same host, released by the kernel when a process dies."""
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield True
+        return
+    folder = Path(f"{database}.calendar-locks")
+    folder.mkdir(exist_ok=True)
+    with open(folder / str(int(user_id)), "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def users(conn: Connection, only: str | None = None) -> list[dict]:
