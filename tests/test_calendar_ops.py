@@ -69,7 +69,7 @@ class Hold:
             self.release.wait(30)
 
 
-def kill_sync_when(cal, tmp_path, when) -> None:
+def kill_sync_when(cal, tmp_path, when, while_held=lambda: None) -> None:
     """Start `sink calendar sync` in a subprocess, kill -9 it while the fake holds ``when``."""
     config = cal.write_config(tmp_path / "sink.toml")
     hold = Hold(when)
@@ -80,6 +80,7 @@ def kill_sync_when(cal, tmp_path, when) -> None:
                             stderr=subprocess.PIPE)
     try:
         assert hold.holding.wait(60), proc.stderr.read1().decode()
+        while_held()
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(10) == -signal.SIGKILL
     finally:
@@ -98,7 +99,10 @@ def test_kill_9_in_the_middle_of_a_delta_round_loses_and_duplicates_nothing(cal,
     for day in range(1, 4):
         cal.tenant.add_event(cal.alice, f"Later {day}", hour(day, 15))
     # Held: the answer to the second page of the next round; the first page is committed.
-    kill_sync_when(cal, tmp_path, lambda m, p, r: m == "GET" and "$skiptoken=" in p)
+    busy = []
+    kill_sync_when(cal, tmp_path, lambda m, p, r: m == "GET" and "$skiptoken=" in p,
+                   lambda: busy.append(cal.run("alice@firma.cz")["alice@firma.cz"].status))
+    assert busy == ["busy"]                     # the other process holds Alice's pass
     committed = len(cal.rows("alice@firma.cz"))
     assert 9 <= committed < 12                  # killed part-way through the new events
 
