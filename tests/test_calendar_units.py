@@ -201,3 +201,20 @@ def test_stopping_cuts_a_retry_after_wait_short(tmp_path):
         component._sleep(60)
     assert clock.monotonic() - began < 5
     component.syncer.graph.close()
+
+
+def test_the_token_session_never_waits_for_ever(tmp_path):
+    import socket
+    from sink.calendar.token import TokenError, TokenProvider, _Session
+    (tmp_path / "graph.secret").write_text("s")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)                                   # accepts, never answers
+    port = silent.getsockname()[1]
+    cfg = calendar(authority=f"https://127.0.0.1:{port}")
+    cfg = type(cfg)(**{**cfg.__dict__, "client_secret_file": tmp_path / "graph.secret"})
+    session = _Session()
+    session.timeout = 0.5
+    with pytest.raises(TokenError, match="unavailable"):
+        TokenProvider(cfg, session=session).token()
+    silent.close()

@@ -23,6 +23,17 @@ log = get_logger("sink.calendar.token")
 SCOPES = ["https://graph.microsoft.com/.default"]
 
 
+class _Session(requests.Session):
+    """requests has no session-wide timeout, and msal sets none on a session it is given:
+    without one, a token endpoint that stops answering would hang the pass for ever."""
+
+    timeout = 30.0
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, **kwargs)
+
+
 class TokenError(Exception):
     """No token. ``refused``: Entra ID said no (fix the secret); else a transient failure."""
 
@@ -46,7 +57,7 @@ class TokenProvider:
         self.config = config
         self.retry_after = retry_after
         self.clock = clock
-        self.session = session or requests.Session()
+        self.session = session or _Session()
         if config.ca_file is not None:
             self.session.verify = str(config.ca_file)
             # requests lets $REQUESTS_CA_BUNDLE override a session's verify: a configured CA
