@@ -73,7 +73,11 @@ async def serve_until_signal(app: SinkApp) -> None:
 def build(config: Config, engine) -> SinkApp:
     """The app ``sink serve`` runs for ``config``."""
     from sink.storage import make_storage
-    return SinkApp(config, make_storage(config, engine))
+    components = []
+    if config.calendar is not None:     # issue 15: in the background, never on a mail's path
+        from sink.calendar.service import CalendarSync
+        components.append(CalendarSync(config.calendar, engine))
+    return SinkApp(config, make_storage(config, engine), components)
 
 
 def run(config: Config, engine) -> int:

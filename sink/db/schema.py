@@ -272,3 +272,84 @@ invitation_responses = Table(
     Column("message_id", Integer, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True,
            index=True),
 )
+
+# ------------------------------------------------------------------------------------ calendar
+# Issue 15 (SPEC 7 "Calendar"): activities kept in step with each user's Office 365 calendar.
+# docs/CALENDAR.md documents every column for the CRM side.
+
+calendar_activities = Table(
+    "calendar_activities", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # The CRM sets this to put an activity in the user's calendar; rows from Outlook have it.
+    Column("outlook", Boolean, nullable=False, default=False),
+    # The CRM sets this (instead of deleting the row) to delete the event in Outlook too.
+    Column("crm_deleted", Boolean, nullable=False, default=False),
+    # When the CRM last edited the row (conflicts: the later change wins).
+    Column("crm_modified_at", DateTime(timezone=True), nullable=True),
+    Column("graph_id", String(500), nullable=True),
+    Column("change_key", String(200), nullable=True),
+    Column("graph_modified_at", DateTime(timezone=True), nullable=True),
+    Column("ical_uid", String(500), nullable=True, index=True),
+    Column("event_type", String(20), nullable=False, default="singleInstance"),
+    Column("series_master_id", String(500), nullable=True, index=True),
+    Column("original_start", DateTime(timezone=True), nullable=True),
+    Column("recurrence", JSON, nullable=True),              # Graph's patternedRecurrence
+    Column("cancelled", Boolean, nullable=False, default=False),
+    Column("type_name", String(200), nullable=False),
+    Column("type_id", Integer, ForeignKey("activity_types.id"), nullable=True),
+    Column("subject", Text, nullable=False, default=""),
+    Column("location", Text, nullable=False, default=""),
+    Column("start", DateTime(timezone=True), nullable=True),
+    Column("end", DateTime(timezone=True), nullable=True),
+    Column("all_day", Boolean, nullable=False, default=False),
+    Column("organizer", String(320), nullable=True),
+    Column("attendees", JSON, nullable=False),               # [{"email", "name", "type"}]
+    Column("invitation_id", Integer, ForeignKey("invitations.id", ondelete="SET NULL"),
+           nullable=True, index=True),
+    # Digest of the synchronised fields as last agreed with Outlook: a CRM edit changes them.
+    Column("synced_hash", String(64), nullable=True),
+    Column("synced_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("user_id", "graph_id"),
+)
+
+calendar_activity_contacts = Table(
+    "calendar_activity_contacts", metadata,
+    Column("activity_id", Integer, ForeignKey("calendar_activities.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("contact_id", Integer, ForeignKey("contacts.id", ondelete="CASCADE"),
+           primary_key=True),
+)
+
+calendar_activity_companies = Table(
+    "calendar_activity_companies", metadata,
+    Column("activity_id", Integer, ForeignKey("calendar_activities.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("company_id", Integer, ForeignKey("companies.id", ondelete="CASCADE"),
+           primary_key=True),
+)
+
+calendar_sync_state = Table(
+    # Per user: the Graph user, the deltaLink of the window, the last pass's outcome.
+    "calendar_sync_state", metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("graph_user_id", String(200), nullable=True),
+    Column("delta_link", Text, nullable=True),
+    Column("window", String(40), nullable=True),             # "30/365": days back/ahead
+    Column("last_success", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("error_kind", String(40), nullable=True),
+)
+
+calendar_trace = Table(
+    # What each pass did, conflicts included ("outlook wins: later change"), newest last.
+    "calendar_trace", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("activity_id", Integer, nullable=True),
+    Column("graph_id", String(500), nullable=True),
+    Column("action", String(40), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+)
