@@ -1,8 +1,9 @@
 """``sink serve``, assembled in one place: storage, listeners, sources, background tasks,
 signals and the order things stop in.
 
-Start: storage first (no listener takes mail before the storage can), then the listeners, then
-the sources and background tasks. Stop (SIGTERM/SIGINT): the listeners stop accepting, the
+Start: storage first (no listener takes mail before the storage can), then the suspension
+state (a suspended instance must not take one message before it knows), then the listeners,
+then the sources and background tasks. Stop (SIGTERM/SIGINT): the listeners stop accepting, the
 sources stop fetching (whatever they submitted is still answered), every message in flight is
 committed and answered, the sessions close, the storage answers what it holds and stops, and
 the background tasks (work after a commit) stop last.
@@ -34,15 +35,24 @@ class SinkApp:
     """One running instance: ``storage`` (:mod:`sink.storage`), the listeners, and
     ``components`` (sources, background tasks) in the order they start."""
 
-    def __init__(self, config: Config, storage, components: Sequence[Component] = ()):
+    def __init__(self, config: Config, storage, components: Sequence[Component] = (), *,
+                 suspension=None, notifier=None):
+        from sink.operations import Ops
         self.config = config
         self.storage = storage
-        self.listeners = Listeners(config, storage)
+        # what every part asks or tells operations (sink.operations): app.suspension.active /
+        # .store, app.notifier.notify(kind, subject, body), app.metrics
+        self.ops = Ops(suspension, notifier=notifier)
+        self.suspension, self.notifier, self.metrics = (self.ops.suspension, self.ops.notifier,
+                                                        self.ops.metrics)
+        self.listeners = Listeners(config, storage, self.ops)
         self.components = list(components)
 
     async def start(self) -> list[tuple[str, int]]:
         """Start everything; the bound (host, port) of each listener, in config order."""
         await self.storage.start()
+        if hasattr(self.suspension, "start"):
+            await self.suspension.start()
         bound = await self.listeners.start()
         for component in self.components:
             await component.start()
@@ -54,6 +64,8 @@ class SinkApp:
             await component.stop()
         left = await self.listeners.stop(grace)
         await self.storage.close()
+        if hasattr(self.suspension, "stop"):
+            await self.suspension.stop()
         log.info("server.stopped", in_flight_at_stop=left)
 
 
@@ -71,9 +83,26 @@ async def serve_until_signal(app: SinkApp) -> None:
 
 
 def build(config: Config, engine) -> SinkApp:
-    """The app ``sink serve`` runs for ``config``."""
+    """The app ``sink serve`` runs for ``config``: storage, the suspension state, error mails
+    (first component: started first, stopped last, so every other part can still notify while
+    it stops) and ``[metrics]``."""
+    from sink.notify import Notifier
     from sink.storage import make_storage
-    return SinkApp(config, make_storage(config, engine))
+    from sink.suspension import Suspension
+    notifier = Notifier(config.notify)
+    storage = make_storage(config, engine)
+    app = SinkApp(config, storage, [notifier], suspension=Suspension(engine, config.boxes),
+                  notifier=notifier)
+    if hasattr(storage, "on_restart"):
+        storage.on_restart = lambda number, status, lost: notifier.notify(
+            "worker_restarted", f"storage worker {number} restarted",
+            f"Storage worker {number} exited (exit status {status}) and was started again; "
+            f"{lost} message(s) it had in hand were answered 451 and will be resent by the "
+            f"MTA.\n\nSee the log (worker.exited) and: sink status")
+    if config.metrics is not None:
+        from sink.metrics import MetricsServer
+        app.components.append(MetricsServer(config.metrics, app, engine))
+    return app
 
 
 def run(config: Config, engine) -> int:

@@ -56,6 +56,7 @@ class Envelope:
     mail_from: str | None = None
     rcpt_tos: tuple[str, ...] = ()
     bcc: tuple[str, ...] = ()         # recipients known from a journal envelope or own copy
+    hold: bool = False                # `sink suspend --store`: store as pending, decide nothing
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,8 @@ class Intake:
         if existing is not None:
             stored_id, status, verdict = existing
             return Delivery(box.address, stored_id, status, verdict, None, already_stored=True)
+        if prepared.envelope.hold:
+            return self._store_held(conn, prepared, box)
         return self._store(conn, prepared.raw, prepared.sha256, prepared.parsed,
                            prepared.envelope, box, prepared.carried)
 
@@ -356,6 +359,25 @@ class Intake:
                 return [self._evaluate(conn, m, box, directory) for m in messages]
             finally:
                 conn.rollback()
+
+    # ------------------------------------------------------------ suspend --store (issue 14)
+    # A held message is stored `pending` with no decision; `sink resume` decides it later
+    # (sink.suspension.resume: in arrival order, each in its own transaction, its row locked).
+    def _store_held(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
+        message_id = self._insert_message(conn, prepared.raw, prepared.sha256, prepared.parsed,
+                                          prepared.envelope, box)
+        return Delivery(box.address, message_id, "pending", None, None)
+
+    def decide_held(self, conn: Connection, message_id: int, raw: bytes, envelope: Envelope,
+                    box: BoxConfig) -> Delivery:
+        """Decide a `pending` message (``envelope``: as it arrived) inside the caller's
+        transaction, which holds its row locked: a carrier's messages are stored and decided
+        as on arrival."""
+        parsed = parse_message(raw, bcc=envelope.bcc)
+        carried = unwrap(parsed)
+        if carried is not None:
+            return self._store_carried(conn, message_id, carried, envelope, box)
+        return self._decide(conn, message_id, parsed, box)
 
     # ------------------------------------------------------------------------------ steps
     def _store(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
@@ -486,6 +508,8 @@ class Intake:
         elif delivery.carried:
             log.info("message.unwrapped", carried=[c.message_id for c in delivery.carried],
                      **fields)
+        elif delivery.status == "pending":
+            log.info("message.held", **fields)
         elif delivery.status == "failed":
             log.error("message.failed", error=delivery.error, **fields)
         else:

@@ -17,6 +17,8 @@ from typing import Any
 from sink.config.boxes import BoxConfig, parse_box
 from sink.config.checks import ConfigError, check_keys, resolve, string, whole
 from sink.config.listeners import ListenerConfig, parse_listener
+from sink.config.metrics import MetricsConfig, parse_metrics
+from sink.config.notify import NotifyConfig, parse_notify
 from sink.mail.textnorm import fold_address
 
 __all__ = ["BoxConfig", "Config", "ConfigError", "ListenerConfig", "LogConfig", "load_config",
@@ -38,6 +40,8 @@ class Config:
     storage_threads: int | None = None
     storage_workers: int | None = None
     path: Path | None = None
+    notify: NotifyConfig | None = None
+    metrics: MetricsConfig | None = None
 
     def box(self, address: str | None) -> BoxConfig:
         """The box with this address, or the first box when ``address`` is None."""
@@ -67,7 +71,8 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
     """``data`` (a parsed TOML document) as a Config; relative paths are taken from ``base``
     (the config file's directory; default: the working directory at the call)."""
     base = Path.cwd() if base is None else base
-    check_keys("config", data, {"database", "listeners", "boxes", "log", "storage"})
+    check_keys("config", data, {"database", "listeners", "boxes", "log", "storage",
+                              "notify", "metrics"})
     listeners = data.get("listeners", [])
     if not isinstance(listeners, list):
         raise ConfigError("listeners: expected [[listeners]] tables")
@@ -99,6 +104,8 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
         else None,
         storage_workers=workers,
         path=path,
+        notify=parse_notify(data.get("notify")),
+        metrics=parse_metrics(data.get("metrics")),
     )
 
 
