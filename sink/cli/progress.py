@@ -23,9 +23,13 @@ def progress(label: str, total: int | None, *, enabled: bool | None = None
     if not enabled:
         yield lambda n=1: None
         return
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
+    # what the command prints meanwhile goes through rich's proxy of stdout: unwrapped and
+    # uncoloured, so a JSON line stays exactly the line a pipe would get
+    console = Console(soft_wrap=True, highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as bar:
+                  TimeRemainingColumn(), transient=True, console=console) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n=1: bar.advance(task, n)
