@@ -24,6 +24,7 @@ instance sharing it obeys, and a restart keeps it.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
@@ -205,7 +206,7 @@ class Suspension:
             if self.last_read is not None:
                 log.warning("suspension.unreadable", error=type(error).__name__)
             return
-        self.last_read = loop.time()
+        self.last_read = time.monotonic()      # /healthz compares with time.monotonic()
         if state != self.state:
             before, self.state = self.state, state
             log.info("suspension.changed", suspended=state.suspended, store=state.store,

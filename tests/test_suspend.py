@@ -4,6 +4,7 @@ on PostgreSQL, against a second resume and after a kill -9."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -98,6 +99,24 @@ def test_store_keeps_mail_pending_and_resume_decides_it_in_arrival_order(served,
     assert wait_for(lambda: not running.app.suspension.active, 1.5)
 
 
+def test_a_message_kept_pending_after_the_resume_is_decided_by_the_instance(served, engine):
+    """An instance may store a message as pending after `resume` lifted the state (it reads
+    the row twice a second): it decides such stragglers itself once it sees the change."""
+    from sink.suspension import STRAGGLER_DELAY
+    running, path = served
+    sink_cli(path, "suspend", "--store")
+    assert wait_for(lambda: running.app.suspension.store, 1.5)
+    client = MailClient(running.port)
+    client.hello()
+    assert client.send(make_mail(subject="straggler"))[-1][0] == 250
+    client.close()
+    assert [s for _, s, _ in statuses(engine)] == ["pending"]
+    with engine.begin() as conn:      # lifted as by a resume that did not see this message
+        conn.execute(t.operation_state.update().values(suspended=False, store=False))
+    assert wait_for(lambda: [s for _, s, _ in statuses(engine)] == ["processed"],
+                    STRAGGLER_DELAY + 5)
+
+
 def test_pending_carrier_is_unwrapped_on_resume(engine, db_url):
     from email.message import EmailMessage
     from sink.suspension import resume
@@ -165,6 +184,9 @@ def test_two_instances_obey_suspend_within_a_second_and_after_a_restart(pg_engin
             paths.append(tmp_path / f"sink{i}.toml")
             write_config(paths[-1], url, port)
             sinks.append(SinkProcess(paths[-1], port))
+        status = json.loads(sink_cli(paths[0], "status", "--json")[1])
+        assert status["listeners"] == [{"protocol": "lmtp", "address": f"127.0.0.1:"
+                                        f"{sinks[0].port}", "accepting": True}]
         assert sink_cli(paths[0], "suspend")[0] == 0
         began = time.monotonic()
         for sink in sinks:
@@ -202,7 +224,6 @@ def test_two_resumes_at_once_decide_each_message_once_in_order(pg_engine, tmp_pa
     procs = [resume_process(path) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    import json
     decided = [json.loads(out.splitlines()[-1])["decided"] for out, _ in outs]
     assert sum(decided) == 120, decided
     decided_once_in_order(pg_engine)
