@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
@@ -146,8 +147,15 @@ def health_problems(app) -> list[str]:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10            # a client that sends nothing holds its thread no longer than this
+
     def log_message(self, *args):       # scrapes every 15 s are not worth a log line each
         pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per request: a slow client never holds up the next scrape or health check."""
+    daemon_threads = True
 
 
 class MetricsServer:
@@ -178,7 +186,7 @@ class MetricsServer:
             return [b"not found: /metrics or /healthz\n"]
 
         self.server = make_server(self.config.host, self.config.port, route,
-                                  handler_class=_QuietHandler)
+                                  server_class=_Server, handler_class=_QuietHandler)
         self.bound = self.server.server_address[:2]
         self.thread = threading.Thread(target=self.server.serve_forever, name="sink-metrics",
                                        daemon=True)

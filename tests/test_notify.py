@@ -142,3 +142,29 @@ def test_storage_4xx_for_more_than_a_minute_notifies_once(relay):
     assert "database unavailable" in sent[0][2] and "sink status" in sent[0][2]
     ops.observe("lmtp", [], ["250 ok"], None)        # a success ends the streak
     assert ops.deferring_since is None
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.one_of(st.text(max_size=40),
+                 st.builds(lambda h, p: f"{h}:{p}", st.text(max_size=10),
+                           st.text(alphabet="0123456789²٣", max_size=6))))
+def test_any_smtp_server_text_is_parsed_or_refused_naming_the_key(text):
+    from sink.config.metrics import parse_metrics
+    for parse, key in ((lambda v: parse_notify({"smtp_server": v, "from": "a@b.cz",
+                                                "to": ["c@d.cz"]}), "notify.smtp_server"),
+                       (lambda v: parse_metrics({"address": v}), "metrics.address")):
+        try:
+            parsed = parse(text)
+        except ConfigError as error:
+            assert str(error).startswith(key)
+            continue
+        assert 0 <= parsed.port < 65536 and parsed.host
+
+
+@given(st.sampled_from(["localhost", "10.0.0.1", "mail.firma.cz", "[::1]"]),
+       st.integers(1, 65535))
+def test_host_and_port_survive_the_round_trip(host, port):
+    parsed = parse_notify({"smtp_server": f"{host}:{port}", "from": "a@b.cz", "to": ["c@d.cz"]})
+    assert (parsed.host, parsed.port) == (host.strip("[]"), port)

@@ -25,6 +25,6 @@ def parse_metrics(raw: Any) -> MetricsConfig | None:
     table = check_keys("metrics", raw, {"address"})
     address = string("metrics.address", table.get("address", "127.0.0.1:9464"))
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise ConfigError(f"metrics.address: expected HOST:PORT, got {address!r}")
     return MetricsConfig(host.strip("[]") or "127.0.0.1", int(port))

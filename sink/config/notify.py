@@ -31,7 +31,8 @@ def parse_notify(raw: Any) -> NotifyConfig | None:
     host, sep, port = server.rpartition(":")
     if not sep:                          # a bare host name: the SMTP port
         host, port = server, "25"
-    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+    digits = port.isascii() and port.isdigit()       # int() would take "²" or "٣"
+    if not host.strip("[]") or not digits or not 0 < int(port) < 65536:
         raise ConfigError(f"notify.smtp_server: expected HOST:PORT, got {server!r}")
     host, number = host.strip("[]"), int(port)
     if "from" not in table:
