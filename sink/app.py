@@ -1,12 +1,13 @@
 """``sink serve``, assembled in one place: storage, listeners, sources, background tasks,
 signals and the order things stop in.
 
-Start: storage first (no listener takes mail before the storage can), then the suspension
-state (a suspended instance must not take one message before it knows), then the listeners,
-then the sources and background tasks. Stop (SIGTERM/SIGINT): the listeners stop accepting, the
-sources stop fetching (whatever they submitted is still answered), every message in flight is
-committed and answered, the sessions close, the storage answers what it holds and stops, and
-the background tasks (work after a commit) stop last.
+Start: the error mails' sender (it stops last: every part may notify while it stops), storage
+(no listener takes mail before the storage can), the suspension state (a suspended instance
+must not take one message before it knows), then the listeners, then the sources and
+background tasks. Stop (SIGTERM/SIGINT): the listeners stop accepting, the sources stop
+fetching (whatever they submitted is still answered), every message in flight is committed and
+answered, the sessions close, the storage answers what it holds and stops, and the background
+tasks (work after a commit) stop last, then the suspension poller and the error mails' sender.
 
 A *component* (a source, a background task) is any object with ``async start()`` and
 ``async stop()``; ``start`` returns once it runs, ``stop`` once it has finished its work in hand.
@@ -50,6 +51,7 @@ class SinkApp:
 
     async def start(self) -> list[tuple[str, int]]:
         """Start everything; the bound (host, port) of each listener, in config order."""
+        await self.notifier.start()     # first and last: every part may notify meanwhile
         await self.storage.start()
         if hasattr(self.suspension, "start"):
             await self.suspension.start()
@@ -66,6 +68,7 @@ class SinkApp:
         await self.storage.close()
         if hasattr(self.suspension, "stop"):
             await self.suspension.stop()
+        await self.notifier.stop()
         log.info("server.stopped", in_flight_at_stop=left)
 
 
@@ -84,14 +87,14 @@ async def serve_until_signal(app: SinkApp) -> None:
 
 def build(config: Config, engine) -> SinkApp:
     """The app ``sink serve`` runs for ``config``: storage, the suspension state, error mails
-    (first component: started first, stopped last, so every other part can still notify while
-    it stops) and ``[metrics]``."""
+    (``app.notifier``: started first, stopped last, so every other part can still notify
+    while it stops) and ``[metrics]``."""
     from sink.notify import Notifier
     from sink.storage import make_storage
     from sink.suspension import Suspension
     notifier = Notifier(config.notify)
     storage = make_storage(config, engine)
-    app = SinkApp(config, storage, [notifier], suspension=Suspension(engine, config.boxes),
+    app = SinkApp(config, storage, suspension=Suspension(engine, config.boxes),
                   notifier=notifier)
     if hasattr(storage, "on_restart"):
         storage.on_restart = lambda number, status, lost: notifier.notify(

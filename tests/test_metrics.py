@@ -171,7 +171,7 @@ def test_a_failed_message_is_mailed_with_what_to_run(engine, db_url, relay):  # 
     config = config_for(db_url, listeners=[{"protocol": "lmtp", "address": "127.0.0.1:0"}])
     notifier = Notifier(NotifyConfig("127.0.0.1", relay.port, "crmservice@firma.cz",
                                      ("support@firma.cz",), 900))
-    app = SinkApp(config, make_storage(config, intake=Intake(engine, rules=_boom)), [notifier],
+    app = SinkApp(config, make_storage(config, intake=Intake(engine, rules=_boom)),
                   notifier=notifier)
     loop = asyncio.new_event_loop()
     port = loop.run_until_complete(app.start())[0][1]
