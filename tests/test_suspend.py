@@ -256,3 +256,23 @@ def test_resume_killed_half_way_is_finished_by_the_next_resume(pg_engine, tmp_pa
     code, out, _ = sink_cli(path, "resume")
     assert code == 0 and f'"decided": {left}' in out
     decided_once_in_order(pg_engine)
+
+
+def test_status_shows_sources_and_counts(engine, db_url, tmp_path):
+    from datetime import datetime, timezone
+    from sink.db.source_status import record_error, record_success
+    path = tmp_path / "sink.toml"
+    write_config(path, db_url, 1)
+    ok = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        record_success(conn, "imap-office", ok)
+        record_error(conn, "imap-office", "login refused\x00 by server")
+        record_success(conn, "eml-drop")
+    report = json.loads(sink_cli(path, "status", "--json")[1])
+    by_name = {s["name"]: s for s in report["sources"]}
+    assert set(by_name) == {"imap-office", "eml-drop"}
+    assert by_name["imap-office"]["last_success"].startswith("2026-12-01T09:00:00")
+    assert by_name["imap-office"]["last_error"] == "login refused\ufffd by server"
+    assert by_name["eml-drop"]["last_error"] is None
+    text = sink_cli(path, "status")[1]
+    assert "source:    imap-office last success 2026-12-01" in text and "login refused" in text

@@ -78,15 +78,15 @@ def cmd_status(config: Config, args) -> int:
 
 def status_report(config: Config) -> dict:
     from sink.db import schema as t
+    from sink.db.source_status import sources as source_rows
     from sink.suspension import read_state
     with engine_for(config).connect() as conn:
         state = read_state(conn)
         counts = dict(conn.execute(select(t.messages.c.status, func.count()).where(
             t.messages.c.status.in_(("failed", "pending"))).group_by(t.messages.c.status)).all())
-        sources = [dict(name=r.name, last_success=_iso(r.last_success),
-                        last_error=r.last_error, last_error_at=_iso(r.last_error_at))
-                   for r in conn.execute(select(t.source_status).order_by(
-                       t.source_status.c.name))]
+        sources = [dict(name=r["name"], last_success=_iso(r["last_success"]),
+                        last_error=r["last_error"], last_error_at=_iso(r["last_error_at"]))
+                   for r in source_rows(conn)]
     return {"suspended": state.suspended, "store": state.suspended and state.store,
             "reason": state.reason, "since": _iso(state.since),
             "listeners": [{"protocol": l.protocol, "address": l.address,
