@@ -10,7 +10,9 @@ time (cached for :data:`DB_CACHE_SECONDS`), so every instance sharing it reports
 
 - ``sink_messages_total{channel,verdict}``: every new message row (a carrier ``UNWRAPPED`` and
   each message it carried); verdict ``FAILED`` for a message stored ``failed`` and ``PENDING``
-  for one kept by ``suspend --store``; an already-stored resend is not counted;
+  for one kept by ``suspend --store``; an already-stored resend is not counted, nor what
+  ``sink ingest`` / ``replay`` / ``resume`` store (their own processes; the database gauges
+  below see their results);
 - ``sink_replies_total{code}``: each final reply to a transaction (after DATA; LMTP once per
   recipient) and each ``451`` at MAIL/RCPT while suspended;
 - ``sink_reply_seconds``: MAIL FROM to the reply after DATA;
