@@ -1,14 +1,18 @@
 """``sink serve``, assembled in one place: storage, listeners, sources, background tasks,
 signals and the order things stop in.
 
-Start: storage first (no listener takes mail before the storage can), then the listeners, then
-the sources and background tasks. Stop (SIGTERM/SIGINT): the listeners stop accepting, the
-sources stop fetching (whatever they submitted is still answered), every message in flight is
-committed and answered, the sessions close, the storage answers what it holds and stops, and
-the background tasks (work after a commit) stop last.
+Start: the error mails' sender (it stops last: every part may notify while it stops), storage
+(no listener takes mail before the storage can), the suspension state (a suspended instance
+must not take one message before it knows), then the listeners, then the sources and
+background tasks. Stop (SIGTERM/SIGINT): the listeners stop accepting, the sources stop
+fetching (whatever they submitted is still answered), every message in flight is committed and
+answered, the sessions close, the storage answers what it holds and stops, and the background
+tasks (work after a commit) stop last, then the suspension poller and the error mails' sender.
 
 A *component* (a source, a background task) is any object with ``async start()`` and
 ``async stop()``; ``start`` returns once it runs, ``stop`` once it has finished its work in hand.
+Sources deliver mail (they stop before the storage does); background tasks work after commits
+or beside the mail (calendar sync, metrics: they stop after the storage).
 """
 
 from __future__ import annotations
@@ -32,29 +36,45 @@ class Component(Protocol):
 
 
 class SinkApp:
-    """One running instance: ``storage`` (:mod:`sink.storage`), the listeners, and
-    ``components`` (sources, background tasks) in the order they start."""
+    """One running instance: ``storage`` (:mod:`sink.storage`), the listeners, ``sources`` and
+    ``background`` tasks (components, each list in the order they start)."""
 
-    def __init__(self, config: Config, storage, components: Sequence[Component] = ()):
+    def __init__(self, config: Config, storage, *, sources: Sequence[Component] = (),
+                 background: Sequence[Component] = (), suspension=None, notifier=None):
+        from sink.operations import Ops
         self.config = config
         self.storage = storage
-        self.listeners = Listeners(config, storage)
-        self.components = list(components)
+        # what every part asks or tells operations (sink.operations): app.suspension.active /
+        # .store, app.notifier.notify(kind, subject, body), app.metrics
+        self.ops = Ops(suspension, notifier=notifier)
+        self.suspension, self.notifier, self.metrics = (self.ops.suspension, self.ops.notifier,
+                                                        self.ops.metrics)
+        self.listeners = Listeners(config, storage, self.ops)
+        self.sources = list(sources)
+        self.background = list(background)
 
     async def start(self) -> list[tuple[str, int]]:
         """Start everything; the bound (host, port) of each listener, in config order."""
+        await self.notifier.start()     # first and last: every part may notify meanwhile
         await self.storage.start()
+        if hasattr(self.suspension, "start"):
+            await self.suspension.start()
         bound = await self.listeners.start()
-        for component in self.components:
+        for component in (*self.sources, *self.background):
             await component.start()
         return bound
 
     async def stop(self, grace: float = 60.0) -> None:
         self.listeners.stop_accepting()
-        for component in reversed(self.components):
-            await component.stop()
+        for source in reversed(self.sources):
+            await source.stop()
         left = await self.listeners.stop(grace)
         await self.storage.close()
+        for task in reversed(self.background):
+            await task.stop()
+        if hasattr(self.suspension, "stop"):
+            await self.suspension.stop()
+        await self.notifier.stop()
         log.info("server.stopped", in_flight_at_stop=left)
 
 
@@ -71,13 +91,29 @@ async def serve_until_signal(app: SinkApp) -> None:
 
 
 def build(config: Config, engine) -> SinkApp:
-    """The app ``sink serve`` runs for ``config``."""
+    """The app ``sink serve`` runs for ``config``: storage, the suspension state, error mails
+    (``app.notifier``: started first, stopped last, so every other part can still notify
+    while it stops) and ``[metrics]``."""
+    from sink.notify import Notifier
     from sink.storage import make_storage
-    components = []
+    from sink.suspension import Suspension
+    notifier = Notifier(config.notify)
+    storage = make_storage(config, engine)
+    app = SinkApp(config, storage, suspension=Suspension(engine, config.boxes),
+                  notifier=notifier)
+    if hasattr(storage, "on_restart"):
+        storage.on_restart = lambda number, status, lost: notifier.notify(
+            "worker_restarted", f"storage worker {number} restarted",
+            f"Storage worker {number} exited (exit status {status}) and was started again; "
+            f"{lost} message(s) it had in hand were answered 451 and will be resent by the "
+            f"MTA.\n\nSee the log (worker.exited) and: sink status")
     if config.calendar is not None:     # issue 15: in the background, never on a mail's path
         from sink.calendar.service import CalendarSync
-        components.append(CalendarSync(config.calendar, engine))
-    return SinkApp(config, make_storage(config, engine), components)
+        app.background.append(CalendarSync(config.calendar, engine))
+    if config.metrics is not None:
+        from sink.metrics import MetricsServer
+        app.background.append(MetricsServer(config.metrics, app, engine))
+    return app
 
 
 def run(config: Config, engine) -> int:

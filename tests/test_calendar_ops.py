@@ -195,7 +195,7 @@ def test_serve_runs_the_sync_in_the_background_and_stops_it(cal):
     from sink.app import build
     cal.tenant.add_event(cal.bob, "Lunch", hour(1))
     app = build(cal.config, cal.engine)
-    [component] = app.components
+    [component] = app.background
     component.syncer = cal.syncer                   # the harness's (recorded sleeps)
 
     async def run():

@@ -1,7 +1,7 @@
 """calendar
 
 Revision ID: 0009
-Revises: 0003
+Revises: 0008
 Create Date: 2026-12-01
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0009'
-down_revision = '0003'
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

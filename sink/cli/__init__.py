@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import sys
 
-from sink.cli import admin, calendar, inspect, mail
+from sink.cli import admin, calendar, inspect, mail, operations
 from sink.cli.common import EXIT_TRANSIENT, EXIT_USAGE, Parser, UsageError
 from sink.config import ConfigError, load_config
 
-COMMAND_MODULES = (admin, mail, inspect, calendar)
+COMMAND_MODULES = (admin, mail, inspect, operations, calendar)
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="sink", description="Mail-to-CRM intake.")
+    p = Parser(prog="sink", description="Mail-to-CRM intake: every customer e-mail stored and "
+               "logged in the CRM.", epilog="`sink COMMAND --help` describes each command. "
+               "Start with `sink --config deploy/sink.example.toml db upgrade`.")
     p.add_argument("--config", help="TOML configuration file (default: $SINK_CONFIG)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
     return p
@@ -29,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     from sink.errors import TransientStorageError, classify
     from sink.log import configure
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:                # `sink` alone: the list of commands
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
         config = load_config(args.config)
         configure(config.log.level, config.log.file)
         return args.func(config, args)

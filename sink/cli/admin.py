@@ -19,7 +19,16 @@ def register(sub) -> None:
     imp = directory.add_parser("import", help="upsert users, companies, contacts, ... from JSON")
     imp.add_argument("file")
     imp.set_defaults(func=cmd_directory_import)
-    sub.add_parser("serve", help="run the listeners until SIGTERM").set_defaults(func=cmd_serve)
+    sub.add_parser(
+        "serve", help="run the listeners until SIGTERM",
+        description="Run the configured [[listeners]] (LMTP/SMTP) with their storage workers "
+                    "until SIGTERM or Ctrl-C, then finish every message in flight and exit. "
+                    "Each message is committed with its records before it is answered 250; "
+                    "anything transient is answered 4xx so the MTA retries. Also serves "
+                    "[metrics] (/metrics, /healthz) and sends [notify] error mails when "
+                    "configured, and obeys `sink suspend` / `sink resume` within a second. "
+                    "Run `sink db upgrade` first. The log is JSON lines on standard error "
+                    "(or [log] file).").set_defaults(func=cmd_serve)
 
 
 def cmd_db_upgrade(config: Config, args) -> int:

@@ -32,10 +32,22 @@ def day(text: str):
 def engine_for(config: Config, *, require_schema: bool = True):
     from sink.db.engine import make_engine
     from sink.db.migrate import schema_is_current
+    if require_schema:
+        _refuse_missing_sqlite(config.database_url)
     engine = make_engine(config.database_url)
     if require_schema and not schema_is_current(engine):
         raise UsageError("the database schema is not current: run `sink db upgrade` first")
     return engine
+
+
+def _refuse_missing_sqlite(url: str) -> None:
+    """A SQLite file that does not exist yet was never upgraded: say so without connecting,
+    which would leave an empty database file (and its directory) behind."""
+    from sqlalchemy.engine import make_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).exists():
+        raise UsageError(f"no database at {parsed.database}: run `sink db upgrade` first")
 
 
 def read_files(paths: list[str]) -> list[tuple[str, bytes]]:

@@ -37,24 +37,36 @@ def cmd_messages(config: Config, args) -> int:
         raise UsageError("--limit: expected a positive number")
     with engine_for(config).connect() as conn:
         rows = list_messages(conn, status=args.status, verdict=args.verdict, limit=args.limit)
+    if not args.json:
+        print(_MESSAGES_ROW.format(id="ID", when="RECEIVED (UTC)", channel="CHANNEL",
+                                   status="STATUS", verdict="VERDICT", activities="ACT",
+                                   sender="SENDER", subject="SUBJECT"))
     for row in rows:
         if args.json:
             emit(row)
         else:
             when = row["received_at"].strftime("%Y-%m-%d %H:%M:%S") if row["received_at"] else ""
-            print(f"{row['id']:>7}  {when}  {row['channel']:<6} {row['status']:<9} "
-                  f"{(row['verdict'] or '-'):<18} {row['activities']:>3}  "
-                  f"{(row['sender'] or '-')[:32]:<32}  {(row['subject'] or '')[:60]}")
+            print(_MESSAGES_ROW.format(
+                id=row["id"], when=when, channel=row["channel"], status=row["status"],
+                verdict=row["verdict"] or "-", activities=row["activities"],
+                sender=(row["sender"] or "-")[:32], subject=(row["subject"] or "")[:60]))
     return EXIT_OK
+
+
+# one header line names the columns (ACT: activities created from the message)
+_MESSAGES_ROW = ("{id:>7}  {when:<19}  {channel:<7} {status:<9} {verdict:<18} {activities:>3}  "
+                 "{sender:<32}  {subject}")
 
 
 def cmd_export(config: Config, args) -> int:
     from sink.db.queries import export_raw
     target = Path(args.directory)
     written = skipped = 0
-    with engine_for(config).connect() as conn:
+    from sink.cli.progress import progress
+    with engine_for(config).connect() as conn, progress("export", None) as advance:
         for received_day, name, raw in export_raw(conn, since=args.since, until=args.until,
                                          status=args.status):
+            advance(1)
             path = target / received_day / f"{name}.eml"
             if path.exists() and path.stat().st_size == len(raw):
                 skipped += 1

@@ -52,14 +52,25 @@ def cmd_replay(config: Config, args) -> int:
     Every ID is checked first (known, failed, its box configured): a bad one replays nothing.
     A message a concurrent replay processed meanwhile is reported on stderr (exit 2)."""
     from sink.intake import Intake
-    from sink.intake.replay import ReplayError, candidates, replay
-    if args.all_failed == bool(args.ids):
-        raise UsageError("replay: give message IDs or --all-failed (not both)")
+    from sink.intake.replay import ReplayError, candidates
+    if args.all_failed and args.ids:
+        raise UsageError("replay: give message IDs or --all-failed, not both")
+    if not args.all_failed and not args.ids:
+        raise UsageError("replay: which messages? give message IDs (see `sink messages "
+                         "--status failed`) or --all-failed")
     intake = Intake(engine_for(config))
     try:
         ids = candidates(intake, None if args.all_failed else args.ids, config.boxes)
     except ReplayError as exc:
         raise UsageError(str(exc)) from None
+    from sink.cli.progress import progress
+    with progress("replay", len(ids)) as advance:
+        refused = _replay_each(intake, ids, config, advance)
+    return EXIT_USAGE if refused else EXIT_OK
+
+
+def _replay_each(intake, ids: list[int], config: Config, advance) -> int:
+    from sink.intake.replay import ReplayError, replay
     refused = 0
     for message_id in ids:
         try:
@@ -68,10 +79,12 @@ def cmd_replay(config: Config, args) -> int:
             print(f"sink: error: {exc}", file=sys.stderr)
             refused += 1
             continue
+        finally:
+            advance(1)
         extra = {"id": delivery.message_id, "status": delivery.status, "replayed": True}
         if delivery.error:
             extra["error"] = delivery.error
         out = result_json(None, delivery.box, delivery.decision, **extra)
         out["verdict"] = delivery.verdict
         emit(out)
-    return EXIT_USAGE if refused else EXIT_OK
+    return refused

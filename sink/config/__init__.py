@@ -18,6 +18,8 @@ from sink.config.boxes import BoxConfig, parse_box
 from sink.config.calendar import CalendarConfig, parse_calendar
 from sink.config.checks import ConfigError, check_keys, resolve, string, whole
 from sink.config.listeners import ListenerConfig, parse_listener
+from sink.config.metrics import MetricsConfig, parse_metrics
+from sink.config.notify import NotifyConfig, parse_notify
 from sink.mail.textnorm import fold_address
 
 __all__ = ["BoxConfig", "CalendarConfig", "Config", "ConfigError", "ListenerConfig", "LogConfig",
@@ -40,6 +42,8 @@ class Config:
     storage_workers: int | None = None
     path: Path | None = None
     calendar: CalendarConfig | None = None
+    notify: NotifyConfig | None = None
+    metrics: MetricsConfig | None = None
 
     def box(self, address: str | None) -> BoxConfig:
         """The box with this address, or the first box when ``address`` is None."""
@@ -70,7 +74,7 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
     (the config file's directory; default: the working directory at the call)."""
     base = Path.cwd() if base is None else base
     check_keys("config", data, {"database", "listeners", "boxes", "log", "storage",
-                                "calendar"})
+                                "calendar", "notify", "metrics"})
     listeners = data.get("listeners", [])
     if not isinstance(listeners, list):
         raise ConfigError("listeners: expected [[listeners]] tables")
@@ -103,6 +107,8 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
         storage_workers=workers,
         path=path,
         calendar=parse_calendar(data["calendar"], base) if "calendar" in data else None,
+        notify=parse_notify(data.get("notify")),
+        metrics=parse_metrics(data.get("metrics")),
     )
 
 

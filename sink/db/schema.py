@@ -353,3 +353,25 @@ calendar_trace = Table(
     Column("action", String(40), nullable=False),
     Column("detail", Text, nullable=False, default=""),
 )
+
+# --------------------------------------------------------------- operations (issue 14)
+# One row (id 1): whether the instances sharing this database are suspended (SPEC 7). Every
+# running instance reads it twice a second; `sink suspend` / `sink resume` write it.
+operation_state = Table(
+    "operation_state", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("suspended", Boolean, nullable=False, default=False),
+    Column("store", Boolean, nullable=False, default=False),    # suspend --store: keep mail
+    Column("reason", Text, nullable=True),
+    Column("since", DateTime(timezone=True), nullable=True),
+)
+
+# What each source (poller, eml directory) last managed: `sink status` and the metric
+# sink_source_last_success_timestamp_seconds read it; the sources write it.
+source_status = Table(
+    "source_status", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("last_success", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", DateTime(timezone=True), nullable=True),
+)

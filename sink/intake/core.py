@@ -97,6 +97,8 @@ class Intake:
         stored = self._already_stored(conn, box, prepared.sha256)
         if stored is not None:
             return stored
+        if prepared.envelope.hold:
+            return self._store_held(conn, prepared, box)
         if prepared.carried is None:
             return self._store_new(conn, prepared.raw, prepared.sha256, prepared.parsed,
                                    prepared.envelope, box)
@@ -111,6 +113,25 @@ class Intake:
             rows.UPDATE_OUTCOME.execute(conn, {"message_pk": message_id, **outcome})
             return message_id
         return self._decide(conn, parsed, box, write)
+
+    # ------------------------------------------------------------ suspend --store (issue 14)
+    # A held message is stored `pending` with no decision; `sink resume` decides it later
+    # (sink.suspension.resume: in arrival order, each in its own transaction, its row locked).
+    def _store_held(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
+        message_id = self._insert(conn, prepared.raw, prepared.sha256, prepared.parsed,
+                                  prepared.envelope, box, outcome=self._pending())
+        return Delivery(box.address, message_id, "pending", None, None)
+
+    def decide_held(self, conn: Connection, message_id: int, raw: bytes, envelope: Envelope,
+                    box: BoxConfig) -> Delivery:
+        """Decide a `pending` message (``envelope``: as it arrived) inside the caller's
+        transaction, which holds its row locked: a carrier's messages are stored and decided
+        as on arrival."""
+        parsed = parse_message(raw, bcc=envelope.bcc)
+        carried = unwrap(parsed)
+        if carried is not None:
+            return self._store_carried(conn, message_id, carried, envelope, box)
+        return self.decide_stored(conn, message_id, parsed, box)
 
     def evaluate_only(self, raw: bytes, box: BoxConfig, envelope: Envelope) -> list[Decision]:
         """What ``deliver`` would decide, writing nothing (``sink check``): one decision per
@@ -142,6 +163,8 @@ class Intake:
         elif delivery.carried:
             log.info("message.unwrapped", carried=[c.message_id for c in delivery.carried],
                      **fields)
+        elif delivery.status == "pending":
+            log.info("message.held", **fields)
         elif delivery.status == "failed":
             log.error("message.failed", error=delivery.error, **fields)
         else:

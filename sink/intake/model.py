@@ -19,6 +19,7 @@ class Envelope:
     mail_from: str | None = None
     rcpt_tos: tuple[str, ...] = ()
     bcc: tuple[str, ...] = ()         # recipients known from a journal envelope or own copy
+    hold: bool = False                # `sink suspend --store`: store as pending, decide nothing
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,17 @@ class Listeners:
     """Every ``[[listeners]]`` entry, bound by :meth:`start`; :meth:`stop` ends them with every
     message in flight answered."""
 
-    def __init__(self, config: Config, storage):
+    def __init__(self, config: Config, storage, ops=None):
         self.config = config
         self.storage = storage
+        self.ops = ops          # sink.operations.Ops: suspension, metrics, notifications
         self.tracker = InFlight()
         self.servers: list[asyncio.AbstractServer] = []
         self.live: set = set()      # open sessions of every listener, closed at shutdown
 
 
     def _factory(self, listener: ListenerConfig):
-        handler = Handler(self.config, self.storage, listener, self.tracker)
+        handler = Handler(self.config, self.storage, listener, self.tracker, self.ops)
         base = SinkLMTP if listener.protocol == "lmtp" else SinkSMTP
         # One protocol class per listener: its state, and a line limit that only the size limit
         # bounds (RFC 5322's 998 is a SHOULD; a stored message must equal what was sent).

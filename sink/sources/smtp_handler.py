@@ -19,6 +19,7 @@ from sink.errors import classify
 from sink.intake import Envelope
 from sink.log import get_logger
 from sink.mail.textnorm import fold_address
+from sink.operations import Ops
 from sink.sources.replies import REPLY_TOO_MANY_RCPTS, reply_for
 
 log = get_logger("sink.sources.smtp")
@@ -27,15 +28,29 @@ log = get_logger("sink.sources.smtp")
 class Handler:
     """aiosmtpd handler hooks: RCPT admission and DATA -> storage -> replies."""
 
-    def __init__(self, config: Config, storage, listener: ListenerConfig, tracker: "InFlight"):
+    def __init__(self, config: Config, storage, listener: ListenerConfig, tracker: "InFlight",
+                 ops: Ops | None = None):
         self.boxes = {b.address: b for b in config.boxes}
         self.storage = storage
         self.listener = listener
         self.lmtp = listener.protocol == "lmtp"
         self.tracker = tracker
+        self.ops = ops or Ops()
+
+    async def handle_MAIL(self, server, session: Session, envelope: SmtpEnvelope, address: str,
+                          mail_options):
+        # suspended without --store: 451 4.3.2, the MTA keeps the mail (SPEC 7)
+        if self.ops.suspension.active and not self.ops.suspension.store:
+            return self.ops.refused_suspended()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.sink_mail_at = time.perf_counter()     # sink_reply_seconds starts here
+        return "250 OK"
 
     async def handle_RCPT(self, server, session: Session, envelope: SmtpEnvelope, address: str,
                           rcpt_options):
+        if self.ops.suspension.active and not self.ops.suspension.store:
+            return self.ops.refused_suspended()     # suspended since this MAIL FROM
         if fold_address(address) not in self.boxes:
             return f"550 5.1.1 <{address}>: Recipient address rejected: not a box of this sink"
         if len(envelope.rcpt_tos) >= self.listener.max_recipients:
@@ -49,14 +64,17 @@ class Handler:
         rcpts = [fold_address(r) for r in envelope.rcpt_tos]
         boxes = [self.boxes[a] for a in dict.fromkeys(rcpts)]
         meta = Envelope(channel=self.listener.protocol, mail_from=envelope.mail_from,
-                        rcpt_tos=tuple(rcpts))
+                        rcpt_tos=tuple(rcpts), hold=self.ops.suspension.store)
         outcomes = await self._store(meta, boxes, _take_content(envelope), started)
         if not self.lmtp:
-            return _reply(outcomes)
-        # LMTP: each box has its own outcome (its own savepoint in the batch) and its own
-        # reply, repeated for every RCPT that named it, in RCPT order.
-        per_box = {box.address: _reply([outcome]) for box, outcome in zip(boxes, outcomes)}
-        return "\r\n".join(per_box[a] for a in rcpts)
+            replies = [_reply(outcomes)]
+        else:
+            # LMTP: each box has its own outcome (its own savepoint in the batch) and its own
+            # reply, repeated for every RCPT that named it, in RCPT order.
+            per_box = {box.address: _reply([outcome]) for box, outcome in zip(boxes, outcomes)}
+            replies = [per_box[a] for a in rcpts]
+        self.ops.observe(meta.channel, outcomes, replies, getattr(envelope, "sink_mail_at", None))
+        return "\r\n".join(replies)
 
     async def _store(self, meta: Envelope, boxes, raw: bytes, started: float) -> list:
         """One outcome per box: a Delivery (or the worker's account of one), or the error to

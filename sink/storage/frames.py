@@ -5,7 +5,8 @@ A frame is ``!II`` (length of a pickled header, length of a raw payload), the he
 payload. To the worker: first ``("init", config)``, then ``(job_id, envelope, box addresses,
 started)`` with the message as payload. From the worker: ``("ready", pid)`` or ``("failed",
 reason)``, then ``("done", [(job_id, [result per box]), ...])`` where a result is ``("stored",
-message_id, status, already_stored)`` or ``("error", reason, transient, no_space)``.
+message_id, status, already_stored, verdict, error, [(id, status, already_stored, verdict,
+error) of each carried message])`` or ``("error", reason, transient, no_space)``.
 
 Pickle is safe here: both ends are our own processes on a socket pair nobody else holds.
 """

@@ -42,6 +42,9 @@ class Stored:
     message_id: int
     status: str
     already_stored: bool
+    verdict: str | None = None          # for the metrics and the error mails (sink.operations)
+    error: str | None = None
+    carried: tuple["Stored", ...] = ()
 
 
 class WorkerGone(TransientStorageError):
@@ -76,6 +79,8 @@ class WorkerPool:
         self._closing = False
         self._restarts: set[asyncio.Task] = set()
         self._watchdog: asyncio.Task | None = None
+        self.restarts = 0                   # sink_worker_restarts_total
+        self.on_restart = None              # (number, exit status, messages lost) -> None
 
     # ------------------------------------------------------------------------------ public
     async def start(self) -> None:
@@ -101,6 +106,10 @@ class WorkerPool:
         worker.writer.write(frame_head((job_id, envelope, addresses, started), len(raw)))
         worker.writer.write(raw)        # as it is: no second copy of a big message
         return future
+
+    def healthy(self) -> bool:
+        """At least one worker is running (for /healthz)."""
+        return not self._closing and any(w.alive for w in self.workers)
 
     async def close(self, timeout: float = 60.0) -> None:
         """Let every worker answer what it has, then stop it (closing its socket ends it)."""
@@ -177,6 +186,9 @@ class WorkerPool:
             return
         log.error("worker.exited", worker=worker.number, exit_status=worker.proc.returncode,
                   messages_lost_in_hand=len(lost))
+        self.restarts += 1
+        if self.on_restart is not None:
+            self.on_restart(worker.number, worker.proc.returncode, len(lost))
         task = asyncio.ensure_future(self._restart(worker))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
@@ -218,7 +230,8 @@ class WorkerPool:
 
 def _outcome(result: tuple, address: str):
     if result[0] == "stored":
-        _, message_id, status, already_stored = result
-        return Stored(address, message_id, status, already_stored)
+        _, message_id, status, already_stored, verdict, error, carried = result
+        return Stored(address, message_id, status, already_stored, verdict, error,
+                      tuple(Stored(address, *c) for c in carried))
     _, reason, _transient, no_space = result
     return TransientStorageError(reason, no_space=no_space)

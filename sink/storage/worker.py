@@ -74,7 +74,10 @@ def _result(outcome) -> tuple:
         transient = classify(outcome)
         return ("error", str(transient or type(outcome).__name__), transient is not None,
                 bool(transient and transient.no_space))
-    return ("stored", outcome.message_id, outcome.status, outcome.already_stored)
+    return ("stored", outcome.message_id, outcome.status, outcome.already_stored,
+            outcome.verdict, outcome.error, [
+                (c.message_id, c.status, c.already_stored, c.verdict, c.error)
+                for c in outcome.carried])
 
 
 def _take_batch(inbox: Inbox) -> tuple[list, bool]:
