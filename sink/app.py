@@ -72,8 +72,10 @@ async def serve_until_signal(app: SinkApp) -> None:
 
 def build(config: Config, engine) -> SinkApp:
     """The app ``sink serve`` runs for ``config``."""
+    from sink.sources.poller import make_sources
     from sink.storage import make_storage
-    return SinkApp(config, make_storage(config, engine))
+    storage = make_storage(config, engine)
+    return SinkApp(config, storage, make_sources(config, storage, engine))
 
 
 def run(config: Config, engine) -> int:
