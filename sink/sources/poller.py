@@ -87,7 +87,8 @@ async def deliver(storage, source: SourceConfig, box: BoxConfig, raws: Sequence[
     """Submit every message at once (group commit takes them together); True for each one
     committed. False: not committed (storage answered 4xx) - leave it where it is."""
     envelope = Envelope(channel=source.kind, rcpt_tos=(box.address,))
-    futures = [storage.submit(raw, envelope, [box]) for raw in raws]
+    started = _time.perf_counter()
+    futures = [storage.submit(raw, envelope, [box], started) for raw in raws]
     answers = await asyncio.gather(*futures, return_exceptions=True)
     committed = []
     for answer in answers:
