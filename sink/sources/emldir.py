@@ -1,9 +1,9 @@
 """The .eml directory (SPEC 2.2): complete regular ``*.eml`` files, processed, then removed.
 
 A scan, not a watcher: one ``scandir`` per pass (every ``interval`` seconds, default 1) sees every
-file with its size and mtime, which is exactly what "complete" needs - a file renamed in keeps
-its old mtime and is taken at once, a file being written is taken once it has not changed for
-2 seconds. A watcher (inotify) would still need this scan at start and the 2-second timer for
+file with its size and mtime, which is exactly what "complete" needs - a file renamed in has a ctime
+later than its mtime and is taken at once, a file being written is taken once it has not
+changed for 2 seconds. A watcher (inotify) would still need this scan at start and the 2-second timer for
 each file, and it loses events when its queue overflows (10,000 files dropped at once); the
 scan is one system call per 100 or so entries and never misses a file.
 
@@ -46,10 +46,18 @@ def ready_files(path: str, now: float, settle: float = SETTLE) -> list[tuple[str
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue            # gone since the scan
-            if now - st.st_mtime >= settle:
+            if complete(st, now, settle):
                 found.append((entry.name, st))
     found.sort(key=lambda item: item[0])
     return found
+
+
+def complete(st: os.stat_result, now: float, settle: float = SETTLE) -> bool:
+    """Not written to for ``settle`` seconds, or renamed in: a rename (like a chmod after the
+    last write) changes the inode's ctime but not its mtime, while every write sets both. The
+    kernel's clock for these is coarse (a few ms): a file renamed within the same tick as its
+    last write waits the ``settle`` seconds instead - later, never half."""
+    return now - st.st_mtime >= settle or st.st_ctime_ns > st.st_mtime_ns
 
 
 class Unusable(Exception):
