@@ -31,8 +31,8 @@ def toml_value(value) -> str:
 
 
 def write_config(path: Path, db_url: str, sources: list[dict], listen_port: int | None = None,
-                 extra: str = "") -> Path:
-    lines = [f"[database]\nurl = {toml_value(db_url)}\n", '[log]\nlevel = "warning"\n']
+                 extra: str = "", log_level: str = "warning") -> Path:
+    lines = [f"[database]\nurl = {toml_value(db_url)}\n", f'[log]\nlevel = "{log_level}"\n']
     if listen_port is not None:
         lines.append(f'[[listeners]]\nprotocol = "lmtp"\naddress = "127.0.0.1:{listen_port}"\n')
     lines.append(f'[[boxes]]\naddress = "{BOX}"\n')

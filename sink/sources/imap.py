@@ -1,6 +1,6 @@
 """IMAP source (IMAPClient): folders, all/unseen, after delete/keep/seen/move, IDLE.
 
-A pass, per folder: SELECT (UIDVALIDITY), UID SEARCH (NOT DELETED, or UNSEEN), in keep mode
+A pass, per folder: SELECT (UIDVALIDITY), UID SEARCH (ALL or UNSEEN), in keep mode
 minus the UIDs remembered for this UIDVALIDITY, RFC822.SIZE of each (larger than
 ``max_message_size``: left on the server, logged once), then batches of BODY.PEEK[] (bounded in
 count and bytes) submitted together; only the committed ones are then deleted (UID EXPUNGE when
@@ -93,7 +93,9 @@ class ImapWorker(Worker):
         keep = self.source.after == "keep"
         info = client.select_folder(folder, readonly=keep)
         validity = int(info[b"UIDVALIDITY"])
-        criteria = ["UNSEEN"] if self.source.fetch == "unseen" else ["NOT", "DELETED"]
+        # ALL, \Deleted ones included: one we flagged just before a crash (committed, not yet
+        # expunged) is fetched once more, found already stored, and expunged this time
+        criteria = ["UNSEEN"] if self.source.fetch == "unseen" else ["ALL"]
         uids = client.search(criteria)
         if keep:
             seen = imap_seen(self.engine, self.source.key, folder, validity)
