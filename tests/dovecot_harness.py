@@ -126,8 +126,12 @@ class Dovecot:
             self.maildir(user)
         oauth_passdb = oauth_mechs = ""
         if oauth_introspection:
+            # the auth process runs as an unprivileged user: the CA file must be readable
+            ca = self.root / "oauth-ca.pem"
+            shutil.copyfile(oauth_ca, ca)
+            os.chmod(ca, 0o644)
             (self.root / "oauth2.conf").write_text(OAUTH_CONF.format(
-                url=oauth_introspection, ca=oauth_ca))
+                url=oauth_introspection, ca=ca))
             oauth_passdb = OAUTH_PASSDB.format(root=self.root)
             oauth_mechs = " xoauth2 oauthbearer"
         self.config = self.root / "dovecot.conf"

@@ -15,10 +15,12 @@ import threading
 import msal
 
 from sink.config.sources import OAuthConfig
+from sink.sources.poller import LoginRefused
 
 
-class TokenRefused(Exception):
-    """Entra ID refused to issue a token (wrong or expired secret, unknown app, no consent)."""
+class TokenRefused(LoginRefused):
+    """Entra ID refused to issue a token (wrong or expired secret, unknown app, no consent):
+    like a refused login, retried only after a whole interval."""
 
 
 def xoauth2(user: str, token: str) -> str:
