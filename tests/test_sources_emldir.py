@@ -41,7 +41,7 @@ def test_complete_eml_files_taken_then_removed_others_left_alone(engine, db_url,
     put(spool, "a.eml", a)
     put(spool, "B.EML", b)
     put(spool, "notes.txt", make_mail(subject="txt"))
-    put(spool, ".hidden.eml", make_mail(subject="hidden"))
+    put(spool, "part.eml.tmp", make_mail(subject="tmp"))
     (spool / "sub.eml").mkdir()
     (spool / "link.eml").symlink_to(outside)
     big_raw = make_mail(subject="big", body="w" * 4000)
@@ -53,7 +53,7 @@ def test_complete_eml_files_taken_then_removed_others_left_alone(engine, db_url,
                       "already_stored": 0, "removed": 2, "skipped": 1, "errors": []}]
     assert sorted(stored_raws(engine, "emldir")) == sorted([a, b])
     left = sorted(p.name for p in spool.iterdir())
-    assert left == [".hidden.eml", "failed", "link.eml", "notes.txt", "sub.eml"]
+    assert left == ["failed", "link.eml", "notes.txt", "part.eml.tmp", "sub.eml"]
     assert (spool / "failed" / "big.eml").read_bytes() == big_raw
     assert "size limit" in (spool / "failed" / "big.eml.reason").read_text()
     assert not big.exists() and outside.exists()

@@ -175,3 +175,21 @@ def test_failures_back_off_up_to_the_interval_then_recover():
         assert delays == [2, 4, 8, 10, 10, 10]
         assert poller.failures == 0 and poller.last_error is None
     asyncio.run(run())
+
+
+def test_the_deploy_example_parses(tmp_path):
+    import tomllib
+    from pathlib import Path
+    example = Path(__file__).resolve().parent.parent / "deploy" / "sources.example.toml"
+    data = tomllib.loads(example.read_text())
+    for name in ("crm.secret", "m365-app.secret"):
+        (tmp_path / name).write_text("x")
+    for source in data["sources"]:
+        for key in ("password_file",):
+            if key in source:
+                source[key] = str(tmp_path / "crm.secret")
+        if "oauth" in source:
+            source["oauth"]["client_secret_file"] = str(tmp_path / "m365-app.secret")
+    config = parse_config({"boxes": [{"address": "crm@firma.cz"}], **data})
+    assert [s.kind for s in config.sources] == ["imap", "imap", "emldir"]
+    assert config.sources[0].move_to == "Archive" and config.sources[1].oauth is not None

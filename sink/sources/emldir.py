@@ -38,7 +38,7 @@ def ready_files(path: str, now: float, settle: float = SETTLE) -> list[tuple[str
     found = []
     with os.scandir(path) as entries:
         for entry in entries:
-            if not entry.name.lower().endswith(".eml") or entry.name.startswith("."):
+            if not entry.name.lower().endswith(".eml"):
                 continue
             try:
                 if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
