@@ -134,6 +134,11 @@ def test_unreadable_secret_file_names_the_path_not_a_value(tmp_path):
 
 
 # -------------------------------------------------------------------------- the loop
+@pytest.fixture(autouse=True)
+def fresh_log():
+    """`sink poll` in an earlier test pointed the log at that test's (closed) capture."""
+    from sink.log import configure
+    configure("warning")
 class CountingWorker(Worker):
     """A worker whose pass fails ``fail`` times, then succeeds: counts connections."""
 

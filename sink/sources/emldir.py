@@ -22,7 +22,7 @@ import stat
 import time
 
 from sink.log import get_logger
-from sink.sources.poller import PassResult, Worker, deliver
+from sink.sources.poller import PassResult, Worker, deliver, pipelined
 from sink.sources.state import batches
 
 log = get_logger("sink.sources.emldir")
@@ -150,14 +150,14 @@ class EmlDirWorker(Worker):
         self._failed_now = 0
         ready = await self.call(self._scan)
         sized = [((name, st), st.st_size) for name, st in ready]
-        for batch in batches(sized, BATCH_BYTES, BATCH_COUNT):
-            if self.stopping.is_set():
-                break
-            names, raws = await self.call(self._prepare, batch)
+
+        async def handle(batch, prepared) -> None:
+            names, raws = prepared
             result.fetched += len(raws)
             committed = await deliver(self.storage, self.source, self.box, raws, result)
-            del raws
+            raws.clear()
             done = [n for n, ok in zip(names, committed) if ok]
             result.removed += await self.call(self._remove, done)
+        await pipelined(self, batches(sized, BATCH_BYTES, BATCH_COUNT), self._prepare, handle)
         result.skipped += self._failed_now
         return result

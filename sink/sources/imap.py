@@ -19,7 +19,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from sink.log import get_logger
-from sink.sources.poller import LoginRefused, PassResult, Worker, deliver
+from sink.sources.poller import LoginRefused, PassResult, Worker, deliver, pipelined
 from sink.sources.state import batches, imap_forget, imap_remember, imap_seen, uids_to_fetch
 
 log = get_logger("sink.sources.imap")
@@ -121,10 +121,8 @@ class ImapWorker(Worker):
                 self._too_big(folder, validity, uid, size, result)
             else:
                 fits.append((uid, size))
-        for batch in batches(fits, BATCH_BYTES, BATCH_COUNT):
-            if self.stopping.is_set():
-                return
-            bodies = await self.call(self._bodies, client, batch)
+
+        async def handle(batch: list[int], bodies: dict[int, bytes]) -> None:
             uids = [u for u in batch if u in bodies and len(bodies[u]) <= limit]
             result.fetched += len(uids)
             committed = await deliver(self.storage, self.source, self.box,
@@ -132,6 +130,8 @@ class ImapWorker(Worker):
             done = [u for u, ok in zip(uids, committed) if ok]
             if done:
                 result.removed += await self.call(self._after, client, folder, validity, done)
+        await pipelined(self, batches(fits, BATCH_BYTES, BATCH_COUNT),
+                        lambda batch: self._bodies(client, batch), handle)
 
     def _too_big(self, folder, validity, uid, size, result) -> None:
         result.skipped += 1

@@ -107,6 +107,29 @@ async def deliver(storage, source: SourceConfig, box: BoxConfig, raws: Sequence[
     return committed
 
 
+async def pipelined(worker: "Worker", work: list, fetch, handle) -> None:
+    """``fetch(batch)`` (blocking, in the worker's thread) for each batch, then
+    ``await handle(batch, fetched)``; the next batch is fetched while this one commits, so at
+    most two batches are in hand. Stops between batches when the worker is stopping."""
+    ahead = None
+    try:
+        for i, batch in enumerate(work):
+            current = ahead or asyncio.ensure_future(worker.call(fetch, batch))
+            ahead = None
+            fetched = await current
+            if i + 1 < len(work) and not worker.stopping.is_set():
+                ahead = asyncio.ensure_future(worker.call(fetch, work[i + 1]))
+            await handle(batch, fetched)
+            if worker.stopping.is_set():
+                break
+    finally:
+        if ahead is not None:           # let the thread finish with it; the result is dropped
+            try:
+                await ahead
+            except Exception:
+                pass
+
+
 class Worker:
     """What a source kind implements; blocking work goes through :meth:`call` (its own thread,
     so a slow server never blocks the event loop the listeners share)."""

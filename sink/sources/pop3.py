@@ -14,7 +14,7 @@ import poplib
 from sink.log import get_logger
 from sink.sources.imap import tls_context
 from sink.sources.oauth import xoauth2_b64
-from sink.sources.poller import LoginRefused, PassResult, Worker, deliver
+from sink.sources.poller import LoginRefused, PassResult, Worker, deliver, pipelined
 from sink.sources.state import batches, pop3_forget, pop3_remember, pop3_seen, uids_to_fetch
 
 log = get_logger("sink.sources.pop3")
@@ -137,16 +137,16 @@ class Pop3Worker(Worker):
                                     uidl=ident[1], size=size, limit=limit)
                 else:
                     fits.append((ident, size))
-            for batch in batches(fits, BATCH_BYTES, BATCH_COUNT):
-                if self.stopping.is_set():
-                    break
-                raws = await self.call(self._retrieve, client, [n for n, _ in batch])
+
+            async def handle(batch, raws: list[bytes]) -> None:
                 result.fetched += len(raws)
                 ok = await deliver(self.storage, self.source, self.box, raws, result)
-                del raws
+                raws.clear()
                 taken = [ident for ident, committed in zip(batch, ok) if committed]
                 if taken:
                     result.removed += await self.call(self._after, client, taken)
+            await pipelined(self, batches(fits, BATCH_BYTES, BATCH_COUNT),
+                            lambda batch: self._retrieve(client, [n for n, _ in batch]), handle)
             await self.call(client.quit)        # the DELEs take effect here
         except BaseException:
             await self.call(_close, client)
