@@ -56,10 +56,17 @@ def pop3_source(dovecot, secret_file: Path, **more) -> dict:
 
 
 def run_poll(config_path: Path, *args: str) -> tuple[int, list[dict]]:
+    """`sink poll` in this process; the log configuration it sets (pointing at this test's
+    captured stderr, closed after the test) is put back afterwards."""
+    import structlog
     from sink.cli import main
+    saved = structlog.get_config()
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["--config", str(config_path), "poll", *args])
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(["--config", str(config_path), "poll", *args])
+    finally:
+        structlog.configure(**saved)
     return code, [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
 

@@ -158,8 +158,9 @@ def test_two_instances_share_a_source_one_at_a_time_and_take_over_after_kill_9(
             dovecot.drop(USER, make_mail(subject=f"after kill {i}"))
         # the other instance takes over within one interval (plus its pass)
         assert wait_for(lambda: message_count(engine) == 40, 15), other.log_tail()
-        assert events(other, "source.polled")
-        assert distinct_stored(engine) == 40 and dovecot.files(USER) == []
+        assert wait_for(lambda: events(other, "source.polled"), 10)    # logged after the pass
+        assert distinct_stored(engine) == 40
+        assert wait_for(lambda: dovecot.files(USER) == [], 10)
     finally:
         for sink in sinks:
             if sink.proc.poll() is None:

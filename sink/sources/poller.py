@@ -193,7 +193,13 @@ class Poller:
 
     async def _run(self) -> None:
         while not self.worker.stopping.is_set():
-            delay = await self.step()
+            try:
+                delay = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:           # a bug here must not end this source for good
+                log.exception("source.loop_error", source=self.source.index)
+                delay = self.source.interval
             if delay:
                 await self.worker.wait(delay)
 
