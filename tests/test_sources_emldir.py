@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import seeded
 from tests.sources_support import BOX, message_count, run_poll, stored_raws, write_config

@@ -4,10 +4,8 @@ too-large messages, TLS verification, refused logins."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
-from imapclient import IMAPClient
 
 from tests.dovecot_harness import Dovecot, dovecot_available
 from tests.sources_support import (BOX, PASSWORD, USER, imap_source, message_count, run_poll,

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from sink.config import parse_config
-from sink.sources.oauth import TokenRefused, TokenSource
+from sink.sources.oauth import TokenSource
 from tests.dovecot_harness import Dovecot, dovecot_available
 from tests.fake_entra import FakeEntra
 from tests.sources_support import (BOX, PASSWORD, USER, message_count, run_poll, stored_raws,
