@@ -167,3 +167,29 @@ def test_two_instances_share_a_source_one_at_a_time_and_take_over_after_kill_9(
                 sink.stop()
         engine.dispose()
         drop_pg_database(name)
+
+
+def test_emldir_inside_serve_takes_files_renamed_in_and_stops_cleanly(engine, db_url,
+                                                                       tmp_path):
+    import os
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    port = free_port()
+    cfg = write_config(tmp_path / "sink.toml", db_url, [
+        {"kind": "emldir", "box": "crm@firma.cz", "path": str(spool), "interval": 0.5}],
+        listen_port=port, log_level="info")
+    sink = SinkProcess(cfg, port)
+    try:
+        sent = []
+        for i in range(50):
+            raw = make_mail(subject=f"dropped {i}")
+            (tmp_path / f"{i}.tmp").write_bytes(raw)
+            sent.append(raw)
+        time.sleep(0.05)
+        for i in range(50):
+            os.rename(tmp_path / f"{i}.tmp", spool / f"{i}.eml")
+        assert wait_for(lambda: message_count(engine) == 50, 15), sink.log_tail()
+        assert wait_for(lambda: list(spool.iterdir()) == [], 5)
+    finally:
+        assert sink.stop() == 0
+    assert sorted(stored_raws(engine, "emldir")) == sorted(sent)
