@@ -93,7 +93,7 @@ async def serve_until_signal(app: SinkApp) -> None:
 def build(config: Config, engine) -> SinkApp:
     """The app ``sink serve`` runs for ``config``: storage, the suspension state, error mails
     (``app.notifier``: started first, stopped last, so every other part can still notify
-    while it stops) and ``[metrics]``."""
+    while it stops), the ``[[sources]]``, ``[calendar]`` and ``[metrics]``."""
     from sink.notify import Notifier
     from sink.storage import make_storage
     from sink.suspension import Suspension
@@ -107,6 +107,8 @@ def build(config: Config, engine) -> SinkApp:
             f"Storage worker {number} exited (exit status {status}) and was started again; "
             f"{lost} message(s) it had in hand were answered 451 and will be resent by the "
             f"MTA.\n\nSee the log (worker.exited) and: sink status")
+    from sink.sources.poller import make_sources
+    app.sources.extend(make_sources(config, storage, engine, app.ops))
     if config.calendar is not None:     # issue 15: in the background, never on a mail's path
         from sink.calendar.service import CalendarSync
         app.background.append(CalendarSync(config.calendar, engine))

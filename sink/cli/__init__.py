@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from sink.cli import admin, calendar, inspect, mail, operations
+from sink.cli import admin, calendar, inspect, mail, operations, poll
 from sink.cli.common import EXIT_TRANSIENT, EXIT_USAGE, Parser, UsageError
 from sink.config import ConfigError, load_config
 
-COMMAND_MODULES = (admin, mail, inspect, operations, calendar)
+COMMAND_MODULES = (admin, mail, inspect, operations, poll, calendar)
 
 
 def build_parser() -> Parser:

@@ -20,10 +20,11 @@ from sink.config.checks import ConfigError, check_keys, resolve, string, whole
 from sink.config.listeners import ListenerConfig, parse_listener
 from sink.config.metrics import MetricsConfig, parse_metrics
 from sink.config.notify import NotifyConfig, parse_notify
+from sink.config.sources import SourceConfig, parse_sources
 from sink.mail.textnorm import fold_address
 
 __all__ = ["BoxConfig", "CalendarConfig", "Config", "ConfigError", "ListenerConfig", "LogConfig",
-           "load_config", "parse_config"]
+           "SourceConfig", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Config:
     calendar: CalendarConfig | None = None
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
+    sources: tuple[SourceConfig, ...] = ()
 
     def box(self, address: str | None) -> BoxConfig:
         """The box with this address, or the first box when ``address`` is None."""
@@ -74,7 +76,7 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
     (the config file's directory; default: the working directory at the call)."""
     base = Path.cwd() if base is None else base
     check_keys("config", data, {"database", "listeners", "boxes", "log", "storage",
-                                "calendar", "notify", "metrics"})
+                                "sources", "calendar", "notify", "metrics"})
     listeners = data.get("listeners", [])
     if not isinstance(listeners, list):
         raise ConfigError("listeners: expected [[listeners]] tables")
@@ -106,6 +108,7 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
         else None,
         storage_workers=workers,
         path=path,
+        sources=parse_sources(data.get("sources", []), base, seen),
         calendar=parse_calendar(data["calendar"], base) if "calendar" in data else None,
         notify=parse_notify(data.get("notify")),
         metrics=parse_metrics(data.get("metrics")),

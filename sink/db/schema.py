@@ -3,7 +3,7 @@ a test compares the two so they cannot drift apart."""
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary,
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary,
                         MetaData, String, Table, Text, UniqueConstraint)
 
 metadata = MetaData(naming_convention={
@@ -374,4 +374,23 @@ source_status = Table(
     Column("last_success", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("last_error_at", DateTime(timezone=True), nullable=True),
+)
+
+# ------------------------------------------------------------------------------------ sources
+# What a source in keep mode has taken (SPEC 2.2), keyed by the source's stable key
+# (SourceConfig.key, a hash of kind/host/user/box/folders - not its position in the file).
+# IMAP: one row per (folder, UIDVALIDITY, UID); a new UIDVALIDITY drops the folder's rows and
+# the mail is fetched again, recognised as already stored by the box's sha256.
+source_imap_uids = Table(
+    "source_imap_uids", metadata,
+    Column("source_key", String(32), primary_key=True),
+    Column("folder", String(500), primary_key=True),
+    Column("uidvalidity", BigInteger, primary_key=True),
+    Column("uid", BigInteger, primary_key=True),
+)
+
+source_pop3_uidls = Table(
+    "source_pop3_uidls", metadata,
+    Column("source_key", String(32), primary_key=True),
+    Column("uidl", String(70), primary_key=True),           # RFC 1939: 1 to 70 characters
 )

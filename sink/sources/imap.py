@@ -1,0 +1,204 @@
+"""IMAP source (IMAPClient): folders, all/unseen, after delete/keep/seen/move, IDLE.
+
+A pass, per folder: SELECT (UIDVALIDITY), UID SEARCH (ALL or UNSEEN), in keep mode
+minus the UIDs remembered for this UIDVALIDITY, RFC822.SIZE of each (larger than
+``max_message_size``: left on the server, logged once), then batches of BODY.PEEK[] (bounded in
+count and bytes) submitted together; only the committed ones are then deleted (UID EXPUNGE when
+the server has UIDPLUS), flagged \\Seen, moved (MOVE, else COPY + delete) or remembered.
+
+Between passes, when the server offers IDLE and ``idle = true``, the connection waits in IDLE on
+the first folder: an EXISTS starts the next pass at once.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+
+from sink.log import get_logger
+from sink.sources.poller import LoginRefused, PassResult, Worker, deliver, pipelined
+from sink.sources.state import batches, imap_forget, imap_remember, imap_seen, uids_to_fetch
+
+log = get_logger("sink.sources.imap")
+BATCH_COUNT = 100
+BATCH_BYTES = 32 * 1024 * 1024
+SIZE_CHUNK = 1000           # UIDs per RFC822.SIZE fetch
+IDLE_RENEW = 25 * 60        # RFC 2177: re-issue IDLE before the server's 30-minute timeout
+TIMEOUT = 60.0
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificate and host name verified; ``ca_file`` for a private CA."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+class ImapWorker(Worker):
+    def __init__(self, source, config, storage, engine, tokens=None):
+        super().__init__(source, config, storage, engine)
+        self.tokens = tokens
+        self.client: IMAPClient | None = None
+        self.too_big_logged: set[tuple] = set()
+
+    # ------------------------------------------------------------------ connection (thread)
+    def _connect(self) -> IMAPClient:
+        s = self.source
+        context = tls_context(s.ca_file)
+        client = IMAPClient(s.host, s.port, ssl=s.tls == "ssl", ssl_context=context,
+                            timeout=TIMEOUT)
+        try:
+            if s.tls == "starttls":
+                client.starttls(context)
+            try:
+                if s.oauth is not None:
+                    client.oauth2_login(s.user, self.tokens.token())
+                else:
+                    client.login(s.user, s.password.reveal())
+            except LoginError as exc:
+                raise LoginRefused(f"login refused for {s.user}: {_server_text(exc)}") from None
+            self.capabilities = set(client.capabilities())
+        except BaseException:
+            _quietly(client.shutdown)
+            raise
+        return client
+
+    def _logout(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            _quietly(client.logout)
+
+    async def close(self) -> None:
+        await self.call(self._logout)
+
+    async def _client(self) -> IMAPClient:
+        if self.client is None:
+            self.client = await self.call(self._connect)
+        return self.client
+
+    # --------------------------------------------------------------------------- the pass
+    async def run_pass(self) -> PassResult:
+        result = PassResult()
+        client = await self._client()
+        for folder in self.source.folders:
+            if self.stopping.is_set():
+                break
+            await self._folder(client, folder, result)
+        if not (self.source.idle and b"IDLE" in self.capabilities):
+            await self.close()
+        return result
+
+    def _plan(self, client: IMAPClient, folder: str) -> tuple[int, list[tuple[int, int]]]:
+        keep = self.source.after == "keep"
+        info = client.select_folder(folder, readonly=keep)
+        validity = int(info[b"UIDVALIDITY"])
+        # ALL, \Deleted ones included: one we flagged just before a crash (committed, not yet
+        # expunged) is fetched once more, found already stored, and expunged this time
+        criteria = ["UNSEEN"] if self.source.fetch == "unseen" else ["ALL"]
+        uids = client.search(criteria)
+        if keep:
+            seen = imap_seen(self.engine, self.source.key, folder, validity)
+            gone = seen - set(uids)
+            if gone:
+                imap_forget(self.engine, self.source.key, folder, validity, gone)
+            uids = uids_to_fetch(uids, seen)
+        else:
+            uids = sorted(uids)
+        sized: list[tuple[int, int]] = []
+        for i in range(0, len(uids), SIZE_CHUNK):
+            answer = client.fetch(uids[i:i + SIZE_CHUNK], ["RFC822.SIZE"])
+            sized += [(u, int(answer[u][b"RFC822.SIZE"])) for u in uids[i:i + SIZE_CHUNK]
+                      if u in answer]
+        return validity, sized
+
+    async def _folder(self, client: IMAPClient, folder: str, result: PassResult) -> None:
+        validity, sized = await self.call(self._plan, client, folder)
+        limit = self.source.max_message_size
+        fits = []
+        for uid, size in sized:
+            if size > limit:
+                self._too_big(folder, validity, uid, size, result)
+            else:
+                fits.append((uid, size))
+
+        async def handle(batch: list[int], bodies: dict[int, bytes]) -> None:
+            uids = [u for u in batch if u in bodies and len(bodies[u]) <= limit]
+            result.fetched += len(uids)
+            committed = await deliver(self.storage, self.source, self.box,
+                                      [bodies.pop(u) for u in uids], result, self.hold)
+            done = [u for u, ok in zip(uids, committed) if ok]
+            if done:
+                result.removed += await self.call(self._after, client, folder, validity, done)
+        await pipelined(self, batches(fits, BATCH_BYTES, BATCH_COUNT),
+                        lambda batch: self._bodies(client, batch), handle)
+
+    def _too_big(self, folder, validity, uid, size, result) -> None:
+        result.skipped += 1
+        if (folder, validity, uid) not in self.too_big_logged:
+            self.too_big_logged.add((folder, validity, uid))
+            log.warning("source.message_too_big", source=self.source.index, folder=folder,
+                        uid=uid, size=size, limit=self.source.max_message_size)
+
+    @staticmethod
+    def _bodies(client: IMAPClient, uids: list[int]) -> dict[int, bytes]:
+        answer = client.fetch(uids, ["BODY.PEEK[]"])
+        return {u: bytes(d[b"BODY[]"]) for u, d in answer.items() if d.get(b"BODY[]") is not None}
+
+    def _after(self, client: IMAPClient, folder: str, validity: int, uids: list[int]) -> int:
+        """What ``after`` says, for committed messages only; how many left the folder."""
+        after = self.source.after
+        if after == "keep":
+            imap_remember(self.engine, self.source.key, folder, validity, uids)
+            return 0
+        if after == "seen":
+            client.add_flags(uids, [b"\\Seen"], silent=True)
+            return 0
+        target = self.source.move_to
+        if target is not None and b"MOVE" in self.capabilities:
+            client.move(uids, target)
+            return len(uids)
+        if target is not None:
+            client.copy(uids, target)
+        client.delete_messages(uids, silent=True)
+        if b"UIDPLUS" in self.capabilities:
+            client.uid_expunge(uids)
+        else:
+            client.expunge()
+        return len(uids)
+
+    # --------------------------------------------------------------------------- IDLE
+    async def wait(self, seconds: float) -> None:
+        if self.client is None or not (self.source.idle and b"IDLE" in self.capabilities):
+            await super().wait(seconds)
+            return
+        try:
+            await self.call(self._idle, self.client, seconds)
+        except Exception as exc:            # the next pass reconnects and says why if it must
+            log.info("source.idle_ended", source=self.source.index,
+                     reason=type(exc).__name__)
+            await self.close()
+
+    def _idle(self, client: IMAPClient, seconds: float) -> None:
+        """IDLE on the first folder until new mail, ``seconds`` pass, or stop."""
+        client.select_folder(self.source.folders[0], readonly=True)
+        deadline = time.monotonic() + min(seconds, IDLE_RENEW)
+        client.idle()
+        try:
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                responses = client.idle_check(timeout=1)
+                if any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                    return
+        finally:
+            client.idle_done()
+
+
+def _server_text(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except Exception:
+        pass

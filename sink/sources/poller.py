@@ -1,0 +1,318 @@
+"""The loop every fetching source runs inside ``sink serve``, and what they share.
+
+One :class:`Poller` per ``[[sources]]`` entry: outside the pause window, holding the lease,
+it runs a pass of its worker (:mod:`sink.sources.imap`, :mod:`~sink.sources.pop3`,
+:mod:`~sink.sources.emldir`), then waits for the interval (IMAP: in IDLE, so new mail is taken
+within seconds). A failing pass is logged as ``source.failed`` and retried after a backoff that
+doubles up to the interval (a refused login or token: the whole interval at once, never a
+storm against the server or the tenant). Pollers are independent tasks: one that fails never
+stops the others or the listeners.
+
+The one promise: :func:`deliver` returns which messages were committed; a worker deletes,
+flags, moves or remembers only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time as _time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import Callable, Sequence
+
+from sink.config import BoxConfig, Config, SourceConfig
+from sink.intake import Envelope
+from sink.log import get_logger
+from sink.sources.state import Lease
+
+log = get_logger("sink.sources")
+FIRST_BACKOFF = 2.0
+
+
+class LoginRefused(Exception):
+    """The server or Entra ID refused our credentials: retried only after a whole interval."""
+
+
+# --------------------------------------------------------------------------- pause window
+
+def in_pause(now: time, start: time | None, stop: time | None) -> bool:
+    """Inside ``[start, stop)``, local time; the window may cross midnight; start == stop is
+    no window at all."""
+    if start is None or stop is None or start == stop:
+        return False
+    if start < stop:
+        return start <= now < stop
+    return now >= start or now < stop
+
+
+def pause_left(now: datetime, start: time | None, stop: time | None) -> float:
+    """Seconds until the pause window ends (0 outside it)."""
+    if not in_pause(now.time(), start, stop):
+        return 0.0
+    end = now.replace(hour=stop.hour, minute=stop.minute, second=0, microsecond=0)
+    if end <= now:
+        end += timedelta(days=1)
+    return (end - now).total_seconds()
+
+
+def backoff(failures: int, interval: float) -> float:
+    """Seconds to wait after ``failures`` failed passes in a row: doubling, at most interval."""
+    if failures <= 0:
+        return 0.0
+    return min(interval, FIRST_BACKOFF * 2 ** min(failures - 1, 30))
+
+
+# ------------------------------------------------------------------------------ delivery
+
+@dataclass
+class PassResult:
+    """One pass of one source: the JSON line ``sink poll`` prints (SPEC 2.2)."""
+    fetched: int = 0
+    stored: int = 0
+    already_stored: int = 0
+    removed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_json(self, source: SourceConfig) -> dict:
+        return {"source": source.index, "kind": source.kind, "box": source.box,
+                "fetched": self.fetched, "stored": self.stored,
+                "already_stored": self.already_stored, "removed": self.removed,
+                "skipped": self.skipped, "errors": list(self.errors)}
+
+
+async def deliver(storage, source: SourceConfig, box: BoxConfig, raws: Sequence[bytes],
+                  result: PassResult, hold: bool = False) -> list[bool]:
+    """Submit every message at once (group commit takes them together); True for each one
+    committed. False: not committed (storage answered 4xx) - leave it where it is. ``hold``:
+    ``sink suspend --store`` is in force - stored pending, decided on resume."""
+    envelope = Envelope(channel=source.kind, rcpt_tos=(box.address,), hold=hold)
+    started = _time.perf_counter()
+    futures = [storage.submit(raw, envelope, [box], started) for raw in raws]
+    answers = await asyncio.gather(*futures, return_exceptions=True)
+    committed = []
+    for answer in answers:
+        outcome = answer if isinstance(answer, BaseException) else list(answer)[0]
+        if isinstance(outcome, BaseException):
+            committed.append(False)
+            reason = f"not committed: {type(outcome).__name__}"
+            if reason not in result.errors:
+                result.errors.append(reason)
+            continue
+        committed.append(True)
+        if outcome.already_stored:
+            result.already_stored += 1
+        else:
+            result.stored += 1
+    return committed
+
+
+async def pipelined(worker: "Worker", work: list, fetch, handle) -> None:
+    """``fetch(batch)`` (blocking, in the worker's thread) for each batch, then
+    ``await handle(batch, fetched)``; the next batch is fetched while this one commits, so at
+    most two batches are in hand. Stops between batches when the worker is stopping."""
+    ahead = None
+    try:
+        for i, batch in enumerate(work):
+            current = ahead or asyncio.ensure_future(worker.call(fetch, batch))
+            ahead = None
+            fetched = await current
+            if i + 1 < len(work) and not worker.stopping.is_set():
+                ahead = asyncio.ensure_future(worker.call(fetch, work[i + 1]))
+            await handle(batch, fetched)
+            if worker.stopping.is_set():
+                break
+    finally:
+        if ahead is not None:           # let the thread finish with it; the result is dropped
+            try:
+                await ahead
+            except Exception:
+                pass
+
+
+class Worker:
+    """What a source kind implements; blocking work goes through :meth:`call` (its own thread,
+    so a slow server never blocks the event loop the listeners share)."""
+
+    def __init__(self, source: SourceConfig, config: Config, storage, engine):
+        self.source = source
+        self.box = config.box(source.box)
+        self.storage = storage
+        self.engine = engine
+        self.stopping = asyncio.Event()
+        self.hold = False               # set by the poller while `sink suspend --store` holds
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"source{source.index}")
+
+    async def call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def run_pass(self) -> PassResult:
+        raise NotImplementedError
+
+    async def wait(self, seconds: float) -> None:
+        """Between passes: sleep (IMAP overrides it with IDLE)."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        """Drop the connection (after a failure, or at stop)."""
+
+    def shutdown(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+# -------------------------------------------------------------------------------- poller
+
+class Poller:
+    """One source inside ``sink serve``: a component (async start/stop)."""
+
+    def __init__(self, worker: Worker, *, clock: Callable[[], datetime] = datetime.now,
+                 lease: Lease | None = None, ops=None):
+        self.worker = worker
+        self.ops = ops                  # sink.operations.Ops: suspension, notifier (serve)
+        self.source = worker.source
+        self.clock = clock
+        self.lease = lease or Lease(worker.engine, worker.source.key)
+        self.task: asyncio.Task | None = None
+        self.failures = 0
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"source{self.source.index}")
+
+    async def stop(self) -> None:
+        self.worker.stopping.set()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, 60)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self.task.cancel()
+        await self.worker.call(self.lease.release)
+        self.worker.shutdown()
+
+    async def _run(self) -> None:
+        while not self.worker.stopping.is_set():
+            try:
+                delay = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:           # a bug here must not end this source for good
+                log.exception("source.loop_error", source=self.source.index)
+                delay = self.source.interval
+            if delay:
+                await self.worker.wait(delay)
+
+    async def step(self) -> float:
+        """One turn of the loop; returns how long to wait before the next one."""
+        source = self.source
+        paused = pause_left(self.clock(), source.stop_from, source.stop_to)
+        if paused:
+            await self.worker.close()
+            log.info("source.paused", source=source.index, seconds=round(paused))
+            return min(paused, 60.0)        # the clock is looked at again each minute
+        suspension = self.ops.suspension if self.ops is not None else None
+        if suspension is not None and suspension.active and not suspension.store:
+            await self.worker.close()       # `sink suspend`: no connection until resumed
+            return 1.0
+        self.worker.hold = bool(suspension is not None and suspension.store)
+        try:
+            if not await self.worker.call(self.lease.acquire):
+                log.info("source.leased_elsewhere", source=source.index)
+                await self.worker.close()
+                return source.interval
+            started = _time.monotonic()
+            result = await self.worker.run_pass()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await self._failed(exc)
+        self.failures, self.last_success, self.last_error = 0, _time.time(), None
+        await self._record(None)
+        log.info("source.polled", source=source.index, kind=source.kind, box=source.box,
+                 seconds=round(_time.monotonic() - started, 3),
+                 **{k: v for k, v in result.as_json(source).items()
+                    if k not in ("source", "kind", "box")})
+        return source.interval
+
+    async def _failed(self, exc: Exception) -> float:
+        self.failures += 1
+        reason = describe_error(exc)
+        self.last_error = reason
+        await self.worker.close()
+        delay = (self.source.interval if isinstance(exc, LoginRefused)
+                 else backoff(self.failures, self.source.interval))
+        log.warning("source.failed", source=self.source.index, kind=self.source.kind,
+                    box=self.source.box, where=self.source.describe(), reason=reason,
+                    failures=self.failures, retry_in=round(delay, 1))
+        await self._record(reason)
+        if self.ops is not None:
+            self.ops.notifier.notify(
+                "source_failing", f"source {self.name} failing",
+                f"Source {self.name} ({self.source.describe()}, box {self.source.box}) failed "
+                f"{self.failures} time(s) in a row: {reason}\nNothing is removed from it "
+                f"until its messages are committed; next try in {round(delay)} s.\n\n"
+                f"Run: sink status; sink poll --source {self.source.index}")
+        return delay
+
+    @property
+    def name(self) -> str:
+        """The source as `sink status` and the metric label name it."""
+        return f"{self.source.index}:{self.source.describe()}"
+
+    async def _record(self, error: str | None) -> None:
+        """The pass's outcome in ``source_status`` (sink status, the last-success metric);
+        a database that does not answer costs the record, never the pass."""
+        from sink.db.source_status import record_error, record_success
+
+        def write():
+            with self.worker.engine.begin() as conn:
+                if error is None:
+                    record_success(conn, self.name)
+                else:
+                    record_error(conn, self.name, error)
+        try:
+            await self.worker.call(write)
+        except Exception as exc:
+            log.warning("source.status_unrecorded", source=self.source.index,
+                        error=type(exc).__name__)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for logs and ``sink poll``: the exception's type and message, cut
+    short (our exceptions never carry a secret; a server's reply is at most quoted)."""
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def make_worker(source: SourceConfig, config: Config, storage, engine,
+                tokens=None) -> Worker:
+    if source.kind == "imap":
+        from sink.sources.imap import ImapWorker
+        return ImapWorker(source, config, storage, engine, tokens)
+    if source.kind == "pop3":
+        from sink.sources.pop3 import Pop3Worker
+        return Pop3Worker(source, config, storage, engine, tokens)
+    from sink.sources.emldir import EmlDirWorker
+    return EmlDirWorker(source, config, storage, engine)
+
+
+def token_sources(config: Config) -> dict:
+    """One msal application per distinct app registration (its token cache shared)."""
+    from sink.sources.oauth import TokenSource
+    found: dict = {}
+    for source in config.sources:
+        if source.oauth is not None and source.oauth not in found:
+            found[source.oauth] = TokenSource(source.oauth)
+    return found
+
+
+def make_sources(config: Config, storage, engine, ops=None) -> list[Poller]:
+    """The components ``sink serve`` adds: one poller per ``[[sources]]`` entry; ``ops``
+    (sink.operations.Ops) for suspend, status and error mails."""
+    tokens = token_sources(config)
+    return [Poller(make_worker(s, config, storage, engine, tokens.get(s.oauth)), ops=ops)
+            for s in config.sources]
