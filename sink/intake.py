@@ -44,6 +44,9 @@ from sink.mail.parse import ParsedMessage, parse_message, storable
 from sink.pipeline import evaluate
 from sink.pipeline.decision import Decision
 from sink.mail.unwrap import Unwrapped, unwrap
+from sink.mail import dkim as dkim_check      # issue 13: DKIM and carrier trust, per box
+from sink.mail.textnorm import domain_of
+from sink.mail.trust import for_box
 
 log = get_logger("sink.intake")
 UNWRAPPED = "UNWRAPPED"     # verdict of a journal report, wrapper or PEC envelope
@@ -86,6 +89,7 @@ class Prepared:
     parsed: ParsedMessage
     carried: Unwrapped | None
     started: float                    # perf_counter() at receipt, for the log's duration_ms
+    dkim: str = "none"                # dkimpy's verdict on the message's own signatures
 
 
 class DirectoryCache:
@@ -143,7 +147,7 @@ _STORED = Fast(select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict
 _INSERT_MESSAGE = Fast(insert(t.messages), (
     "uuid", "received_at", "channel", "box", "mail_from", "rcpt_to", "sender", "to_addrs",
     "cc_addrs", "date_header", "subject", "message_id", "size", "sha256", "status", "trace",
-    "parent_id", "verdict", "direction", "processed_at"))
+    "parent_id", "verdict", "direction", "processed_at", "dkim"))
 _INSERT_RAW = Fast(insert(t.raw_messages), ("message_id", "content"))
 _INSERT_DEDUP_KEYS = Fast(insert(t.dedup_keys), ("box", "kind", "digest", "message_id"),
                           many=True)
@@ -251,15 +255,18 @@ class Intake:
             self.log_delivery(delivery, prepared)
         return deliveries
 
-    def prepare(self, raw: bytes, envelope: Envelope, started: float | None = None) -> Prepared:
+    def prepare(self, raw: bytes, envelope: Envelope, started: float | None = None,
+                dkim: str | None = None) -> Prepared:
         """Digest and parse ``raw`` (and unwrap what it carries); no database work.
         ``started``: ``time.perf_counter()`` at receipt (CLOCK_MONOTONIC on Linux, so the
         protocol process's reading is valid in a storage worker), else now."""
         if started is None:
             started = time.perf_counter()
         parsed = parse_message(raw, bcc=envelope.bcc)
+        if dkim is None:    # (a storage worker verifies a whole batch at once beforehand)
+            dkim = dkim_check.verify(raw, domain_of(parsed.sender or ""))
         return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
-                        started)
+                        started, dkim)
 
     def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
@@ -269,8 +276,11 @@ class Intake:
         if existing is not None:
             stored_id, status, verdict = existing
             return Delivery(box.address, stored_id, status, verdict, None, already_stored=True)
-        return self._store(conn, prepared.raw, prepared.sha256, prepared.parsed,
-                           prepared.envelope, box, prepared.carried)
+        # issue 13: a carrier is unwrapped only when this box trusts it (sink.mail.trust)
+        parsed, carried, note = for_box(prepared.parsed, prepared.carried, prepared.dkim, box,
+                                        self.directory.get(conn), prepared.envelope.mail_from)
+        return self._store(conn, prepared.raw, prepared.sha256, parsed, prepared.envelope, box,
+                           carried, note)
 
     def replay_candidates(self, ids: Iterable[int] | None,
                           boxes: Iterable[BoxConfig]) -> list[int]:
@@ -348,26 +358,29 @@ class Intake:
         """What ``deliver`` would decide, writing nothing (``sink check``): one decision per
         processed message (a wrapper yields one for each message it carries)."""
         parsed = parse_message(raw, bcc=envelope.bcc)
-        carried = unwrap(parsed)
-        messages = [i.parsed for i in carried.inner] if carried else [parsed]
         with self.engine.connect() as conn:
             try:
                 directory = self.directory.get(conn)
+                parsed, carried, _ = for_box(     # issue 13: the same trust as deliver
+                    parsed, unwrap(parsed), dkim_check.verify(raw, domain_of(parsed.sender or "")),
+                    box, directory, envelope.mail_from)
+                messages = [i.parsed for i in carried.inner] if carried else [parsed]
                 return [self._evaluate(conn, m, box, directory) for m in messages]
             finally:
                 conn.rollback()
 
     # ------------------------------------------------------------------------------ steps
     def _store(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
-               envelope: Envelope, box: BoxConfig, carried: Unwrapped | None = None) -> Delivery:
+               envelope: Envelope, box: BoxConfig, carried: Unwrapped | None = None,
+               note: dict | None = None) -> Delivery:
         if carried is None:
-            return self._store_decided(conn, raw, sha256, parsed, envelope, box)
+            return self._store_decided(conn, raw, sha256, parsed, envelope, box, note=note)
         message_id = self._insert_message(conn, raw, sha256, parsed, envelope, box)
-        return self._store_carried(conn, message_id, carried, envelope, box)
+        return self._store_carried(conn, message_id, carried, envelope, box, note)
 
     def _store_decided(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
-                       envelope: Envelope, box: BoxConfig, parent_id: int | None = None
-                       ) -> Delivery:
+                       envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
+                       note: dict | None = None) -> Delivery:
         """Decide, then write the message row once, with its outcome, and its records (the rules
         need no row of the message: one UPDATE per message fewer than pending-then-processed;
         the transaction makes the order invisible)."""
@@ -380,7 +393,8 @@ class Intake:
         message_id = self._insert_message(
             conn, raw, sha256, parsed, envelope, box, parent_id, outcome=dict(
                 status="processed", verdict=decision.verdict, direction=decision.direction,
-                trace=[e.as_json() for e in decision.trace], processed_at=self.clock()))
+                trace=[*([note] if note else []), *(e.as_json() for e in decision.trace)],
+                processed_at=self.clock()))
         return self._apply(conn, message_id, decision, box, directory)
 
     def _insert_message(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
@@ -392,6 +406,7 @@ class Intake:
             sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
             date_header=parsed.date_header, subject=parsed.subject,
             message_id=parsed.message_id, size=len(raw), sha256=sha256, parent_id=parent_id,
+            dkim=parsed.dkim,
             **(outcome or dict(status="pending", trace=[], verdict=None, direction=None,
                                processed_at=None)),
         )))
@@ -399,7 +414,7 @@ class Intake:
         return message_id
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
-                       envelope: Envelope, box: BoxConfig) -> Delivery:
+                       envelope: Envelope, box: BoxConfig, note: dict | None = None) -> Delivery:
         """The wrapper's own row records what it carried; each carried message is a message of
         its own (child row, own raw bytes, own decision), in the same transaction."""
         children = []
@@ -416,6 +431,8 @@ class Intake:
                                         parent_id=outer_id)
             children.append(dataclasses.replace(child, sender=inner.parsed.sender))
         detail = f"{carried.kind}: " + ", ".join(f"#{c.message_id}" for c in children)
+        if note:
+            detail += f" ({note['detail']})"
         conn.execute(update(t.messages).where(t.messages.c.id == outer_id).values(
             status="processed", verdict=UNWRAPPED, processed_at=self.clock(),
             trace=[{"rule": "unwrap", "outcome": "hit", "detail": detail}]))
