@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from sink.cli import admin, inspect, mail
+from sink.cli import admin, inspect, mail, passwd
 from sink.cli.common import EXIT_TRANSIENT, EXIT_USAGE, Parser, UsageError
 from sink.config import ConfigError, load_config
 
-COMMAND_MODULES = (admin, mail, inspect)
+COMMAND_MODULES = (admin, mail, inspect, passwd)
 
 
 def build_parser() -> Parser:
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from sink.log import configure
     try:
         args = build_parser().parse_args(argv)
+        if not getattr(args, "needs_config", True):     # `sink passwd`: no config file
+            return args.func(None, args)
         config = load_config(args.config)
         configure(config.log.level, config.log.file)
         return args.func(config, args)
