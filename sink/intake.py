@@ -195,7 +195,7 @@ class ReplayError(Exception):
 
 _REPLAY_ROW = select(t.messages.c.id, t.messages.c.box, t.messages.c.status,
                      t.messages.c.parent_id, t.messages.c.sha256, t.messages.c.channel,
-                     t.messages.c.mail_from, t.messages.c.rcpt_to)
+                     t.messages.c.mail_from, t.messages.c.rcpt_to, t.messages.c.dkim)
 
 
 def _replayable(row, message_id: int, boxes: dict[str, BoxConfig]) -> BoxConfig:
@@ -277,8 +277,9 @@ class Intake:
             stored_id, status, verdict = existing
             return Delivery(box.address, stored_id, status, verdict, None, already_stored=True)
         # issue 13: a carrier is unwrapped only when this box trusts it (sink.mail.trust)
+        directory = self.directory.get(conn) if prepared.carried else None
         parsed, carried, note = for_box(prepared.parsed, prepared.carried, prepared.dkim, box,
-                                        self.directory.get(conn), prepared.envelope.mail_from)
+                                        directory, prepared.envelope.mail_from)
         return self._store(conn, prepared.raw, prepared.sha256, parsed, prepared.envelope, box,
                            carried, note)
 
@@ -319,6 +320,9 @@ class Intake:
         # parse outside the transaction, like every delivery: the bytes never change
         parsed = _parsed_for_replay(bytes(raw), row.sha256,
                                     None if parent is None else bytes(parent))
+        # issue 13: the authentication found at receipt (no DNS again, and the same verdict)
+        parsed = dataclasses.replace(parsed, dkim=row.dkim or "none",
+                                     authenticated=row.dkim == "pass")
         envelope = Envelope(row.channel, row.mail_from, tuple(row.rcpt_to or ()))
         for attempt in range(RACE_RETRIES):
             try:

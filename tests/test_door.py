@@ -365,3 +365,51 @@ def test_finding6_sigterm_answers_every_message_in_data(serve, sqlite_engine):
     stopping.join(30)
     assert [code for code, _ in replies] == [250] * 8, replies
     assert stored(sqlite_engine) == 8
+
+
+def test_passwd_asks_twice_on_a_terminal_without_echo(tmp_path):
+    import os
+    import pty
+    import select
+    from sink.sources.auth import verify_password
+    pid, fd = pty.fork()
+    if pid == 0:                                   # the child: `sink passwd` on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "sink", "passwd", "connector"])
+    out = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal out
+        deadline = time.monotonic() + 20
+        while marker not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    out += os.read(fd, 1024)
+                except OSError:
+                    return
+    read_until(b"Password: ")
+    os.write(fd, PASSWORD.encode() + b"\n")
+    read_until(b"Again: ")
+    os.write(fd, PASSWORD.encode() + b"\n")
+    deadline = time.monotonic() + 20            # then everything until the child exits
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert PASSWORD.encode() not in out                     # never echoed
+    line = next(l for l in out.decode().splitlines() if l.startswith("connector:"))
+    assert verify_password(PASSWORD.encode(), line.split(":", 1)[1].strip())
+
+
+def test_client_ca_implies_require_tls(serve, tls_files):
+    server = serve(tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"],
+                   tls_client_ca=tls_files["ca"], tls_client_names=["mail.protection.outlook.com"])
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("mta@firma.cz")[0] == 530

@@ -125,6 +125,9 @@ def _door(where: str, raw: dict, base: Path, has_tls: bool) -> dict:
             raise ConfigError(f"{where}.auth_users_file: required when auth = \"required\"")
     if needs_tls and not has_tls:
         raise ConfigError(f"{where}.{needs_tls[0]}: needs tls_cert and tls_key")
+    if "tls_client_ca" in door:
+        # a certificate check that plaintext could walk around would prove nothing
+        door["require_tls"] = True
     if door["tls_client_names"] and "tls_client_ca" not in door:
         raise ConfigError(f"{where}.tls_client_names: needs tls_client_ca")
     return door
