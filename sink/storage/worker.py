@@ -94,7 +94,11 @@ def with_dkim(items: list) -> list:
     import dataclasses
     from sink.mail.dkim import verify_many
     from sink.mail.textnorm import domain_of
-    results = verify_many([(p.raw, domain_of(p.parsed.sender or "")) for _, p, _ in items])
+    try:
+        results = verify_many([(p.raw, domain_of(p.parsed.sender or "")) for _, p, _ in items])
+    except Exception:               # (no thread to be had, ...): unverified, never deferred
+        results = ["temperror" if p.raw.find(b"DKIM-Signature") >= 0 else "none"
+                   for _, p, _ in items]
     return [(job_id, dataclasses.replace(p, dkim=result), b)
             for (job_id, p, b), result in zip(items, results)]
 
