@@ -365,9 +365,9 @@ class Intake:
         with self.engine.connect() as conn:
             try:
                 directory = self.directory.get(conn)
+                verdict = dkim_check.verify(raw, domain_of(parsed.sender or ""))
                 parsed, carried, _ = for_box(     # issue 13: the same trust as deliver
-                    parsed, unwrap(parsed), dkim_check.verify(raw, domain_of(parsed.sender or "")),
-                    box, directory, envelope.mail_from)
+                    parsed, unwrap(parsed), verdict, box, directory, envelope.mail_from)
                 messages = [i.parsed for i in carried.inner] if carried else [parsed]
                 return [self._evaluate(conn, m, box, directory) for m in messages]
             finally:
