@@ -123,7 +123,7 @@ def _lock_state(conn: Connection) -> State:
 
 def _next_pending(conn: Connection, skipped: list[int]):
     query = select(t.messages.c.id, t.messages.c.box, t.messages.c.channel,
-                   t.messages.c.mail_from, t.messages.c.rcpt_to).where(
+                   t.messages.c.mail_from, t.messages.c.rcpt_to, t.messages.c.dkim).where(
         t.messages.c.status == "pending", t.messages.c.parent_id.is_(None))
     if skipped:
         query = query.where(t.messages.c.id.not_in(skipped))
@@ -136,7 +136,7 @@ def _decide(conn: Connection, intake, message, box: BoxConfig):
         t.raw_messages.c.message_id == message.id)).scalar_one()
     envelope = Envelope(message.channel, message.mail_from, tuple(message.rcpt_to or ()))
     with intake.directory.pinned(conn):
-        return intake.decide_held(conn, message.id, bytes(raw), envelope, box)
+        return intake.decide_held(conn, message.id, bytes(raw), envelope, box, message.dkim)
 
 
 def _lift(conn: Connection) -> None:

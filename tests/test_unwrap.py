@@ -12,9 +12,9 @@ from tests.support import make_mail
 
 
 def envelope(subject, inner: list[bytes], headers=None, text="See attached.",
-             as_eml_file=False, names=None) -> bytes:
+             as_eml_file=False, names=None, sender="journal@firma.cz") -> bytes:
     outer = EmailMessage()
-    outer["From"] = "journal@firma.cz"
+    outer["From"] = sender
     outer["To"] = "crm@firma.cz"
     outer["Subject"] = subject
     outer["Message-ID"] = "<outer@test>"
@@ -104,7 +104,8 @@ def test_journal_report_is_stored_with_its_original_as_a_child(engine):
     from sink.config import parse_config
     from sink.db import schema as t
     from sink.intake import Envelope, Intake
-    box = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+    box = parse_config({"boxes": [{"address": "crm@firma.cz",
+                                   "journal_senders": ["journal@firma.cz"]}]}).boxes[0]
     original = make_mail(sender="jan@acme.cz", to=("info@acme.cz",), subject="Question",
                          message_id="<j1@test>")
     # the original's headers name nobody at firma.cz: only the journal envelope's Bcc does
@@ -134,14 +135,17 @@ def test_check_and_ingest_print_one_object_per_carried_message(tmp_path):
     from tests.support import DIRECTORY
     config = tmp_path / "sink.toml"
     config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/s.db"\n'
-                      '[[boxes]]\naddress = "crm@firma.cz"\n')
+                      '[[boxes]]\naddress = "crm@firma.cz"\n'
+                      'trusted_authserv_ids = ["mx.firma.cz"]\n')
     (tmp_path / "d.json").write_text(json.dumps(DIRECTORY))
     sink(config, "db", "upgrade", check=True)
     sink(config, "directory", "import", tmp_path / "d.json", check=True)
     wrapper = tmp_path / "wrapper.eml"
+    # a wrapper is unwrapped only from an authenticated directory user (SPEC 2.3)
     wrapper.write_bytes(envelope("> @E-mails two", [
         make_mail(subject="first", to=("alice@firma.cz",)),
-        make_mail(subject="second", to=("bob@firma.cz",))]))
+        make_mail(subject="second", to=("bob@firma.cz",))], sender="alice@firma.cz",
+        headers={"Authentication-Results": "mx.firma.cz; dkim=pass header.d=firma.cz"}))
     checked = lines(sink(config, "check", wrapper, check=True))
     assert [c["activities"][0]["responsible"] for c in checked] == ["alice@firma.cz",
                                                                    "bob@firma.cz"]

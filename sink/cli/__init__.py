@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from sink.cli import admin, calendar, inspect, mail, operations, poll
+from sink.cli import admin, calendar, inspect, mail, operations, passwd, poll
 from sink.cli.common import EXIT_TRANSIENT, EXIT_USAGE, Parser, UsageError
 from sink.config import ConfigError, load_config
 
-COMMAND_MODULES = (admin, mail, inspect, operations, poll, calendar)
+COMMAND_MODULES = (admin, mail, inspect, operations, poll, calendar, passwd)
 
 
 def build_parser() -> Parser:
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:                # `sink` alone: the list of commands
             parser.print_help(sys.stderr)
             return EXIT_USAGE
+        if not getattr(args, "needs_config", True):     # `sink passwd`: no config file
+            return args.func(None, args)
         config = load_config(args.config)
         configure(config.log.level, config.log.file)
         return args.func(config, args)

@@ -9,6 +9,33 @@ from pathlib import Path
 from sink.cli.common import EXIT_OK, UsageError, day, emit, engine_for
 from sink.config import Config
 
+# SPEC 7: text from a message never reaches a terminal as control characters (a Subject can
+# hold a screen clear or an OSC 8 link): C0, DEL, C1, line/paragraph separators and the bidi
+# controls are shown as escapes. Made visible before any cut, so a cut opens nothing.
+_BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E,
+                                   0x200F, 0x061C))
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text) -> str:
+    text = "" if text is None else str(text)
+    if text.isprintable():          # the common case: nothing to do (fast path)
+        return text
+    return "".join(_escape(ch) if _hidden(ch) else ch for ch in text)
+
+
+def _hidden(ch: str) -> bool:
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code <= 0x9F or ch in _BIDI or ch in "\u2028\u2029"
+
+
+def _say(line: str = "") -> None:
+    print(visible(line))
+
 
 def register(sub) -> None:
     msgs = sub.add_parser("messages", help="list stored messages, newest first")
@@ -49,7 +76,8 @@ def cmd_messages(config: Config, args) -> int:
             print(_MESSAGES_ROW.format(
                 id=row["id"], when=when, channel=row["channel"], status=row["status"],
                 verdict=row["verdict"] or "-", activities=row["activities"],
-                sender=(row["sender"] or "-")[:32], subject=(row["subject"] or "")[:60]))
+                sender=visible(row["sender"] or "-")[:32],
+                subject=visible(row["subject"] or "")[:60]))
     return EXIT_OK
 
 
@@ -106,20 +134,20 @@ def _print_detail(d: dict) -> None:
         value = d.get(key)
         if isinstance(value, list):
             value = ", ".join(f"#{v}" if isinstance(v, int) else v for v in value)
-        print(f"{key + ':':<14}{'' if value is None else value}")
-    print("trace:")
+        _say(f"{key + ':':<14}{'' if value is None else value}")
+    _say("trace:")
     for entry in d.get("trace") or []:
         detail = f"  ({entry['detail']})" if entry.get("detail") else ""
-        print(f"  {entry['rule']:<22}{entry['outcome']}{detail}")
-    print(f"activities: {len(d['activities'])}")
+        _say(f"  {entry['rule']:<22}{entry['outcome']}{detail}")
+    _say(f"activities: {len(d['activities'])}")
     for a in d["activities"]:
         links = ", ".join(f"{k} {a[k]}" for k in ("contract", "order", "task") if a[k])
-        print(f"  #{a['id']} {a['direction']} responsible={a['responsible']} "
+        _say(f"  #{a['id']} {a['direction']} responsible={a['responsible']} "
               f"type={a['type_name']} scope={a['scope']} completed={a['completed']} "
               f"due={a['due']}" + (f" [{links}]" if links else "")
               + (f" original={a['original_filename']}" if a["original_filename"] else ""))
         if a["contacts"] or a["companies"]:
-            print(f"    contacts: {', '.join(a['contacts']) or '-'}; "
+            _say(f"    contacts: {', '.join(a['contacts']) or '-'}; "
                   f"companies: {', '.join(a['companies']) or '-'}")
     _print_side_effects(d)
 
@@ -128,25 +156,25 @@ def _print_side_effects(d: dict) -> None:
     tasks, flags = d.get("tasks") or [], d.get("contact_flags") or []
     forbidden, invitations = d.get("forbidden") or [], d.get("invitations") or []
     responses = d.get("responses") or []
-    print(f"tasks: {len(tasks)}")
+    _say(f"tasks: {len(tasks)}")
     for k in tasks:
-        print(f"  {k['action']} {k['number']} subject={k['subject']!r} status={k['status']} "
+        _say(f"  {k['action']} {k['number']} subject={k['subject']!r} status={k['status']} "
               f"contract={k['contract_number'] or '-'} approver={k['approver'] or '-'} "
               f"solvers={', '.join(k['solvers']) or '-'}")
-    print(f"contact flags: {len(flags)}")
+    _say(f"contact flags: {len(flags)}")
     for f in flags:
         changes = ", ".join(f"{name}={value}" for name, value in f["changes"].items())
-        print(f"  {f['entity']} {f['email']}: {changes}")
-    print(f"forbidden: {len(forbidden)}")
+        _say(f"  {f['entity']} {f['email']}: {changes}")
+    _say(f"forbidden: {len(forbidden)}")
     for f in forbidden:
-        print(f"  {f['type']} {f['email']}")
-    print(f"invitations: {len(invitations)}")
+        _say(f"  {f['type']} {f['email']}")
+    _say(f"invitations: {len(invitations)}")
     for i in invitations:
         when = " - ".join(f"{i[k]}" + (f" ({i[k + '_tzid']})" if i[k + "_tzid"] else "")
                           for k in ("dtstart", "dtend") if i[k])
-        print(f"  {i['user']} {i['method']} {i['status']} uid={i['uid']} sequence={i['sequence']} "
+        _say(f"  {i['user']} {i['method']} {i['status']} uid={i['uid']} sequence={i['sequence']} "
               f"summary={i['summary']!r} {when}"
               + (f" rrule={i['rrule']}" if i["rrule"] else "")
               + (f" organizer={i['organizer']}" if i["organizer"] else ""))
     for r in responses:
-        print(f"  answer on {r['user']}'s uid={r['uid']}: {r['attendee']} {r['partstat']}")
+        _say(f"  answer on {r['user']}'s uid={r['uid']}: {r['attendee']} {r['partstat']}")

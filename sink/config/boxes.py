@@ -25,6 +25,11 @@ class BoxConfig:
     support_addresses: tuple[str, ...] = ()
     spam_senders: tuple[str, ...] = ()
     keywords: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # SPEC 2.3: when a carrier is trusted, and whether side effects need authentication
+    journal_senders: tuple[str, ...] = ()
+    pec: bool = False
+    trusted_authserv_ids: tuple[str, ...] = ()
+    authenticated_side_effects: bool = False
 
     def rule_list(self, name: str) -> tuple[str, ...]:
         """A keyword/phrase list: the box's override, else the shipped default."""
@@ -35,6 +40,7 @@ _BOX_KEYS = {
     "address", "internal_domains", "ignore_subjects", "system_senders", "save_originals_from",
     "incoming_as_pending", "exception_addresses", "exception_domains", "block_free_mail",
     "support_addresses", "spam_senders", "keywords",
+    "journal_senders", "pec", "trusted_authserv_ids", "authenticated_side_effects",
 }
 
 
@@ -69,4 +75,10 @@ def parse_box(where: str, raw: Any) -> BoxConfig:
             f"{where}.support_addresses", raw.get("support_addresses", [])),
         spam_senders=addresses(f"{where}.spam_senders", raw.get("spam_senders", [])),
         keywords=keywords,
+        journal_senders=addresses(f"{where}.journal_senders", raw.get("journal_senders", [])),
+        pec=boolean(f"{where}.pec", raw.get("pec", False)),
+        trusted_authserv_ids=tuple(v.lower() for v in strings(
+            f"{where}.trusted_authserv_ids", raw.get("trusted_authserv_ids", []))),
+        authenticated_side_effects=boolean(
+            f"{where}.authenticated_side_effects", raw.get("authenticated_side_effects", False)),
     )

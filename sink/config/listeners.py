@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sink.config.checks import ConfigError, check_keys, resolve, string, strings, whole
+from sink.config.checks import (ConfigError, boolean, check_keys, resolve, string, strings,
+                                whole)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,14 @@ class ListenerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     hostname: str | None = None
+    # issue 13: who may speak to a listener that faces more than loopback
+    require_tls: bool = False
+    auth: str = "off"                          # "off" | "required"
+    auth_users_file: str | None = None
+    tls_client_ca: str | None = None
+    tls_client_names: tuple[str, ...] = ()
+    max_connections_per_client: int = 20
+    data_deadline: float = 600.0
 
     @property
     def address(self) -> str:
@@ -32,6 +41,8 @@ class ListenerConfig:
 _LISTENER_KEYS = {
     "protocol", "address", "max_message_size", "max_recipients", "max_connections", "timeout",
     "allowed_networks", "tls_cert", "tls_key", "hostname",
+    "require_tls", "auth", "auth_users_file", "tls_client_ca", "tls_client_names",
+    "max_connections_per_client", "data_deadline",
 }
 
 
@@ -67,9 +78,7 @@ def parse_listener(where: str, raw: Any, base: Path) -> ListenerConfig:
             tls[key] = str(resolve(base, string(f"{where}.{key}", raw[key])))
     if len(tls) == 1:
         raise ConfigError(f"{where}.tls_cert: tls_cert and tls_key go together")
-    timeout = raw.get("timeout", ListenerConfig.timeout)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"{where}.timeout: expected a positive number of seconds")
+    timeout = _seconds(f"{where}.timeout", raw.get("timeout", ListenerConfig.timeout))
     return ListenerConfig(
         protocol=protocol, host=host, port=port,
         max_message_size=whole(f"{where}.max_message_size",
@@ -82,4 +91,43 @@ def parse_listener(where: str, raw: Any, base: Path) -> ListenerConfig:
         allowed_networks=networks,
         hostname=string(f"{where}.hostname", raw["hostname"]) if "hostname" in raw else None,
         **tls,
+        **_door(where, raw, base, bool(tls)),
     )
+
+
+def _seconds(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{where}: expected a positive number of seconds")
+    return float(value)
+
+
+def _door(where: str, raw: dict, base: Path, has_tls: bool) -> dict:
+    """TLS, AUTH and per-client limits (SPEC 2.1); each needs what makes it work."""
+    door: dict = {
+        "require_tls": boolean(f"{where}.require_tls", raw.get("require_tls", False)),
+        "max_connections_per_client": whole(f"{where}.max_connections_per_client",
+                                            raw.get("max_connections_per_client", 20)),
+        "data_deadline": _seconds(f"{where}.data_deadline", raw.get("data_deadline", 600)),
+    }
+    auth = string(f"{where}.auth", raw.get("auth", "off")).lower()
+    if auth not in ("off", "required"):
+        raise ConfigError(f"{where}.auth: expected \"off\" or \"required\"")
+    door["auth"] = auth
+    for key in ("auth_users_file", "tls_client_ca"):
+        if key in raw:
+            door[key] = str(resolve(base, string(f"{where}.{key}", raw[key])))
+    door["tls_client_names"] = tuple(n.lower() for n in strings(
+        f"{where}.tls_client_names", raw.get("tls_client_names", [])))
+    needs_tls = [k for k in ("require_tls", "tls_client_ca") if door.get(k)]
+    if auth == "required":
+        needs_tls.append("auth")
+        if "auth_users_file" not in door:
+            raise ConfigError(f"{where}.auth_users_file: required when auth = \"required\"")
+    if needs_tls and not has_tls:
+        raise ConfigError(f"{where}.{needs_tls[0]}: needs tls_cert and tls_key")
+    if "tls_client_ca" in door:
+        # a certificate check that plaintext could walk around would prove nothing
+        door["require_tls"] = True
+    if door["tls_client_names"] and "tls_client_ca" not in door:
+        raise ConfigError(f"{where}.tls_client_names: needs tls_client_ca")
+    return door

@@ -8,6 +8,7 @@ refuses to run when they are not what we set.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
@@ -21,6 +22,54 @@ class DurabilityError(Exception):
 def is_sqlite(engine_or_url) -> bool:
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
     return url.get_backend_name() == "sqlite"
+
+
+class SQLiteFile:
+    """The SQLite file an engine opened, to tell when it was unlinked or replaced under us.
+
+    SQLite keeps writing into the inode it opened: after ``rm sink.db`` (or a restore that
+    renamed another file over it) every commit "succeeds" into a file nobody will ever read,
+    and the MTA is answered 250 for mail that is gone. We keep a descriptor of the file the
+    first connection opened and compare, per batch, its link count (0: unlinked) and the
+    inode now at the path with it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: int | None = None
+        self.identity: tuple[int, int] | None = None
+
+    def opened(self) -> None:
+        if self.fd is None and os.path.exists(self.path):
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(self.fd)
+            self.identity = (st.st_dev, st.st_ino)
+
+    def problem(self) -> str | None:
+        """None while the path is still the file we write into, else what happened."""
+        if self.fd is None:
+            return None
+        if os.fstat(self.fd).st_nlink == 0:
+            return "the database file was deleted"
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "the database file was moved away"
+        if (st.st_dev, st.st_ino) != self.identity:
+            return "the database file was replaced by another file"
+        return None
+
+
+def check_database_file(engine: Engine) -> None:
+    """Raise TransientStorageError (451) when the SQLite file is no longer the one opened."""
+    guard = getattr(engine, "sink_file", None)
+    problem = guard.problem() if guard is not None else None
+    if problem:
+        from sink.errors import TransientStorageError
+        from sink.log import get_logger
+        get_logger("sink.db").error("storage.database_file_lost", path=guard.path,
+                                    problem=problem, action="answering 451 until restarted")
+        raise TransientStorageError(f"storage unavailable: {problem} ({guard.path}); "
+                                    f"restart the sink")
 
 
 def _sqlite_connect(dbapi_conn, _record):
@@ -41,12 +90,28 @@ def _sqlite_begin(conn):
 
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+    """An engine for ``url``; a URL SQLAlchemy cannot use is a ConfigError naming
+    ``database.url`` (one line, exit 2 - never a traceback, never the URL: it may hold a
+    password)."""
+    from sink.config.checks import ConfigError
+    from sqlalchemy import exc as sa_exc
+    try:
+        return _make_engine(url, pool_size)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError, ValueError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ConfigError(f"database.url: not a usable database URL ({reason})") from None
+
+
+def _make_engine(url: str, pool_size: int) -> Engine:
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
+        if database and database != ":memory:":
+            guard = engine.sink_file = SQLiteFile(database)
+            event.listen(engine, "connect", lambda *_: guard.opened())
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size,

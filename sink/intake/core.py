@@ -34,7 +34,10 @@ from sink.intake.directory_cache import DirectoryCache
 from sink.intake.model import UNWRAPPED, Delivery, Envelope, Prepared
 from sink.intake.races import retry_races, transient
 from sink.log import get_logger
+from sink.mail import dkim as dkim_check      # issue 13: DKIM and carrier trust, per box
 from sink.mail.parse import ParsedMessage, parse_message, storable
+from sink.mail.textnorm import domain_of
+from sink.mail.trust import for_box
 from sink.mail.unwrap import Unwrapped, unwrap
 from sink.pipeline import evaluate
 from sink.pipeline.decision import Decision, record_counts
@@ -80,15 +83,19 @@ class Intake:
             self.log_delivery(delivery, prepared)
         return deliveries
 
-    def prepare(self, raw: bytes, envelope: Envelope, started: float | None = None) -> Prepared:
+    def prepare(self, raw: bytes, envelope: Envelope, started: float | None = None,
+                dkim: str | None = None) -> Prepared:
         """Digest and parse ``raw`` (and unwrap what it carries); no database work.
         ``started``: ``time.perf_counter()`` at receipt (CLOCK_MONOTONIC on Linux, so the
-        protocol process's reading is valid in a storage worker), else now."""
+        protocol process's reading is valid in a storage worker), else now. ``dkim``: the
+        verdict when already known (a storage worker verifies a whole batch at once)."""
         if started is None:
             started = time.perf_counter()
         parsed = parse_message(raw, bcc=envelope.bcc)
+        if dkim is None:
+            dkim = dkim_check.verify(raw, domain_of(parsed.sender or ""))
         return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
-                        started)
+                        started, dkim)
 
     def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
@@ -97,51 +104,59 @@ class Intake:
         stored = self._already_stored(conn, box, prepared.sha256)
         if stored is not None:
             return stored
+        # issue 13: a carrier is unwrapped only when this box trusts it (sink.mail.trust)
+        directory = self.directory.get(conn) if prepared.carried else None
+        parsed, carried, note = for_box(prepared.parsed, prepared.carried, prepared.dkim, box,
+                                        directory, prepared.envelope.mail_from)
         if prepared.envelope.hold:
-            return self._store_held(conn, prepared, box)
-        if prepared.carried is None:
-            return self._store_new(conn, prepared.raw, prepared.sha256, prepared.parsed,
-                                   prepared.envelope, box)
-        outer_id = self._insert(conn, prepared.raw, prepared.sha256, prepared.parsed,
+            return self._store_held(conn, prepared, parsed, box)
+        if carried is None:
+            return self._store_new(conn, prepared.raw, prepared.sha256, parsed,
+                                   prepared.envelope, box, note=note)
+        outer_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
                                 prepared.envelope, box, outcome=self._pending())
-        return self._store_carried(conn, outer_id, prepared.carried, prepared.envelope, box)
+        return self._store_carried(conn, outer_id, carried, prepared.envelope, box, note)
 
     def decide_stored(self, conn: Connection, message_id: int, parsed: ParsedMessage,
-                      box: BoxConfig) -> Delivery:
+                      box: BoxConfig, note: dict | None = None) -> Delivery:
         """Decide a message already stored (a replay): its row gets the outcome, with records."""
         def write(outcome: dict) -> int:
             rows.UPDATE_OUTCOME.execute(conn, {"message_pk": message_id, **outcome})
             return message_id
-        return self._decide(conn, parsed, box, write)
+        return self._decide(conn, parsed, box, write, note)
 
     # ------------------------------------------------------------ suspend --store (issue 14)
     # A held message is stored `pending` with no decision; `sink resume` decides it later
     # (sink.suspension.resume: in arrival order, each in its own transaction, its row locked).
-    def _store_held(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
-        message_id = self._insert(conn, prepared.raw, prepared.sha256, prepared.parsed,
+    def _store_held(self, conn: Connection, prepared: Prepared, parsed: ParsedMessage,
+                    box: BoxConfig) -> Delivery:
+        message_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
                                   prepared.envelope, box, outcome=self._pending())
         return Delivery(box.address, message_id, "pending", None, None)
 
     def decide_held(self, conn: Connection, message_id: int, raw: bytes, envelope: Envelope,
-                    box: BoxConfig) -> Delivery:
-        """Decide a `pending` message (``envelope``: as it arrived) inside the caller's
-        transaction, which holds its row locked: a carrier's messages are stored and decided
-        as on arrival."""
+                    box: BoxConfig, dkim: str | None = None) -> Delivery:
+        """Decide a `pending` message (``envelope``: as it arrived; ``dkim``: the verdict
+        stored at receipt) inside the caller's transaction, which holds its row locked: a
+        carrier the box trusts has its messages stored and decided as on arrival."""
         parsed = parse_message(raw, bcc=envelope.bcc)
-        carried = unwrap(parsed)
+        parsed, carried, note = for_box(parsed, unwrap(parsed), dkim or "none", box,
+                                        self.directory.get(conn), envelope.mail_from)
         if carried is not None:
-            return self._store_carried(conn, message_id, carried, envelope, box)
-        return self.decide_stored(conn, message_id, parsed, box)
+            return self._store_carried(conn, message_id, carried, envelope, box, note)
+        return self.decide_stored(conn, message_id, parsed, box, note)
 
     def evaluate_only(self, raw: bytes, box: BoxConfig, envelope: Envelope) -> list[Decision]:
         """What ``deliver`` would decide, writing nothing (``sink check``): one decision per
         processed message (a wrapper yields one for each message it carries)."""
         parsed = parse_message(raw, bcc=envelope.bcc)
-        carried = unwrap(parsed)
-        messages = [i.parsed for i in carried.inner] if carried else [parsed]
         with self.engine.connect() as conn:
             try:
                 directory = self.directory.get(conn)
+                verdict = dkim_check.verify(raw, domain_of(parsed.sender or ""))
+                parsed, carried, _ = for_box(     # issue 13: the same trust as deliver
+                    parsed, unwrap(parsed), verdict, box, directory, envelope.mail_from)
+                messages = [i.parsed for i in carried.inner] if carried else [parsed]
                 return [self._evaluate(conn, m, box, directory) for m in messages]
             finally:
                 conn.rollback()
@@ -172,8 +187,9 @@ class Intake:
 
     # ------------------------------------------------------------------------------ the body
     def _decide(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
-                write: WriteRow) -> Delivery:
-        """Decide, write the message row's outcome with ``write``, then the records."""
+                write: WriteRow, note: dict | None = None) -> Delivery:
+        """Decide, write the message row's outcome with ``write``, then the records.
+        ``note``: a trace entry before the rules' (why a carrier was not unwrapped)."""
         directory = self.directory.get(conn)
         try:
             decision = self._evaluate(conn, parsed, box, directory)
@@ -181,7 +197,7 @@ class Intake:
             outcome = self._failed("rules", error)
             return Delivery(box.address, write(outcome), "failed", None, None,
                             error=outcome["error"])
-        message_id = write(self._processed(decision))
+        message_id = write(self._processed(decision, note))
         return self._apply(conn, message_id, decision, box, directory)
 
     def _evaluate(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
@@ -216,13 +232,13 @@ class Intake:
 
     # ------------------------------------------------------------------------------ rows
     def _store_new(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
-                   envelope: Envelope, box: BoxConfig, parent_id: int | None = None
-                   ) -> Delivery:
+                   envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
+                   note: dict | None = None) -> Delivery:
         return self._decide(conn, parsed, box, lambda outcome: self._insert(
-            conn, raw, sha256, parsed, envelope, box, outcome, parent_id))
+            conn, raw, sha256, parsed, envelope, box, outcome, parent_id), note)
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
-                       envelope: Envelope, box: BoxConfig) -> Delivery:
+                       envelope: Envelope, box: BoxConfig, note: dict | None = None) -> Delivery:
         """The carrier's own row records what it carried; each carried message is a message of
         its own (child row, own raw bytes, own decision), in the same transaction."""
         children = []
@@ -233,6 +249,8 @@ class Intake:
                                 parent_id=outer_id), sender=inner.parsed.sender)
             children.append(child)
         detail = f"{carried.kind}: " + ", ".join(f"#{c.message_id}" for c in children)
+        if note:
+            detail += f" ({note['detail']})"
         rows.UPDATE_OUTCOME.execute(conn, {
             "message_pk": outer_id, "status": "processed", "verdict": UNWRAPPED,
             "direction": None, "processed_at": self.clock(), "error": None,
@@ -256,15 +274,15 @@ class Intake:
             sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
             date_header=parsed.date_header, subject=parsed.subject,
             message_id=parsed.message_id, size=len(raw), sha256=sha256, parent_id=parent_id,
-            **outcome)))
+            dkim=parsed.dkim, **outcome)))
         rows.INSERT_RAW.execute(conn, {"message_id": message_id, "content": raw})
         return message_id
 
     # ------------------------------------------------------------------------------ outcomes
-    def _processed(self, decision: Decision) -> dict:
+    def _processed(self, decision: Decision, note: dict | None = None) -> dict:
         return dict(status="processed", verdict=decision.verdict, direction=decision.direction,
-                    trace=[e.as_json() for e in decision.trace], processed_at=self.clock(),
-                    error=None)
+                    trace=[*([note] if note else []), *(e.as_json() for e in decision.trace)],
+                    processed_at=self.clock(), error=None)
 
     @staticmethod
     def _pending() -> dict:

@@ -50,3 +50,4 @@ class Prepared:
     parsed: ParsedMessage
     carried: Unwrapped | None
     started: float                    # perf_counter() at receipt, for the log's duration_ms
+    dkim: str = "none"                # dkimpy's verdict on the message's own signatures

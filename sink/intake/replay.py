@@ -4,6 +4,7 @@ trace, and its records are created, once."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from typing import Iterable
@@ -26,7 +27,7 @@ class ReplayError(Exception):
 
 _REPLAY_ROW = select(t.messages.c.id, t.messages.c.box, t.messages.c.status,
                      t.messages.c.parent_id, t.messages.c.sha256, t.messages.c.channel,
-                     t.messages.c.mail_from, t.messages.c.rcpt_to)
+                     t.messages.c.mail_from, t.messages.c.rcpt_to, t.messages.c.dkim)
 
 
 def _replayable(row, message_id: int, boxes: dict[str, BoxConfig]) -> BoxConfig:
@@ -88,6 +89,9 @@ def replay(intake: Intake, message_id: int, boxes: Iterable[BoxConfig]) -> Deliv
     # parse outside the transaction, like every delivery: the bytes never change
     parsed = _parsed_for_replay(bytes(raw), row.sha256,
                                 None if parent is None else bytes(parent))
+    # issue 13: the authentication found at receipt (no DNS again, and the same verdict)
+    parsed = dataclasses.replace(parsed, dkim=row.dkim or "none",
+                                 authenticated=row.dkim == "pass")
 
     def attempt() -> Delivery:
         with intake.engine.begin() as conn:

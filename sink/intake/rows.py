@@ -27,7 +27,7 @@ STORED = Fast(select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict)
 INSERT_MESSAGE = Fast(insert(t.messages), (
     "uuid", "received_at", "channel", "box", "mail_from", "rcpt_to", "sender", "to_addrs",
     "cc_addrs", "date_header", "subject", "message_id", "size", "sha256", "status", "trace",
-    "parent_id", "verdict", "direction", "processed_at", "error"))
+    "parent_id", "verdict", "direction", "processed_at", "error", "dkim"))
 INSERT_RAW = Fast(insert(t.raw_messages), ("message_id", "content"))
 INSERT_DEDUP_KEYS = Fast(insert(t.dedup_keys), ("box", "kind", "digest", "message_id"),
                          many=True)

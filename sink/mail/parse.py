@@ -67,6 +67,10 @@ class ParsedMessage:
     html: str | None = None
     content_type: str = "text/plain"
     defects: tuple[str, ...] = ()
+    # SPEC 2.3: the DKIM result for the box it is decided for, and whether that authenticates
+    # the From (set by sink.intake per box; the pure rules read ``authenticated``)
+    dkim: str = "none"
+    authenticated: bool = False
     message: Message | None = field(default=None, compare=False, repr=False)
 
     @property

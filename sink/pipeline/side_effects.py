@@ -70,6 +70,12 @@ def opt_out(ctx: Context) -> Result:
     sender = ctx.sender
     if not sender or ctx.is_ours(sender):
         return Result("skip", detail=f"{phrase!r} from our own address")
+    if ctx.box.authenticated_side_effects and not ctx.msg.authenticated:
+        # SPEC 2.3: anybody can write any From; with this box setting only a sender whose
+        # mail is authenticated (DKIM / trusted Authentication-Results) may opt out
+        return Result("skip", detail=f"{phrase!r}: {sender} is not authenticated "
+                                     f"(dkim={ctx.msg.dkim}), authenticated_side_effects: "
+                                     f"nothing changed")
     flags, unknown = set_flags(ctx, (sender,), OPT_OUT_FLAGS)
     forbidden = forbid(ctx, unknown, DO_NOT_SEND)
     return Result("hit", detail=f"{phrase!r}: " + describe(flags, forbidden, "already recorded"),

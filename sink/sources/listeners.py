@@ -8,18 +8,31 @@ import ssl
 from sink.config import Config, ListenerConfig
 from sink.log import get_logger
 from sink.sources.smtp_handler import Handler, InFlight
-from sink.sources.smtp_protocol import ListenerState, SinkLMTP, SinkSMTP
+from sink.sources.auth import Authenticator
+from sink.sources.smtp_protocol import COMMAND_LINE_LIMIT, ListenerState, SinkLMTP, SinkSMTP
 
 log = get_logger("sink.sources.listeners")
 
 
 def _tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """TLS 1.2 or later; with ``tls_client_ca`` a client certificate is asked for and, when
+    shown, must verify against that CA (whether one must be shown, and its name, is decided
+    after the handshake: :meth:`Handler.handle_STARTTLS`)."""
     if not listener.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(listener.tls_cert, listener.tls_key)
+    if listener.tls_client_ca:
+        context.load_verify_locations(cafile=listener.tls_client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
+
+def _authenticator(listener: ListenerConfig, state: ListenerState):
+    if listener.auth != "required":
+        return None
+    return Authenticator(listener.auth_users_file, state.limiter)
 
 
 class Listeners:
@@ -33,30 +46,36 @@ class Listeners:
         self.tracker = InFlight()
         self.servers: list[asyncio.AbstractServer] = []
         self.live: set = set()      # open sessions of every listener, closed at shutdown
+        self.states: list[ListenerState] = []
 
 
     def _factory(self, listener: ListenerConfig):
         handler = Handler(self.config, self.storage, listener, self.tracker, self.ops)
         base = SinkLMTP if listener.protocol == "lmtp" else SinkSMTP
-        # One protocol class per listener: its state, and a line limit that only the size limit
-        # bounds (RFC 5322's 998 is a SHOULD; a stored message must equal what was sent).
-        # aiosmtpd reads line_length_limit in __init__, hence a class attribute.
+        # One protocol class per listener: its state, and the stream limit for command lines
+        # (aiosmtpd reads line_length_limit in __init__, hence a class attribute); DATA
+        # raises it to what the size limit needs (a message line may be as long as that:
+        # RFC 5322's 998 is a SHOULD, and a stored message must equal what was sent).
         state = ListenerState(listener, self.live)
         protocol = type(f"{base.__name__}_{listener.port}", (base,), {
             "state": state,
-            "line_length_limit": listener.max_message_size + 1024,
+            "line_length_limit": COMMAND_LINE_LIMIT,
         })
         tls = _tls_context(listener)
+        authenticator = _authenticator(listener, state)
         return state, lambda: protocol(handler, data_size_limit=listener.max_message_size,
                                 enable_SMTPUTF8=True, decode_data=False,
                                 hostname=listener.hostname, ident="crm-sink", tls_context=tls,
-                                timeout=listener.timeout)
+                                timeout=listener.timeout, auth_require_tls=True,
+                                auth_required=authenticator is not None,
+                                authenticator=authenticator)
 
     async def start(self) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         bound = []
         for listener in self.config.listeners:
             state, factory = self._factory(listener)
+            self.states.append(state)
             server = await loop.create_server(factory, listener.host, listener.port)
             self.servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
@@ -66,15 +85,28 @@ class Listeners:
         return bound
 
     def stop_accepting(self) -> None:
+        """SPEC 7: no new connection, and no new transaction (MAIL or DATA: 421 4.3.2)."""
+        for state in self.states:
+            state.stopping = True
         for server in self.servers:
             server.close()
 
+    def in_data(self) -> int:
+        return sum(state.in_data for state in self.states)
+
     async def stop(self, grace: float = 60.0) -> int:
-        """Stop accepting, let every message in flight commit and get its reply, then close
-        every session; returns how many were still in flight when the stop began."""
+        """Stop accepting, let every message already in DATA arrive, commit and get its reply
+        written, then close every session; returns how many sessions were in DATA when the
+        stop began."""
         self.stop_accepting()
-        left = await self.tracker.drain(grace)
-        await asyncio.sleep(0.2)          # let the finished handlers write their replies
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        left = self.in_data()
+        # A session leaves DATA only after its reply was pushed (and drained to the socket):
+        # waiting for none in DATA is waiting for every reply, not a hopeful sleep.
+        while self.in_data() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await self.tracker.drain(max(0.0, deadline - loop.time()))
         for proto in list(self.live):
             if proto.transport is not None:
                 proto.transport.close()

@@ -13,6 +13,17 @@ out of disk or database space               ``452 4.3.1``
 any error of our own                        ``451 4.3.0`` (never aiosmtpd's default ``500``)
 client outside ``allowed_networks``         ``554 5.7.1`` greeting, then close
 over ``max_connections``                    ``421 4.7.0`` greeting, then close
+over ``max_connections_per_client``         ``421 4.7.0`` greeting, then close
+command line over 4,096 octets              ``500 5.5.2`` (the line is read and dropped)
+MAIL before STARTTLS (``require_tls``)      ``530 5.7.0``
+MAIL before AUTH (``auth = "required"``)    ``530 5.7.0``
+AUTH before STARTTLS                        ``538 5.7.11``
+AUTH with a wrong user or password          ``535 5.7.8``
+too many failed AUTHs from one address      ``421 4.7.0``, then close
+client certificate missing or not named     ``554 5.7.1`` to every command after STARTTLS
+in ``tls_client_names``
+DATA phase longer than ``data_deadline``    ``421 4.4.2``, then close
+MAIL or DATA while shutting down            ``421 4.3.2``, then close
 ==========================================  =================================================
 
 
@@ -31,12 +42,21 @@ REPLY_TOO_BIG = "552 5.3.4 Message too big for this system"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_NOT_ALLOWED = "554 5.7.1 Your address is not allowed to use this service"
 REPLY_BUSY = "421 4.7.0 Too many connections, try again later"
+REPLY_BUSY_CLIENT = "421 4.7.0 Too many connections from your address, try again later"
+REPLY_LINE_TOO_LONG = "500 5.5.2 Line too long"
+REPLY_NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
+REPLY_AUTH_BLOCKED = "421 4.7.0 Too many failed authentication attempts, try again later"
+REPLY_CERT_REFUSED = "554 5.7.1 Client certificate not accepted"
+REPLY_DATA_DEADLINE = "421 4.4.2 DATA took too long, closing connection"
+REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 
 # aiosmtpd's own replies that must not reach an MTA as they are (a bare 500 for a long line
 # would bounce the message; its 552 has no enhanced status code).
 REWRITE = {
     "552 Error: Too much mail data": REPLY_TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": REPLY_TOO_BIG,
+    "500 Command line too long": REPLY_LINE_TOO_LONG,
+    "554 Command refused due to lack of security": REPLY_CERT_REFUSED,
 }
 
 

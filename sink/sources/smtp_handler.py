@@ -91,9 +91,39 @@ class Handler:
                 log.exception("message.store_error", error=type(error).__name__)
             return [error] * len(boxes)
 
+    def handle_STARTTLS(self, server, session: Session, envelope: SmtpEnvelope) -> bool:
+        """After the TLS handshake (aiosmtpd calls this synchronously): with
+        ``tls_client_ca`` the client must have shown a certificate of that CA (the context
+        verified it) whose name is one of ``tls_client_names``; otherwise every further
+        command is refused (``554 5.7.1``)."""
+        if not self.listener.tls_client_ca:
+            return True
+        extra = session.ssl or {}
+        ok, name = client_certificate_ok(extra.get("peercert"), self.listener.tls_client_names)
+        log.info("tls.client", peer=str(session.peer[0]) if session.peer else None,
+                 accepted=ok, name=name)
+        return ok
+
     async def handle_exception(self, error: Exception) -> str:
         log.error("session.error", error=f"{type(error).__name__}: {error}"[:300])
         return reply_for(error)
+
+
+def client_certificate_ok(peercert: dict | None, names) -> tuple[bool, str | None]:
+    """(accepted, the name that matched or the first one shown). A certificate that the CA
+    did not sign never gets here (the TLS context refuses it); none at all is refused."""
+    if not peercert:
+        return False, None
+    shown = [value.lower() for kind, value in peercert.get("subjectAltName", ())
+             if kind == "DNS"]
+    shown += [value.lower() for rdn in peercert.get("subject", ()) for key, value in rdn
+              if key == "commonName"]
+    if not names:                    # any certificate of the CA
+        return True, shown[0] if shown else None
+    for name in shown:
+        if name in names:
+            return True, name
+    return False, shown[0] if shown else None
 
 
 def _take_content(envelope: SmtpEnvelope) -> bytes:

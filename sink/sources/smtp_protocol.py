@@ -2,8 +2,16 @@
 
 This is the one module that reaches into aiosmtpd's private attributes (``_reader``,
 ``_writer``, ``_timeout_handle``, ``_reset_timeout``, ``_set_post_data_state``,
-``_call_handler_hook``, ``_original_transport``); ``tests/test_server.py`` names them, so an
-aiosmtpd upgrade that changes them fails loudly (and pyproject pins aiosmtpd below 1.5).
+``_call_handler_hook``, ``_original_transport``) and asyncio's ``StreamReader._buffer`` and
+``._limit``; ``tests/test_door.py`` (:data:`AIOSMTPD_PRIVATES`) names them, so an aiosmtpd
+upgrade that changes them fails loudly (and pyproject pins aiosmtpd below 1.5).
+
+Issue 13 (trust at the door): command lines are read with a 4,096-octet stream limit (only
+DATA raises it, to what the size limit needs), so eight unterminated lines cannot park 500 MB;
+connections are limited per client address too; the whole DATA phase has a deadline; the size
+limit counts the message as stored (RFC 1870: dot-stuffing excluded); MAIL needs STARTTLS when
+``require_tls`` and AUTH when ``auth = "required"``; AUTH failures are limited per address; at
+shutdown new transactions get ``421 4.3.2`` and every message in DATA is answered first.
 """
 
 from __future__ import annotations
@@ -16,11 +24,24 @@ from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from sink.config import ListenerConfig
 from sink.log import get_logger
-from sink.sources.replies import REPLY_BUSY, REPLY_NOT_ALLOWED, REWRITE
+from sink.sources.auth import FailureLimiter
+from sink.sources.replies import (REPLY_AUTH_BLOCKED, REPLY_BUSY, REPLY_BUSY_CLIENT,
+                                  REPLY_DATA_DEADLINE, REPLY_NEED_TLS, REPLY_NOT_ALLOWED,
+                                  REPLY_SHUTTING_DOWN, REWRITE)
 
 log = get_logger("sink.sources.smtp")
 
 _END_OF_DATA = b"\r\n.\r\n"
+COMMAND_LINE_LIMIT = 4096          # SPEC 2.1, whatever max_message_size is
+AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
+                     "_set_post_data_state", "_call_handler_hook", "_original_transport")
+STREAM_PRIVATES = ("_buffer", "_limit")
+
+
+def stuffed_bound(limit: int) -> int:
+    """The most bytes a message of ``limit`` octets can take on the wire: dot-stuffing adds
+    at most one octet per line, and the shortest stuffed line ("." CRLF) is three octets."""
+    return limit + limit // 3 + 8
 
 
 class ListenerState:
@@ -32,6 +53,13 @@ class ListenerState:
         self.live = live
         self.networks = [ipaddress.ip_network(n, strict=False) for n in listener.allowed_networks]
         self.connections = 0
+        self.per_client: dict[str, int] = {}
+        self.limiter = FailureLimiter()
+        self.stopping = False       # SIGTERM: no new transaction
+        self.in_data = 0            # sessions between DATA and the reply to it
+
+    def client_of(self, peer) -> str:
+        return str(peer[0]).split("%")[0] if peer else "?"
 
     def allowed(self, peer) -> bool:
         if not peer:
@@ -50,6 +78,7 @@ class _Guarded:
 
     state: ListenerState
     _refused = False
+    _client = "?"
 
     def connection_made(self, transport):
         if getattr(self, "_original_transport", None) is not None:
@@ -61,10 +90,14 @@ class _Guarded:
         peer = transport.get_extra_info("peername")
         state = self.state
         refusal = None
+        client = state.client_of(peer)
         if not state.allowed(peer):
             refusal = REPLY_NOT_ALLOWED
         elif state.connections >= state.listener.max_connections:
             refusal = REPLY_BUSY
+        elif state.per_client.get(client, 0) >= state.listener.max_connections_per_client:
+            # one host's idle connections must not lock the real MTA out
+            refusal = REPLY_BUSY_CLIENT
         if refusal:
             self._refused = True
             log.warning("connection.refused", peer=_peer(peer), reply=refusal[:3],
@@ -73,6 +106,8 @@ class _Guarded:
             transport.close()
             return
         state.connections += 1
+        state.per_client[client] = state.per_client.get(client, 0) + 1
+        self._client = client
         state.live.add(self)
         log.info("connection.open", peer=_peer(peer), listener=state.address,
                  protocol=state.listener.protocol)
@@ -82,6 +117,11 @@ class _Guarded:
         if self._refused:
             return
         self.state.connections -= 1
+        left = self.state.per_client.get(self._client, 1) - 1
+        if left > 0:
+            self.state.per_client[self._client] = left
+        else:
+            self.state.per_client.pop(self._client, None)
         self.state.live.discard(self)
         log.info("connection.close", peer=_peer(self.session.peer if self.session else None),
                  listener=self.state.address)
@@ -97,8 +137,38 @@ class _Guarded:
             status = REWRITE.get(status, status)
         await super().push(status)
 
+    async def _refuse_and_close(self, reply: str) -> None:
+        await self.push(reply)
+        if self.transport is not None:
+            self.transport.close()
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg):
+        if self.state.stopping:
+            return await self._refuse_and_close(REPLY_SHUTTING_DOWN)
+        if self.state.listener.require_tls and self.session.ssl is None:
+            return await self.push(REPLY_NEED_TLS)
+        return await super().smtp_MAIL(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg):
+        # a guesser gets a few tries per address and window, then is shown the door
+        if self.state.limiter.blocked(self._client):
+            log.warning("auth.blocked", peer=self._client, listener=self.state.address)
+            return await self._refuse_and_close(REPLY_AUTH_BLOCKED)
+        return await super().smtp_AUTH(arg)
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        if self.state.stopping:
+            return await self._refuse_and_close(REPLY_SHUTTING_DOWN)
+        self.state.in_data += 1         # shutdown waits until this session has its reply
+        try:
+            await self._data(arg)
+        finally:
+            self.state.in_data -= 1
+
+    async def _data(self, arg: str) -> None:
         """aiosmtpd's DATA, reading the message in bulk instead of line by line.
 
         aiosmtpd awaits one line at a time; a line already buffered returns without yielding,
@@ -107,9 +177,10 @@ class _Guarded:
         by the stream's own search (C speed, resumed where it stopped), the dot-stuffing undone
         with one replace, and the semantics are aiosmtpd's: lines end with CRLF only (a bare LF
         or CR is data, so no end-of-data smuggling), a line's leading dot is removed, the size
-        limit counts the stuffed bytes and, when exceeded, the rest is read and dropped before
-        the 552. The session timeout measures silence during the transfer and is suspended while
-        the message is stored."""
+        limit counts the message as stored (RFC 1870: not the stuffing) and, when exceeded, the
+        rest is read and dropped before the 552. The session timeout measures silence during
+        the transfer and is suspended while the message is stored; ``data_deadline`` bounds the
+        whole transfer however steadily the bytes trickle."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -126,39 +197,26 @@ class _Guarded:
         # that an empty message - "." as the first line - ends it too.
         reader._buffer[0:0] = b"\r\n"
         limit = self.data_size_limit
+        wire_limit = stuffed_bound(limit) if limit else 0
         chunks: list[bytes] = []
-        size, too_much = -2, False
         self._receiving_data = True         # the session timeout now measures silence
+        reader._limit = (wire_limit or 2 ** 31) + 1024
         try:
-            while True:
-                try:
-                    chunk = await reader.readuntil(_END_OF_DATA)
-                    done = True
-                except asyncio.LimitOverrunError as error:
-                    # No end mark within the stream's limit (the size limit and some): take
-                    # what is certainly not part of it; the message is too big in any case.
-                    chunk = await reader.read(error.consumed)
-                    done = False
-                except asyncio.IncompleteReadError:
-                    self._writer.close()    # the client went away before the end mark
-                    raise asyncio.CancelledError from None
-                size += len(chunk)
-                if too_much or (limit and size - (3 if done else 0) > limit):
-                    too_much = True
-                    chunks.clear()
-                else:
-                    chunks.append(chunk)
-                if done:
-                    break
+            async with asyncio.timeout(self.state.listener.data_deadline):
+                too_much = await self._read_data(reader, chunks, wire_limit)
+        except TimeoutError:
+            log.warning("data.deadline", peer=self._client, listener=self.state.address)
+            chunks.clear()
+            return await self._refuse_and_close(REPLY_DATA_DEADLINE)
         finally:
             self._receiving_data = False
+            reader._limit = COMMAND_LINE_LIMIT
         if too_much:
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
             return
         data = b"".join(chunks)
         chunks.clear()
-        chunk = None                  # (the last chunk may be ``data`` itself)
         # At most one copy beside ``data`` (a 40 MB message must not cost five): with no
         # line to un-stuff, the content is one slice.
         if data.find(b"\r\n.", 0, len(data) - 3) < 0:
@@ -166,6 +224,39 @@ class _Guarded:
         else:
             original_content = data.replace(b"\r\n.", b"\r\n")[2:-2]
         del data
+        if limit and len(original_content) > limit:     # the size as stored (RFC 1870)
+            del original_content
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        await self._deliver(original_content)
+
+    async def _read_data(self, reader, chunks: list, wire_limit: int) -> bool:
+        """Read up to the end mark into ``chunks``; past ``wire_limit`` stuffed octets the
+        message is certainly too big and the rest is read and dropped."""
+        size, too_much = -2, False
+        while True:
+            try:
+                chunk = await reader.readuntil(_END_OF_DATA)
+                done = True
+            except asyncio.LimitOverrunError as error:
+                # No end mark within the stream's limit (the size limit and some): take
+                # what is certainly not part of it; the message is too big in any case.
+                chunk = await reader.read(error.consumed)
+                done = False
+            except asyncio.IncompleteReadError:
+                self._writer.close()    # the client went away before the end mark
+                raise asyncio.CancelledError from None
+            size += len(chunk)
+            if too_much or (wire_limit and size - (3 if done else 0) > wire_limit):
+                too_much = True
+                chunks.clear()
+            else:
+                chunks.append(chunk)
+            if done:
+                return too_much
+
+    async def _deliver(self, original_content: bytes) -> None:
         self.envelope.content = original_content
         self.envelope.original_content = original_content
         del original_content              # the handler decides how long the bytes live

@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection
 
 from sink.config import BoxConfig
 from sink.db import fastpath
+from sink.db.engine import check_database_file
 from sink.errors import TransientStorageError, classify
 from sink.intake import Delivery, Envelope, Intake, Prepared
 from sink.intake.races import RaceLost, retry_races
@@ -105,9 +106,11 @@ def commit_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxCon
     any one message): every message of it must be answered 4xx."""
     outcomes: list[list[Outcome]] = []
     try:
+        check_database_file(intake.engine)      # never 250 into a deleted or replaced file
         with intake.engine.begin() as conn, intake.directory.pinned(conn):
             for prepared, boxes in items:
                 outcomes.append([store_one(intake, conn, prepared, box) for box in boxes])
+        check_database_file(intake.engine)      # (and not when it went during the batch)
     except Exception as error:
         transient = classify(error)
         if transient is None:

@@ -35,9 +35,11 @@ def hang_up_after_the_dot(port: int, raw: bytes) -> None:
     client.abort()
 
 
-def test_many_clients_gone_after_the_dot_then_resending_store_each_once(engine,
+def test_many_clients_gone_after_the_dot_then_resending_store_each_once(engine, config,
                                                                        start_server, figures):
-    server = start_server()
+    # 40 sessions from one address at once: above the default max_connections_per_client (20)
+    from tests.conftest import with_listener_limits
+    server = start_server(cfg=with_listener_limits(config, max_connections_per_client=100))
     ids = [f"<gone-{i}@test>" for i in range(40)]
     messages = [make_mail(message_id=mid, subject=f"gone {i}") for i, mid in enumerate(ids)]
     threads = [threading.Thread(target=hang_up_after_the_dot, args=(server.lmtp_port, raw))

@@ -1,0 +1,148 @@
+"""The DKIM result of a message (SPEC 2.3): ``pass``, ``fail``, ``none`` or ``temperror``.
+
+Two sources, in this order:
+- an ``Authentication-Results`` header whose authserv-id is one of the box's
+  ``trusted_authserv_ids`` (our own MTA, which verified the message before it reached us) -
+  :func:`from_authentication_results`, pure and cheap, decided per box;
+- otherwise dkimpy's verification of the message's own ``DKIM-Signature`` headers -
+  :func:`verify`, once per message, with DNS lookups bounded by :data:`DNS_TIMEOUT`.
+
+A signature counts only when it verifies for the From domain (its ``d=`` is that domain or a
+parent of it): anybody can sign a forged From with a key of their own domain. A DNS failure is
+``temperror`` - never a reason to defer mail, only a message that is not authenticated.
+Headers are attacker-controlled bytes: every parse here is defensive and never raises.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable, Iterable, Sequence
+
+import authres
+import dkim as dkimpy
+from dkim import dnsplug
+
+PASS, FAIL, NONE, TEMPERROR = "pass", "fail", "none", "temperror"
+DNS_TIMEOUT = 2.0
+MAX_SIGNATURES = 5           # a message with 1,000 signatures must not cost 1,000 DNS lookups
+BATCH_BOUND = 3.0            # seconds a whole batch may spend verifying (several in parallel)
+
+DnsFunc = Callable[..., bytes | None]
+
+
+def aligned(signing_domain: str | None, from_domain: str | None) -> bool:
+    """``d=`` is the From domain or a parent of it (relaxed alignment)."""
+    if not signing_domain or not from_domain:
+        return False
+    d, f = signing_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    return f == d or f.endswith("." + d)
+
+
+def from_authentication_results(headers: Iterable[str], trusted_ids: Sequence[str],
+                                from_domain: str | None) -> str | None:
+    """The result a trusted ``Authentication-Results`` header states for the From domain, or
+    None when no header of a trusted authserv-id speaks of DKIM. Headers of other ids are
+    ignored: a sender can write any header it likes."""
+    trusted = {t.lower() for t in trusted_ids}
+    if not trusted:
+        return None
+    verdict = None
+    for value in headers:
+        try:
+            header = authres.AuthenticationResultsHeader.parse_value(str(value))
+        except Exception:          # a malformed header is no statement at all
+            continue
+        if str(header.authserv_id or "").lower() not in trusted:
+            continue
+        for result in header.results:
+            if getattr(result, "method", None) != "dkim":
+                continue
+            outcome = str(result.result or "").lower()
+            domain = getattr(result, "header_d", None) or _domain_of_i(result)
+            if outcome == PASS and aligned(domain, from_domain):
+                return PASS
+            if outcome == TEMPERROR:
+                verdict = verdict or TEMPERROR
+            elif outcome in (PASS, FAIL, "permerror", "neutral", "policy"):
+                verdict = FAIL if verdict in (None, NONE) else verdict
+            elif outcome == NONE:
+                verdict = verdict or NONE
+    return verdict
+
+
+def _domain_of_i(result) -> str | None:
+    identity = getattr(result, "header_i", None)
+    return identity.rpartition("@")[2] if identity else None
+
+
+class _Lookup:
+    """The DNS function handed to dkimpy, remembering whether a lookup failed (a failure is
+    temperror, a key that is not there is fail)."""
+
+    def __init__(self, dnsfunc: DnsFunc | None, timeout: float):
+        self.inner = dnsfunc or dnsplug.get_txt
+        self.timeout = timeout
+        self.failed = False
+
+    def __call__(self, name, timeout=None):
+        try:
+            return self.inner(name, timeout=self.timeout)
+        except Exception:
+            self.failed = True
+            return None
+
+
+def verify(raw: bytes, from_domain: str | None, *, dnsfunc: DnsFunc | None = None,
+           timeout: float = DNS_TIMEOUT) -> str:
+    """dkimpy's verdict on the message's own signatures for ``from_domain``."""
+    count = _signature_count(raw)
+    if count == 0:
+        return NONE
+    lookup = _Lookup(dnsfunc, timeout)
+    for index in range(min(count, MAX_SIGNATURES)):
+        try:
+            checker = dkimpy.DKIM(raw, timeout=timeout)
+            ok = checker.verify(idx=index, dnsfunc=lookup)
+        except Exception:          # a malformed signature, key or message: not verified
+            continue
+        signing = checker.domain.decode("ascii", "replace") if checker.domain else None
+        if ok and aligned(signing, from_domain):
+            return PASS
+    return TEMPERROR if lookup.failed else FAIL
+
+
+def _signature_count(raw: bytes) -> int:
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    count = 0
+    for line in head.splitlines():
+        if line[:15].lower() == b"dkim-signature:":
+            count += 1
+    return count
+
+
+def verify_many(items: Sequence[tuple[bytes, str | None]], *, dnsfunc: DnsFunc | None = None,
+                timeout: float = DNS_TIMEOUT, bound: float = BATCH_BOUND,
+                threads: int = 8) -> list[str]:
+    """:func:`verify` for every ``(raw, from_domain)`` side by side in threads, so that one
+    slow DNS answer does not hold up the batch behind it; what has not finished within
+    ``bound`` seconds is ``temperror`` (never a reason to defer mail)."""
+    if not items:
+        return []
+    signed = [i for i, (raw, _) in enumerate(items) if _signature_count(raw)]
+    results = [NONE] * len(items)
+    if not signed:
+        return results
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(signed)),
+                              thread_name_prefix="sink-dkim")
+    try:
+        futures = {i: pool.submit(verify, items[i][0], items[i][1], dnsfunc=dnsfunc,
+                                  timeout=timeout) for i in signed}
+        deadline = time.monotonic() + bound
+        wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
+        for i, future in futures.items():
+            results[i] = future.result() if future.done() and not future.exception() \
+                else TEMPERROR
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results

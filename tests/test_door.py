@@ -1,0 +1,415 @@
+"""Issue 13, trust at the door (SPEC 2.1, 7): TLS with a CA made here, client certificates,
+AUTH, per-client limits, the DATA deadline, the command-line limit, the size without
+dot-stuffing and the shutdown, all against live listeners over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import trustme
+from sqlalchemy import func, select
+
+from sink.db import schema as t
+from sink.intake import Intake
+from tests.conftest import RunningServer, config_for, seeded
+from tests.support import MailClient, dot_stuff, make_mail, wait_for
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    engine = seeded(f"sqlite:///{tmp_path}/door.db")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(ca, tmp_path):
+    server = ca.issue_cert("127.0.0.1", "sink.test")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return {"tls_cert": str(cert), "tls_key": str(key), "ca": str(ca_file)}
+
+
+@pytest.fixture
+def serve(sqlite_engine, tmp_path):
+    running = []
+
+    def start(**listener) -> RunningServer:
+        url = str(sqlite_engine.url)
+        config = config_for(url, listeners=[{"protocol": "smtp", "address": "127.0.0.1:0",
+                                             **listener}])
+        server = RunningServer(config, Intake(sqlite_engine), workers=0)
+        running.append(server)
+        return server
+    yield start
+    for server in running:
+        if server.thread.is_alive():        # (a test may have stopped it itself)
+            server.stop()
+
+
+def stored(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(t.messages)).scalar()
+
+
+def client_context(ca, cert_for: str | None = None, other_ca=None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    if cert_for:
+        (other_ca or ca).issue_cert(cert_for).configure_cert(context)
+    return context
+
+
+def users_file(tmp_path) -> str:
+    out = subprocess.run([sys.executable, "-m", "sink", "passwd", "connector"],
+                         input=PASSWORD.encode() + b"\n", capture_output=True, check=True)
+    path = tmp_path / "users"
+    path.write_bytes(out.stdout)
+    return str(path)
+
+
+def test_aiosmtpd_privates_we_use_still_exist(serve):
+    """An aiosmtpd (or asyncio) upgrade that renames what smtp_protocol reaches into fails
+    here, loudly, instead of misbehaving at the door."""
+    import aiosmtpd
+    from sink.sources.smtp_protocol import AIOSMTPD_PRIVATES, STREAM_PRIVATES
+    assert aiosmtpd.__version__.startswith("1.4.")
+    server = serve()
+    client = MailClient(server.smtp_port)
+    [protocol] = list(server.server.listeners.live)
+    for name in AIOSMTPD_PRIVATES:
+        assert hasattr(protocol, name), name
+    for name in STREAM_PRIVATES:
+        assert hasattr(protocol._reader, name), name
+    assert protocol._reader._limit == 4096
+    client.close()
+
+
+# ------------------------------------------------------------------------------ TLS (2)
+
+def test_finding2_plaintext_refused_when_tls_required(serve, sqlite_engine, tls_files, ca):
+    server = serve(require_tls=True, tls_cert=tls_files["tls_cert"],
+                   tls_key=tls_files["tls_key"])
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        code, text = smtp.mail("mta@firma.cz")
+        assert (code, text[:5]) == (530, b"5.7.0")
+        smtp.starttls(context=client_context(ca))
+        smtp.ehlo()
+        assert smtp.sendmail("mta@firma.cz", ["crm@firma.cz"], make_mail()) == {}
+    assert stored(sqlite_engine) == 1
+
+
+def test_tls_below_1_2_is_refused(serve, tls_files, ca):
+    server = serve(tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"])
+    context = client_context(ca)
+    with pytest.warns(DeprecationWarning):
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        with pytest.raises((ssl.SSLError, OSError)):
+            smtp.starttls(context=context)
+
+
+def door_with_client_ca(serve, tls_files, names=("mail.protection.outlook.com",)):
+    return serve(require_tls=True, tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"],
+                 tls_client_ca=tls_files["ca"], tls_client_names=list(names))
+
+
+def test_client_certificate_with_the_right_name_is_accepted(serve, sqlite_engine, tls_files,
+                                                            ca):
+    server = door_with_client_ca(serve, tls_files)
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.starttls(context=client_context(ca, "mail.protection.outlook.com"))
+        smtp.ehlo()
+        assert smtp.sendmail("mta@firma.cz", ["crm@firma.cz"], make_mail()) == {}
+    assert stored(sqlite_engine) == 1
+
+
+@pytest.mark.parametrize("cert_for", ["evil.example", None])
+def test_client_certificate_wrong_name_or_none_is_refused(serve, sqlite_engine, tls_files, ca,
+                                                          cert_for):
+    server = door_with_client_ca(serve, tls_files)
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.starttls(context=client_context(ca, cert_for))
+        code, text = smtp.ehlo()
+        assert (code, text[:5]) == (554, b"5.7.1")
+        code, _ = smtp.mail("mta@firma.cz")
+        assert code == 554
+    assert stored(sqlite_engine) == 0
+
+
+def test_client_certificate_of_another_ca_is_refused(serve, sqlite_engine, tls_files, ca):
+    server = door_with_client_ca(serve, tls_files)
+    refused = False
+    try:
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+            smtp.starttls(context=client_context(ca, "mail.protection.outlook.com",
+                                                 other_ca=trustme.CA()))
+            code, _ = smtp.ehlo()
+            refused = code != 250 or smtp.mail("mta@firma.cz")[0] != 250
+    except (ssl.SSLError, smtplib.SMTPException, OSError):
+        refused = True
+    assert refused and stored(sqlite_engine) == 0
+
+
+# ------------------------------------------------------------------------------ AUTH
+
+def auth_door(serve, tls_files, tmp_path):
+    return serve(auth="required", auth_users_file=users_file(tmp_path),
+                 tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"])
+
+
+def test_auth_right_and_wrong_password(serve, sqlite_engine, tls_files, ca, tmp_path):
+    server = auth_door(serve, tls_files, tmp_path)
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.docmd("AUTH", "PLAIN " + base64.b64encode(
+            f"\0connector\0{PASSWORD}".encode()).decode())[0] == 538    # not before TLS
+        smtp.starttls(context=client_context(ca))
+        smtp.ehlo()
+        code, text = smtp.mail("mta@firma.cz")
+        assert (code, text[:5]) == (530, b"5.7.0")                       # not before AUTH
+        with pytest.raises(smtplib.SMTPAuthenticationError) as wrong:
+            smtp.login("connector", "wrong")
+        assert wrong.value.smtp_code == 535
+        smtp.login("connector", PASSWORD)
+        assert smtp.sendmail("mta@firma.cz", ["crm@firma.cz"], make_mail()) == {}
+    assert stored(sqlite_engine) == 1
+
+
+def test_auth_brute_force_is_limited_per_client(serve, tls_files, ca, tmp_path):
+    server = auth_door(serve, tls_files, tmp_path)
+    codes = []
+    for attempt in range(4):
+        try:
+            with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+                smtp.starttls(context=client_context(ca))
+                smtp.ehlo()
+                for _ in range(3):
+                    code, _ = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(
+                        b"\0connector\0guess").decode())
+                    codes.append(code)
+                    if code == 421:
+                        break
+        except smtplib.SMTPServerDisconnected:
+            codes.append("closed")
+    assert codes[:5] == [535] * 5 and 421 in codes
+    assert 235 not in codes
+    # even the right password is not tried now, from this address
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.starttls(context=client_context(ca))
+        smtp.ehlo()
+        code, _ = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(
+            f"\0connector\0{PASSWORD}".encode()).decode())
+        assert code == 421
+
+
+def test_passwd_hash_verifies_and_is_no_plain_text(tmp_path):
+    from sink.sources.auth import Authenticator, load_users
+    path = users_file(tmp_path)
+    text = open(path).read()
+    assert text.startswith("connector:scrypt$") and PASSWORD not in text
+    authenticator = Authenticator(path)
+    assert authenticator.check(b"connector", PASSWORD.encode())
+    assert not authenticator.check(b"connector", b"x") and not authenticator.check(b"x", b"y")
+    (tmp_path / "plain").write_text("connector:secret\n")
+    with pytest.raises(Exception) as refused:
+        load_users(str(tmp_path / "plain"))
+    assert "secret" not in str(refused.value)
+
+
+def test_auth_config_needs_tls_and_users_file(tmp_path):
+    from sink.config import ConfigError
+    with pytest.raises(ConfigError, match="auth_users_file"):
+        config_for("sqlite://", listeners=[{"protocol": "smtp", "address": "127.0.0.1:0",
+                                            "auth": "required"}])
+    with pytest.raises(ConfigError, match="require_tls"):
+        config_for("sqlite://", listeners=[{"protocol": "smtp", "address": "127.0.0.1:0",
+                                            "require_tls": True}])
+
+
+# ------------------------------------------------------------------------------ limits (3, 4)
+
+def connect_from(source: str, port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return sock
+
+
+def greeting(sock: socket.socket) -> bytes:
+    return sock.makefile("rb").readline()
+
+
+def test_finding3_one_host_cannot_take_every_slot(serve):
+    server = serve(max_connections_per_client=5)
+    mine = [connect_from("127.0.0.1", server.smtp_port) for _ in range(5)]
+    assert all(greeting(s).startswith(b"220") for s in mine)
+    extra = connect_from("127.0.0.1", server.smtp_port)
+    assert greeting(extra).startswith(b"421 4.7.0")
+    other = connect_from("127.0.0.2", server.smtp_port)     # the real MTA still gets in
+    assert greeting(other).startswith(b"220")
+    for s in mine + [extra, other]:
+        s.close()
+    # slots are given back when they close
+    time.sleep(0.3)
+    again = connect_from("127.0.0.1", server.smtp_port)
+    assert greeting(again).startswith(b"220")
+    again.close()
+
+
+def test_finding3_trickling_data_is_cut_at_the_deadline(serve, sqlite_engine):
+    server = serve(data_deadline=1.5, timeout=30)
+    client = MailClient(server.smtp_port)
+    client.hello(lmtp=False)
+    client.cmd("MAIL FROM:<mta@firma.cz>")
+    client.cmd("RCPT TO:<crm@firma.cz>")
+    assert client.cmd("DATA")[0] == 354
+    began = time.monotonic()
+    reply = None
+    client.sock.settimeout(0.3)
+    while time.monotonic() - began < 10:
+        try:
+            client.sock.sendall(b"x")
+            reply = client.sock.recv(200)
+            if reply:
+                break
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+    assert reply and reply.startswith(b"421 4.4.2"), reply
+    assert time.monotonic() - began < 4
+    assert stored(sqlite_engine) == 0
+
+
+def test_finding4_command_lines_are_limited_and_hold_little(serve):
+    server = serve()
+    client = MailClient(server.smtp_port)
+    client.hello(lmtp=False)
+    client.sock.sendall(b"NOOP " + b"A" * 2_000_000)        # 2 MB, no line end yet
+    time.sleep(0.5)
+    [protocol] = list(server.server.listeners.live)
+    assert len(protocol._reader._buffer) <= 8192
+    code, text = client.cmd(b"")                             # the line ends
+    assert (code, text[:5]) == (500, "5.5.2")
+    assert client.cmd("NOOP")[0] == 250                      # the session goes on
+    client.close()
+
+
+# ------------------------------------------------------------------------------ size (7)
+
+def test_finding7_size_limit_excludes_dot_stuffing(serve, sqlite_engine):
+    server = serve(max_message_size=100_000)
+    body = "\r\n".join(f".{i:05d}" + "x" * 80 for i in range(1100))
+    raw = make_mail(body=body)
+    raw = raw[:99_000 - 2] + b"\r\n" if len(raw) > 99_000 else raw
+    assert len(raw) <= 99_000 and len(dot_stuff(raw)) > 100_000
+    client = MailClient(server.smtp_port)
+    client.hello(lmtp=False)
+    replies = client.send(raw, lmtp=False)
+    assert replies[-1][0] == 250, replies
+    # and one octet over the limit, as stored, is still 552
+    big = make_mail(body="y" * 100_500)
+    assert client.send(big, lmtp=False)[-1][1].startswith("5.3.4")
+    client.close()
+    with sqlite_engine.connect() as conn:
+        [content] = conn.execute(select(t.raw_messages.c.content)).scalars().all()
+    assert bytes(content) == raw
+
+
+# ------------------------------------------------------------------------------ shutdown (6)
+
+def test_finding6_sigterm_answers_every_message_in_data(serve, sqlite_engine):
+    server = serve()
+    clients = []
+    for i in range(8):
+        client = MailClient(server.smtp_port)
+        client.hello(lmtp=False)
+        client.cmd("MAIL FROM:<mta@firma.cz>")
+        client.cmd("RCPT TO:<crm@firma.cz>")
+        assert client.cmd("DATA")[0] == 354
+        raw = make_mail(subject=f"in flight {i}")
+        client.sock.sendall(raw[:200])
+        clients.append((client, raw))
+    idle = MailClient(server.smtp_port)
+    idle.hello(lmtp=False)
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    time.sleep(0.5)                       # the stop has begun (and must wait for them)
+    code, text = idle.cmd("MAIL FROM:<mta@firma.cz>")
+    assert (code, text[:5]) == (421, "4.3.2")
+    replies = []
+    for client, raw in clients:
+        client.sock.sendall(dot_stuff(raw[200:]) + b".\r\n")
+    for client, _ in clients:
+        replies.append(client.reply())
+    stopping.join(30)
+    assert [code for code, _ in replies] == [250] * 8, replies
+    assert stored(sqlite_engine) == 8
+
+
+def test_passwd_asks_twice_on_a_terminal_without_echo(tmp_path):
+    import os
+    import pty
+    import select
+    from sink.sources.auth import verify_password
+    pid, fd = pty.fork()
+    if pid == 0:                                   # the child: `sink passwd` on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "sink", "passwd", "connector"])
+    out = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal out
+        deadline = time.monotonic() + 20
+        while marker not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    out += os.read(fd, 1024)
+                except OSError:
+                    return
+    read_until(b"Password: ")
+    os.write(fd, PASSWORD.encode() + b"\n")
+    read_until(b"Again: ")
+    os.write(fd, PASSWORD.encode() + b"\n")
+    deadline = time.monotonic() + 20            # then everything until the child exits
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert PASSWORD.encode() not in out                     # never echoed
+    line = next(l for l in out.decode().splitlines() if l.startswith("connector:"))
+    assert verify_password(PASSWORD.encode(), line.split(":", 1)[1].strip())
+
+
+def test_client_ca_implies_require_tls(serve, tls_files):
+    server = serve(tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"],
+                   tls_client_ca=tls_files["ca"], tls_client_names=["mail.protection.outlook.com"])
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("mta@firma.cz")[0] == 530
