@@ -128,9 +128,11 @@ def test_pending_carrier_is_unwrapped_on_resume(engine, db_url):
     outer["From"] = "alice@firma.cz"
     outer["To"] = "crm@firma.cz"
     outer["Subject"] = "> forwarded mail"
+    # a wrapper is unwrapped only from an authenticated user (SPEC 2.3), judged again on resume
+    outer["Authentication-Results"] = "mx.firma.cz; dkim=pass header.d=firma.cz"
     outer.set_content("see attached")
     outer.add_attachment(inner, maintype="message", subtype="rfc822")
-    config = config_for(db_url)
+    config = config_for(db_url, trusted_authserv_ids=["mx.firma.cz"])
     intake = Intake(engine)
     held = intake.deliver(outer.as_bytes(), Envelope("cli", hold=True,
                                                      rcpt_tos=("crm@firma.cz",)), config.boxes)

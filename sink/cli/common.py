@@ -43,8 +43,12 @@ def engine_for(config: Config, *, require_schema: bool = True):
 def _refuse_missing_sqlite(url: str) -> None:
     """A SQLite file that does not exist yet was never upgraded: say so without connecting,
     which would leave an empty database file (and its directory) behind."""
+    from sqlalchemy import exc as sa_exc
     from sqlalchemy.engine import make_url
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        return                  # make_engine says what is wrong with it, in one line
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
             and not Path(parsed.database).exists():
         raise UsageError(f"no database at {parsed.database}: run `sink db upgrade` first")
