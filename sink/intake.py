@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sink.config import BoxConfig
 from sink.db import schema as t
 from sink.db import fastpath
+from sink.db.attachments import store_attachments
 from sink.db.directory_store import directory_version, load_directory
 from sink.db.fastpath import Fast
 from sink.db.records import DbRecords
@@ -396,6 +397,7 @@ class Intake:
                                processed_at=None)),
         )))
         _INSERT_RAW.execute(conn, {"message_id": message_id, "content": raw})
+        store_attachments(conn, message_id, raw)
         return message_id
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
