@@ -31,6 +31,7 @@ import email
 import email.parser
 import hashlib
 import mimetypes
+import quopri
 import re
 import secrets
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ MAX_NAME = 255
 MAX_FIELD = 500               # content type, content-id, nested subject
 MIN_ELIDE = 4096              # smaller base64 bodies cost the parser less than finding them
 MAX_PATH = 200
+MAX_HEAD = 256 * 1024         # bytes of an attached message read for its subject
 _CRLF_POLICY = _POLICY.clone(linesep="\r\n")
 _PATH = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6}){0,60}(?:/[0-9]{1,6})?")
 _TNEF_HINT = (re.compile(_nocase("ms-tnef")), re.compile(_nocase("winmail.dat")))
@@ -188,7 +190,7 @@ class Tree:
         """The decoded bytes of a leaf: transfer encoding undone; a nested message as the email
         package writes it back (CRLF line ends, like a carried message's stored bytes)."""
         if part.get_content_maintype() == "message":
-            return _written_body(part)
+            return _nested_bytes(part)
         payload = part.get_payload()
         if self._extents and isinstance(payload, str):
             extent = self._extents.get(payload.strip())
@@ -197,6 +199,29 @@ class Tree:
                 return decode_b(self.raw[start:end].translate(None, b"\r\n"))[0]
         data = part.get_payload(decode=True)
         return data if isinstance(data, bytes) else b""
+
+
+def _nested_bytes(part: Message) -> bytes:
+    """A ``message/*`` part's content. The email package parses it as a message whatever its
+    transfer encoding; a client that base64-encodes an attached message (the email package
+    itself does for bytes) gets its encoding undone on the text as written back."""
+    data = _written_body(part)
+    cte = str(part.get("Content-Transfer-Encoding", "")).lower()
+    if cte == "base64":
+        return decode_b(b"".join(data.split()))[0]
+    if cte == "quoted-printable":
+        return quopri.decodestring(data)
+    return data
+
+
+def _nested_subject(part: Message, data: bytes) -> str | None:
+    if part.get_content_type() not in ("message/rfc822", "message/global"):
+        return None
+    try:
+        head = email.parser.BytesHeaderParser(policy=_POLICY).parsebytes(data[:MAX_HEAD])
+        return _text(str(head.get("Subject") or ""), MAX_FIELD)
+    except Exception:
+        return ""
 
 
 def _written_body(part: Message) -> bytes:
@@ -226,7 +251,9 @@ def _is_body(part: Message, name: str, disposition: str | None) -> bool:
             and disposition != "attachment")
 
 
-def _fallback_name(path: str, content_type: str) -> str:
+def _fallback_name(path: str, content_type: str, subject: str | None) -> str:
+    if subject:
+        return f"{subject[:MAX_NAME - 4]}.eml"
     if content_type.startswith("message/"):
         return f"part-{path}.eml"
     return f"part-{path}{mimetypes.guess_extension(content_type) or '.bin'}"
@@ -240,20 +267,16 @@ def _records(tree: Tree, path: str, part: Message) -> list[Attachment]:
     ctype = _text(part.get_content_type(), MAX_FIELD)
     data = tree.content(part)
     content_id = _text(str(part.get("Content-ID") or ""), MAX_FIELD).strip("<>") or None
-    nested = None
-    if ctype in ("message/rfc822", "message/global"):
-        inner = part.get_payload()
-        if isinstance(inner, list) and inner:
-            nested = _text(str(inner[0].get("Subject") or ""), MAX_FIELD)
+    nested = _nested_subject(part, data)
     defect = None
     if tnef.is_tnef(ctype, name):
         content = tnef.unpack(data)
-        if content is not None:
+        if content is not None and (content.files or content.text.strip()):
             return [_tnef_file(path, number, f) for number, f in enumerate(content.files, 1)]
         defect = "tnef: unreadable; kept whole"
     return [Attachment(
-        part=path, name=name or _fallback_name(path, ctype), content_type=ctype, size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), content_id=content_id,
+        part=path, name=name or _fallback_name(path, ctype, nested), content_type=ctype,
+        size=len(data), sha256=hashlib.sha256(data).hexdigest(), content_id=content_id,
         inline=disposition != "attachment" and (disposition == "inline" or bool(content_id)),
         nested_subject=nested, defect=defect)]
 

@@ -10,12 +10,15 @@ one attachment, never a failure of the message.
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 
 from sink.log import get_logger
 
 log = get_logger("sink.mail.tnef")
+# tnefparse logs a warning per property it skips: on hostile input, thousands of lines
+logging.getLogger("tnefparse").setLevel(logging.ERROR)
 
 SIGNATURE = 0x223E9F78
 MAX_OBJECTS = 10_000
