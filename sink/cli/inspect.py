@@ -118,9 +118,9 @@ def _print_attachments(d: dict) -> None:
     for a in records:
         extra = [f"cid={visible(a['content_id'])}" if a["content_id"] else "",
                  "inline" if a["inline"] else "",
-                 f"subject={visible(a['nested_subject'])!r}" if a["nested_subject"] else "",
+                 f"subject='{visible(a['nested_subject'])}'" if a["nested_subject"] else "",
                  f"({visible(a['defect'])})" if a["defect"] else ""]
-        print(f"  {a['part']:<8} {visible(a['name'])!r} {visible(a['content_type'])} "
+        print(f"  {a['part']:<8} '{visible(a['name'])}' {visible(a['content_type'])} "
               f"{a['size']} bytes sha256={a['sha256'][:16]}… "
               + " ".join(e for e in extra if e))
 
