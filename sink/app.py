@@ -73,7 +73,11 @@ async def serve_until_signal(app: SinkApp) -> None:
 def build(config: Config, engine) -> SinkApp:
     """The app ``sink serve`` runs for ``config``."""
     from sink.storage import make_storage
-    return SinkApp(config, make_storage(config, engine))
+    components: list[Component] = []
+    if config.backup is not None:
+        from sink.backup import Backup      # writes committed messages, after their reply
+        components.append(Backup(config.backup, engine))
+    return SinkApp(config, make_storage(config, engine), components)
 
 
 def run(config: Config, engine) -> int:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sink.config.backup import BackupConfig, parse_backup
 from sink.config.boxes import BoxConfig, parse_box
 from sink.config.checks import ConfigError, check_keys, resolve, string, whole
 from sink.config.listeners import ListenerConfig, parse_listener
 from sink.mail.textnorm import fold_address
 
-__all__ = ["BoxConfig", "Config", "ConfigError", "ListenerConfig", "LogConfig", "load_config",
+__all__ = ["BackupConfig", "BoxConfig", "Config", "ConfigError", "ListenerConfig", "LogConfig", "load_config",
            "parse_config"]
 
 
@@ -38,6 +39,7 @@ class Config:
     storage_threads: int | None = None
     storage_workers: int | None = None
     path: Path | None = None
+    backup: BackupConfig | None = None
 
     def box(self, address: str | None) -> BoxConfig:
         """The box with this address, or the first box when ``address`` is None."""
@@ -67,7 +69,7 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
     """``data`` (a parsed TOML document) as a Config; relative paths are taken from ``base``
     (the config file's directory; default: the working directory at the call)."""
     base = Path.cwd() if base is None else base
-    check_keys("config", data, {"database", "listeners", "boxes", "log", "storage"})
+    check_keys("config", data, {"database", "listeners", "boxes", "log", "storage", "backup"})
     listeners = data.get("listeners", [])
     if not isinstance(listeners, list):
         raise ConfigError("listeners: expected [[listeners]] tables")
@@ -99,6 +101,7 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
         else None,
         storage_workers=workers,
         path=path,
+        backup=parse_backup(data.get("backup"), base),
     )
 
 
