@@ -275,3 +275,29 @@ def test_part_numbers_are_checked():
     raw = corpus.czech_names()
     for bad in ("", "0x2", "2/", "/1", "2..1", "../1", "2\n", "1" * 7, "1." * 200 + "1"):
         assert part_bytes(raw, bad) is None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["umlaut", "two-files", "body", "rtf", "long-filename",
+                        "garbage-at-end"]),
+       st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=20))
+def test_damaged_tnef_never_raises_and_stays_bounded(sample, changes):
+    """tnefparse's loops follow counts read from the data (a damaged count once meant 4 billion
+    turns): every unpack stays within its budget."""
+    data = bytearray(tnef_sample(sample))
+    for where, value in changes:
+        data[where % len(data)] = value
+    started = time.perf_counter()
+    content = tnef.unpack(bytes(data))
+    assert time.perf_counter() - started < 2
+    assert content is None or len(content.files) <= tnef.MAX_FILES
+
+
+def test_tnef_with_a_huge_property_count_is_unreadable_quickly():
+    data = bytearray(tnef_sample("two-files"))
+    at = data.find(b"\x03\x90\x06\x00")         # the MAPI properties object (ATTMAPIPROPS)
+    assert at > 0
+    data[at + 8:at + 12] = b"\xff\xff\xff\x7f"    # its property count: 2^31
+    started = time.perf_counter()
+    tnef.unpack(bytes(data))
+    assert time.perf_counter() - started < 2

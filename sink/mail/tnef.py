@@ -4,15 +4,27 @@ tnefparse does the decoding. It is handed only input it reads in bounded time: i
 TNEF objects and copies the rest of the data for each one (``data[offset:]``), so a hostile blob
 of many tiny objects would cost time quadratic in its size. :func:`_object_count` walks the same
 object chain first (a few struct reads per object) and refuses more than ``MAX_OBJECTS``.
-Whatever tnefparse cannot read makes :func:`unpack` answer None: the caller keeps the blob as
-one attachment, never a failure of the message.
+Its loops over counts read from the data (MAPI properties, multi-values, recipient rows) run
+as many times as a hostile count says, even past the end of the data (4 billion turns that
+append empty properties); so the ``range`` those two modules loop with is a counted one that
+gives each :func:`unpack` call a budget of ``MAX_TURNS`` turns in all, after which the blob is
+unreadable. Whatever tnefparse cannot read makes :func:`unpack` answer None: the caller keeps the
+blob as one attachment, never a failure of the message.
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import struct
+import threading
 from dataclasses import dataclass
+
+import compressed_rtf  # noqa: F401 - tnefparse decompresses RTF bodies with it; without it
+#                        its rtfbody is silently the compressed bytes
+import tnefparse
+import tnefparse.mapi
+import tnefparse.tnef
 
 from sink.log import get_logger
 
@@ -21,6 +33,7 @@ log = get_logger("sink.mail.tnef")
 logging.getLogger("tnefparse").setLevel(logging.ERROR)
 
 SIGNATURE = 0x223E9F78
+MAX_TURNS = 200_000
 MAX_OBJECTS = 10_000
 MAX_FILES = 1000
 MAX_RTF = 2 * 1024 * 1024        # bytes of RTF converted to text (striprtf is regex based)
@@ -94,14 +107,37 @@ def body_text(tnef) -> str:
     return _rtf_text(rtf) if rtf else ""
 
 
+class _TooComplex(Exception):
+    """A TNEF whose counts would take tnefparse longer than its budget."""
+
+
+_budget = threading.local()
+
+
+def _counted_range(*args):
+    """``range`` for tnefparse's loops: each turn costs one from this thread's budget."""
+    if getattr(_budget, "left", None) is None:
+        yield from builtins.range(*args)
+        return
+    for value in builtins.range(*args):
+        _budget.left -= 1
+        if _budget.left < 0:
+            raise _TooComplex()
+        yield value
+
+
+tnefparse.mapi.range = _counted_range      # module globals are looked up before builtins
+tnefparse.tnef.range = _counted_range
+
+
 def unpack(data: bytes) -> TnefContent | None:
     """The files and the body text of a TNEF blob; None when it cannot be read."""
-    import tnefparse
     if len(data) < 6 or struct.unpack_from("<I", data)[0] != SIGNATURE:
         return None
     if _object_count(data, MAX_OBJECTS) is None:
         log.warning("tnef.refused", reason=f"more than {MAX_OBJECTS} objects", size=len(data))
         return None
+    _budget.left = MAX_TURNS
     try:
         tnef = tnefparse.TNEF(data, do_checksum=False)
         files = tuple(TnefFile(_text(a.long_filename()).strip(), bytes(a.data or b""))
@@ -113,4 +149,6 @@ def unpack(data: bytes) -> TnefContent | None:
     except Exception as exc:             # tnefparse raises anything on broken input
         log.info("tnef.unreadable", error=type(exc).__name__, size=len(data))
         return None
+    finally:
+        _budget.left = None
     return TnefContent(files, text)
