@@ -149,8 +149,8 @@ def _print_detail(d: dict) -> None:
         if a["contacts"] or a["companies"]:
             print(f"    contacts: {', '.join(a['contacts']) or '-'}; "
                   f"companies: {', '.join(a['companies']) or '-'}")
-    _print_side_effects(d)
     _print_attachments(d)
+    _print_side_effects(d)
 
 
 def _print_side_effects(d: dict) -> None:
