@@ -301,3 +301,22 @@ def test_tnef_with_a_huge_property_count_is_unreadable_quickly():
     started = time.perf_counter()
     tnef.unpack(bytes(data))
     assert time.perf_counter() - started < 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(name=st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp", "Zs")),
+                    min_size=1, max_size=60),
+       charset=st.sampled_from(["utf-8", "iso-2022-jp", "shift_jis", "iso-8859-2"]))
+def test_rfc2047_names_decoded(name, charset):
+    from email.header import Header
+    try:
+        word = Header(name, charset).encode(linesep="\r\n ")
+    except (UnicodeError, LookupError):
+        return                                   # not expressible in that charset
+    raw = ("From: a@b.cz\r\nSubject: n\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; "
+           "boundary=n\r\n\r\n--n\r\nContent-Type: text/plain\r\n\r\nbody\r\n--n\r\n"
+           f"Content-Type: application/pdf\r\nContent-Disposition: attachment; "
+           f"filename=\"{word}\"\r\n\r\n%PDF\r\n--n--\r\n").encode()
+    [record] = list_attachments(raw).attachments
+    if '"' not in name and "\\" not in name:
+        assert record.name == name[:att.MAX_NAME]

@@ -194,3 +194,30 @@ def test_records_are_written_for_a_message_whose_rules_fail(kind, db_url, tmp_pa
             t.attachments.c.message_id == delivery.message_id)).scalars().all()
     engine.dispose()
     assert len(names) == 2
+
+
+def test_hostile_structure_stored_without_a_database_error(db_url):
+    """49 nested levels, each after 150 sibling parts: ~7,400 records with part numbers of
+    ~200 characters, stored in the message's transaction (every column holds what it gets)."""
+    from sink.intake import Envelope, Intake
+    from tests.conftest import config_for, seeded
+    levels, siblings = 49, 150
+    raw = b"From: a@b.cz\r\nSubject: deep and wide\r\nMIME-Version: 1.0\r\n"
+    leaf = b"Content-Type: image/png\r\nContent-ID: <" + b"c" * 600 + b">\r\n\r\nx\r\n"
+    for level in range(levels):
+        raw += f"Content-Type: multipart/mixed; boundary=l{level}\r\n\r\n".encode()
+        raw += (f"--l{level}\r\n".encode() + leaf) * siblings + f"--l{level}\r\n".encode()
+    raw += b"Content-Type: application/pdf; name=\"" + "ž".encode() * 400 + b"\"\r\n\r\nend\r\n"
+    engine = seeded(db_url)
+    box = config_for(db_url).boxes[0]
+    [delivery] = Intake(engine).deliver(raw, Envelope("cli", rcpt_tos=(box.address,)), [box])
+    with engine.connect() as conn:
+        count, longest = conn.execute(select(func.count(), func.max(func.length(
+            t.attachments.c.part))).where(t.attachments.c.message_id == delivery.message_id)
+        ).one()
+        last = conn.execute(select(t.attachments.c.name, t.attachments.c.part).where(
+            t.attachments.c.message_id == delivery.message_id).order_by(
+            t.attachments.c.position.desc()).limit(1)).one()
+    engine.dispose()
+    assert count == levels * siblings + 1 and longest > 190
+    assert last.name == "ž" * 255 and last.part.count(".") == levels - 1

@@ -19,7 +19,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('message_id', sa.Integer(), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('part', sa.String(length=200), nullable=False),
+    sa.Column('part', sa.String(length=400), nullable=False),
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('content_type', sa.String(length=500), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),

@@ -283,7 +283,7 @@ attachments = Table(
     Column("id", Integer, primary_key=True),
     Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
     Column("position", Integer, nullable=False),              # 1, 2, ... in MIME order
-    Column("part", String(200), nullable=False),              # IMAP part number, "2.1", "2/1"
+    Column("part", String(400), nullable=False),              # IMAP part number, "2.1", "2/1"
     Column("name", String(255), nullable=False),
     Column("content_type", String(500), nullable=False),
     Column("size", Integer, nullable=False),                  # of the decoded content

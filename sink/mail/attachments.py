@@ -51,7 +51,7 @@ MAX_MULTIPARTS = 200          # multipart containers: the email package recurses
 MAX_NAME = 255
 MAX_FIELD = 500               # content type, content-id, nested subject
 MIN_ELIDE = 4096              # smaller base64 bodies cost the parser less than finding them
-MAX_PATH = 200
+MAX_PATH = 400               # characters of a part number: 50 levels, 10,000 parts
 MAX_HEAD = 256 * 1024         # bytes of an attached message read for its subject
 _CRLF_POLICY = _POLICY.clone(linesep="\r\n")
 _PATH = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6}){0,60}(?:/[0-9]{1,6})?")
