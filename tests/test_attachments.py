@@ -71,13 +71,13 @@ def test_inline_images_marked_with_content_id():
     found = by_part(corpus.inline_images())
     logo, chart, offer = found["1.2.2"], found["1.2.3"], found["2"]
     assert (logo.name, logo.content_id, logo.inline) == ("logo.png", "logo@firma.cz", True)
-    assert chart.inline and chart.content_id == "chart@firma.cz" and chart.content_type == "image/gif"
+    assert chart.inline and chart.content_id == "chart@firma.cz"
+    assert chart.content_type == "image/gif"
     assert not offer.inline and offer.content_id is None and offer.name == "offer.pdf"
     assert set(found) == {"1.2.2", "1.2.3", "2"}          # text and HTML are the body
 
 
 def test_nested_message_listed_with_subject_and_its_bytes():
-    inner_mail = corpus.make_mail  # noqa: F841 - the builder the corpus uses
     raw = corpus.nested_message()        # base64-encoded message/rfc822 (the email package's way)
     [nested] = list_attachments(raw).attachments
     assert nested.part == "2" and nested.content_type == "message/rfc822"

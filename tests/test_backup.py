@@ -80,6 +80,30 @@ def test_a_file_that_cannot_be_written_is_retried_and_nothing_is_marked(tmp_path
     engine.dispose()
 
 
+def test_a_crash_between_file_and_mark_writes_the_same_file_again(tmp_path, monkeypatch):
+    """The files are durable before the database says so: a pass that dies before its mark
+    (a crash, the database gone) leaves files the next pass writes again, identically."""
+    url = f"sqlite:///{tmp_path}/sink.db"
+    engine = seeded(url)
+    box = config_for(url).boxes[0]
+    for i in range(3):
+        Intake(engine).deliver(make_mail(subject=f"c{i}"), Envelope("cli", rcpt_tos=(box.address,)),
+                               [box])
+    backup = Backup(BackupConfig(tmp_path / "backup"), engine)
+
+    def lost(ids):
+        raise ConnectionError("database gone before the mark")
+    monkeypatch.setattr(backup, "_mark", lost)
+    with pytest.raises(ConnectionError):
+        backup.pass_once()
+    first = backed_up(tmp_path / "backup")
+    assert len(first) == 3
+    monkeypatch.undo()
+    assert backup.pass_once() == 3 and backed_up(tmp_path / "backup") == first
+    assert backup.pass_once() == 0
+    engine.dispose()
+
+
 def test_write_durably_leaves_no_partial_file(tmp_path):
     write_durably(tmp_path / "d" / "a.eml", b"x" * 10)
     assert (tmp_path / "d" / "a.eml").read_bytes() == b"x" * 10
