@@ -112,6 +112,10 @@ def build(config: Config, engine) -> SinkApp:
     if config.calendar is not None:     # issue 15: in the background, never on a mail's path
         from sink.calendar.service import CalendarSync
         app.background.append(CalendarSync(config.calendar, engine))
+    if config.backup is not None:
+        from sink.backup import Backup      # writes committed messages, after their reply
+        app.background.append(Backup(config.backup, engine, notify=lambda kind, text:
+                                     notifier.notify(kind, "backup directory failing", text)))
     if config.metrics is not None:
         from sink.metrics import MetricsServer
         app.background.append(MetricsServer(config.metrics, app, engine))

@@ -80,7 +80,9 @@ def result_json(file: str | None, box: str, decision=None, **extra) -> dict:
     """The check/ingest/replay JSON object of one message (SPEC section 6)."""
     from sink.pipeline.decision import empty_json
     body = decision.as_json() if decision is not None else empty_json()
-    return {"file": file, "box": box, **body, **extra}
+    # attachments (SPEC 3) come from the message's bytes, not from the decision: the caller
+    # passes them (``attachments=[{"name", "type", "size"}]``); never absent
+    return {"file": file, "box": box, **body, "attachments": [], **extra}
 
 
 def emit_delivery(path: str | None, d, **more) -> None:

@@ -55,6 +55,9 @@ def register(sub) -> None:
     show = sub.add_parser("show", help="one message with its trace and records")
     show.add_argument("id", type=int)
     show.add_argument("--raw", action="store_true", help="write exactly the stored bytes")
+    show.add_argument("--part", metavar="N",
+                      help="write exactly the decoded bytes of attachment N (its part number, "
+                           "as listed: 2, 2.1, 2/1)")
     show.set_defaults(func=cmd_show)
 
 
@@ -109,20 +112,51 @@ def cmd_export(config: Config, args) -> int:
 
 
 def cmd_show(config: Config, args) -> int:
+    from sink.db.attachments import attachments_of
     from sink.db.queries import message_detail, raw_bytes
+    if args.raw and args.part is not None:
+        raise UsageError("show: --raw or --part, not both")
     with engine_for(config).connect() as conn:
-        if args.raw:
+        if args.raw or args.part is not None:
             raw = raw_bytes(conn, args.id)
             if raw is None:
                 raise UsageError(f"message {args.id}: not found")
-            sys.stdout.buffer.write(raw)
-            sys.stdout.buffer.flush()
+            _write_bytes(bytes(raw) if args.raw else _part(bytes(raw), args.id, args.part))
             return EXIT_OK
         detail = message_detail(conn, args.id)
+        if detail is not None:
+            detail["attachments"] = attachments_of(conn, args.id)
     if detail is None:
         raise UsageError(f"message {args.id}: not found")
     _print_detail(detail)
     return EXIT_OK
+
+
+def _part(raw: bytes, message_id: int, number: str) -> bytes:
+    """The decoded bytes of one part, from the stored raw bytes (no copy is kept elsewhere)."""
+    from sink.mail.attachments import part_bytes
+    data = part_bytes(raw, number.strip())
+    if data is None:
+        raise UsageError(f"message {message_id}: no part {visible(number)}")
+    return data
+
+
+def _write_bytes(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _print_attachments(d: dict) -> None:
+    records = d.get("attachments") or []
+    print(f"attachments: {len(records)}")
+    for a in records:
+        extra = [f"cid={visible(a['content_id'])}" if a["content_id"] else "",
+                 "inline" if a["inline"] else "",
+                 f"subject='{visible(a['nested_subject'])}'" if a["nested_subject"] else "",
+                 f"({visible(a['defect'])})" if a["defect"] else ""]
+        print(f"  {a['part']:<8} '{visible(a['name'])}' {visible(a['content_type'])} "
+              f"{a['size']} bytes sha256={a['sha256'][:16]}… "
+              + " ".join(e for e in extra if e))
 
 
 def _print_detail(d: dict) -> None:
@@ -149,6 +183,7 @@ def _print_detail(d: dict) -> None:
         if a["contacts"] or a["companies"]:
             _say(f"    contacts: {', '.join(a['contacts']) or '-'}; "
                   f"companies: {', '.join(a['companies']) or '-'}")
+    _print_attachments(d)
     _print_side_effects(d)
 
 

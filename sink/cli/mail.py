@@ -30,9 +30,28 @@ def cmd_check(config: Config, args) -> int:
     files = read_files(args.files)
     intake = Intake(engine_for(config))
     for path, raw in files:
-        for decision in intake.evaluate_only(raw, box, Envelope("cli", rcpt_tos=(box.address,))):
-            emit(result_json(path, box.address, decision))
+        decisions = intake.evaluate_only(raw, box, Envelope("cli", rcpt_tos=(box.address,)))
+        for decision, attachments in zip(decisions, _attachments_each(raw, len(decisions))):
+            emit(result_json(path, box.address, decision, attachments=attachments))
     return EXIT_OK
+
+
+def _attachments_each(raw: bytes, count: int) -> list[list[dict]]:
+    """The attachments of each message ``check`` decided: a carrier's carried messages, else
+    the message itself (as Intake.evaluate_only unwraps)."""
+    from sink.mail.attachments import list_attachments
+    from sink.mail.parse import parse_message
+    from sink.mail.unwrap import unwrap
+    carried = unwrap(parse_message(raw)) if count else None
+    raws = [inner.raw for inner in carried.inner] if carried else [raw]
+    found = [[a.as_json() for a in list_attachments(r).attachments] for r in raws[:count]]
+    return found + [[] for _ in range(count - len(found))]
+
+
+def _stored_attachments(engine, message_id: int) -> list[dict]:
+    from sink.db.attachments import as_json, attachments_of
+    with engine.connect() as conn:
+        return as_json(attachments_of(conn, message_id))
 
 
 def cmd_ingest(config: Config, args) -> int:
@@ -43,7 +62,8 @@ def cmd_ingest(config: Config, args) -> int:
     for path, raw in files:
         for delivery in intake.deliver(raw, Envelope("cli", rcpt_tos=(box.address,)), [box]):
             for d in delivery.processed_messages():
-                emit_delivery(path, d)
+                emit_delivery(path, d,
+                              attachments=_stored_attachments(intake.engine, d.message_id))
     return EXIT_OK
 
 
@@ -81,7 +101,8 @@ def _replay_each(intake, ids: list[int], config: Config, advance) -> int:
             continue
         finally:
             advance(1)
-        extra = {"id": delivery.message_id, "status": delivery.status, "replayed": True}
+        extra = {"id": delivery.message_id, "status": delivery.status, "replayed": True,
+                 "attachments": _stored_attachments(intake.engine, delivery.message_id)}
         if delivery.error:
             extra["error"] = delivery.error
         out = result_json(None, delivery.box, delivery.decision, **extra)

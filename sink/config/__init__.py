@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sink.config.backup import BackupConfig, parse_backup
 from sink.config.boxes import BoxConfig, parse_box
 from sink.config.calendar import CalendarConfig, parse_calendar
 from sink.config.checks import ConfigError, check_keys, resolve, string, whole
@@ -23,8 +24,8 @@ from sink.config.notify import NotifyConfig, parse_notify
 from sink.config.sources import SourceConfig, parse_sources
 from sink.mail.textnorm import fold_address
 
-__all__ = ["BoxConfig", "CalendarConfig", "Config", "ConfigError", "ListenerConfig", "LogConfig",
-           "SourceConfig", "load_config", "parse_config"]
+__all__ = ["BackupConfig", "BoxConfig", "CalendarConfig", "Config", "ConfigError",
+           "ListenerConfig", "LogConfig", "SourceConfig", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Config:
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
     sources: tuple[SourceConfig, ...] = ()
+    backup: BackupConfig | None = None
 
     def box(self, address: str | None) -> BoxConfig:
         """The box with this address, or the first box when ``address`` is None."""
@@ -76,7 +78,7 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
     (the config file's directory; default: the working directory at the call)."""
     base = Path.cwd() if base is None else base
     check_keys("config", data, {"database", "listeners", "boxes", "log", "storage",
-                                "sources", "calendar", "notify", "metrics"})
+                                "sources", "calendar", "notify", "metrics", "backup"})
     listeners = data.get("listeners", [])
     if not isinstance(listeners, list):
         raise ConfigError("listeners: expected [[listeners]] tables")
@@ -112,6 +114,7 @@ def parse_config(data: dict, base: Path | None = None, path: Path | None = None)
         calendar=parse_calendar(data["calendar"], base) if "calendar" in data else None,
         notify=parse_notify(data.get("notify")),
         metrics=parse_metrics(data.get("metrics")),
+        backup=parse_backup(data.get("backup"), base),
     )
 
 

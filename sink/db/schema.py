@@ -394,3 +394,30 @@ source_pop3_uidls = Table(
     Column("source_key", String(32), primary_key=True),
     Column("uidl", String(70), primary_key=True),           # RFC 1939: 1 to 70 characters
 )
+
+# ------------------------------------------------------------------ what a message carries
+# (SPEC 3; issue 17.) One row per attachment or inline part that is not the body, written in
+# the message's transaction (sink.db.attachments). The content is not copied: it is decoded
+# from the stored raw bytes on demand (sink.mail.attachments.part_bytes), found by ``part``.
+# Activities and tickets reach a message's attachments through their message_id.
+attachments = Table(
+    "attachments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),              # 1, 2, ... in MIME order
+    Column("part", String(400), nullable=False),              # IMAP part number, "2.1", "2/1"
+    Column("name", String(255), nullable=False),
+    Column("content_type", String(500), nullable=False),
+    Column("size", Integer, nullable=False),                  # of the decoded content
+    Column("sha256", String(64), nullable=False),
+    Column("content_id", String(500), nullable=True),
+    Column("inline", Boolean, nullable=False),
+    Column("nested_subject", String(500), nullable=True),     # an attached message's subject
+    Column("defect", String(200), nullable=True),             # e.g. an unreadable TNEF
+    UniqueConstraint("message_id", "part"),
+)
+
+# [backup] directory (SPEC 3): when the message's copy was written there (NULL: not yet). The
+# backup task finds its work by this index, so a restart or a full disk catches up later.
+messages.append_column(Column("backed_up_at", DateTime(timezone=True), nullable=True))
+Index("ix_messages_backed_up_at", messages.c.backed_up_at)

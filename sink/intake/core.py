@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sink.config import BoxConfig
 from sink.db import fastpath
 from sink.db import schema as t
+from sink.db.attachments import store_attachments
 from sink.db.records import DbRecords
 from sink.directory import Directory
 from sink.errors import classify
@@ -114,7 +115,8 @@ class Intake:
             return self._store_new(conn, prepared.raw, prepared.sha256, parsed,
                                    prepared.envelope, box, note=note)
         outer_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
-                                prepared.envelope, box, outcome=self._pending())
+                                prepared.envelope, box, outcome=self._pending(),
+                                attachments=False)    # what it carries has its own rows
         return self._store_carried(conn, outer_id, carried, prepared.envelope, box, note)
 
     def decide_stored(self, conn: Connection, message_id: int, parsed: ParsedMessage,
@@ -267,7 +269,7 @@ class Intake:
 
     def _insert(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                 envelope: Envelope, box: BoxConfig, outcome: dict,
-                parent_id: int | None = None) -> int:
+                parent_id: int | None = None, attachments: bool = True) -> int:
         message_id = rows.INSERT_MESSAGE.insert(conn, rows.storable_row(t.messages, dict(
             uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
             box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
@@ -276,6 +278,8 @@ class Intake:
             message_id=parsed.message_id, size=len(raw), sha256=sha256, parent_id=parent_id,
             dkim=parsed.dkim, **outcome)))
         rows.INSERT_RAW.execute(conn, {"message_id": message_id, "content": raw})
+        if attachments:
+            store_attachments(conn, message_id, raw)
         return message_id
 
     # ------------------------------------------------------------------------------ outcomes

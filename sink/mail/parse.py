@@ -217,6 +217,16 @@ def _date(value: str, defects: list[str]) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _rich_body(raw: bytes, defects: list[str]) -> str:
+    """The text of a message that has no text part: Outlook's TNEF body (winmail.dat)."""
+    from sink.mail.attachments import tnef_body_text   # it builds on this module
+    try:
+        return tnef_body_text(raw)[:MAX_TEXT]
+    except Exception as exc:
+        defects.append(f"tnef body: {type(exc).__name__}")
+        return ""
+
+
 def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
     """Parse ``raw``; never raises for content (a defect list records what was unreadable)."""
     defects: list[str] = []
@@ -256,6 +266,8 @@ def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
     except Exception as exc:
         defects.append(f"body: {type(exc).__name__}")
         body, html = "", None
+    if not body.strip() and html is None:
+        body = _rich_body(raw, defects) or body
     date_header = " ".join(header("Date").split())
     message_id = header("Message-ID").strip() or None
     return ParsedMessage(

@@ -46,9 +46,11 @@ def _nth(raw: bytes, needle: bytes, count: int, end: int) -> int | None:
     return pos
 
 
-def parse_window(raw: bytes) -> tuple[int, str | None]:
+def parse_window(raw: bytes, *, boundaries: int = MAX_BOUNDARIES,
+                 multiparts: int = MAX_MULTIPARTS) -> tuple[int, str | None]:
     """How many bytes of ``raw`` the MIME parser reads, and why not all of them (None: all).
-    Each bound cuts at the start of a line; see the module docstring."""
+    Each bound cuts at the start of a line; see the module docstring. (The attachment
+    listing, :mod:`sink.mail.attachments`, reads more parts than the rules.)"""
     cut, reason = len(raw), None
     header_end = raw.find(b"\n\r\n")
     if header_end < 0:
@@ -60,17 +62,17 @@ def parse_window(raw: bytes) -> tuple[int, str | None]:
     at = _after_lines(raw, MAX_PARSE_LINES, 0, cut)
     if at is not None:
         cut, reason = at, f"more than {MAX_PARSE_LINES} lines"
-    at = _nth(raw, b"\n--", MAX_BOUNDARIES + 1, cut)
+    at = _nth(raw, b"\n--", boundaries + 1, cut)
     if at is not None:
-        cut, reason = at + 1, f"more than {MAX_BOUNDARIES} boundary lines"
+        cut, reason = at + 1, f"more than {boundaries} boundary lines"
     matches = 0
-    if _count_any_case(raw, b"multipart/", cut) <= MAX_MULTIPARTS:
+    if _count_any_case(raw, b"multipart/", cut) <= multiparts:
         return cut, reason                      # the usual case, counted in C
     for match in _MULTIPART.finditer(raw, 0, cut):
         matches += 1
-        if matches > MAX_MULTIPARTS:
+        if matches > multiparts:
             cut = raw.rfind(b"\n", 0, match.start()) + 1
-            reason = f"more than {MAX_MULTIPARTS} multipart containers"
+            reason = f"more than {multiparts} multipart containers"
             break
     return cut, reason
 

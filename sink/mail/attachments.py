@@ -1,0 +1,341 @@
+"""What a message carries (SPEC 3): its attachment and inline parts, read from the raw bytes.
+
+Pure: bytes in, a listing out; nothing here raises for content. The rules' parse
+(:mod:`sink.mail.parse`) leaves opaque base64 bodies out, so this module parses the raw bytes
+itself, with the same email package and policy, and bounded the same way:
+
+- **Structure.** Python's MIME parser gives the tree; a part is named by its IMAP part number
+  (RFC 3501: "2", "2.1"; the body of a single-part message is "1"), and a file carried by a TNEF
+  part by the TNEF part's number, a slash and its place in the TNEF ("2/1").
+- **Cost.** The parser is handed the message with every big base64 leaf body replaced by a token
+  line (a random nonce per call and the body's index: base64 text never contains a nonce we have
+  not put there). A part whose payload is exactly its token is decoded straight from the raw
+  bytes, by the very function ``Message.get_payload(decode=True)`` uses for base64
+  (``email._encoded_words.decode_b``), so the bytes are the email package's bytes. When a token
+  shows up anywhere else the guess about a part's extent was wrong: the raw bytes are parsed
+  whole instead. A message that carries another message (``message/*``) is parsed whole, because
+  a nested message is written back from the parse. At most ``MAX_PARTS`` parts, ``MAX_DEPTH``
+  levels and the parse window of :func:`sink.mail.window.parse_window` are read.
+- **Names** are data: decoded from RFC 2231 (``filename*=``) and RFC 2047 (``=?utf-8?B?...``),
+  8-bit UTF-8 as text, cut at ``MAX_NAME`` characters, stored and printed, never used as a path.
+- **What is an attachment**: every leaf but the body (a ``text/plain`` or ``text/html`` part
+  without a file name that is not ``Content-Disposition: attachment``); multipart containers are
+  structure, not records. A nested message (``message/rfc822``) is one attachment with its
+  subject; its own parts are its content. A readable TNEF is replaced by the files it carries;
+  an unreadable one is one attachment with a defect.
+"""
+
+from __future__ import annotations
+
+import email
+import email.parser
+import hashlib
+import mimetypes
+import quopri
+import re
+import secrets
+from dataclasses import dataclass
+from email._encoded_words import decode_b   # what get_payload(decode=True) uses for base64
+from email.generator import BytesGenerator
+from email.message import Message
+from io import BytesIO
+
+from sink.mail import tnef
+from sink.mail.opaque import (_BASE64_CTE, _CONTENT_TYPE, _MESSAGE_TYPE, _body_start,
+                              _header_start, _nocase, _only_base64)
+from sink.mail.parse import _POLICY, decode_text_header, storable
+from sink.mail.window import parse_window
+
+MAX_PARTS = 10_000
+MAX_DEPTH = 50
+MAX_MULTIPARTS = 200          # multipart containers: the email package recurses per level
+MAX_NAME = 255
+MAX_FIELD = 500               # content type, content-id, nested subject
+MIN_ELIDE = 4096              # smaller base64 bodies cost the parser less than finding them
+MAX_PATH = 400               # characters of a part number: 50 levels, 10,000 parts
+MAX_HEAD = 256 * 1024         # bytes of an attached message read for its subject
+_CRLF_POLICY = _POLICY.clone(linesep="\r\n")
+_PATH = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6}){0,60}(?:/[0-9]{1,6})?")
+_TNEF_HINT = (re.compile(_nocase("ms-tnef")), re.compile(_nocase("winmail.dat")))
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    part: str                    # "2", "2.1"; a file inside a TNEF part: "2/1"
+    name: str
+    content_type: str
+    size: int                    # of the decoded content
+    sha256: str                  # of the decoded content
+    content_id: str | None = None
+    inline: bool = False
+    nested_subject: str | None = None
+    defect: str | None = None
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "type": self.content_type, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Listing:
+    attachments: tuple[Attachment, ...] = ()
+    defects: tuple[str, ...] = ()
+
+
+def _text(value: str, limit: int) -> str:
+    """Header text as data: 8-bit UTF-8 decoded, RFC 2047 words decoded, no NUL, cut."""
+    if _SURROGATES.search(value):
+        value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    if "=?" in value:
+        value = decode_text_header(value)
+    return storable(value.strip())[:limit]
+
+
+def _elide(raw: bytes) -> tuple[bytes, dict[str, tuple[int, int]], str]:
+    """``raw`` with big base64 leaf bodies replaced by token lines, the raw extent of each
+    token's body, and the nonce every token holds."""
+    nonce = secrets.token_hex(12)
+    if len(raw) < MIN_ELIDE or _MESSAGE_TYPE.search(raw):
+        return raw, {}, nonce
+    extents: dict[str, tuple[int, int]] = {}
+    pieces, pos = [], 0
+    for match in _BASE64_CTE.finditer(raw):
+        if match.start() < pos:
+            continue
+        body = _body_start(raw, match.end() - 1)
+        if body is None:
+            continue
+        head = max(_header_start(raw, match.start()), pos)
+        boundary = raw.rfind(b"\n--", head, match.start())
+        head = boundary if boundary >= 0 else head   # the part's headers follow its boundary
+        kind = _CONTENT_TYPE.search(raw, head, body)
+        if kind is not None and kind.group(1).lower().startswith((b"multipart/", b"message/")):
+            continue
+        end = raw.find(b"\n--", body)
+        end = len(raw) if end < 0 else end + 1
+        if end - body < MIN_ELIDE or not _only_base64(raw, body, end):
+            continue
+        token = f"sink{nonce}x{len(extents)}"
+        extents[token] = (body, end)
+        pieces += [raw[pos:body], token.encode() + b"\r\n"]
+        pos = end
+    if not extents:
+        return raw, {}, nonce
+    pieces.append(raw[pos:])
+    return b"".join(pieces), extents, nonce
+
+
+class Tree:
+    """The MIME tree of ``raw`` (see the module docstring) and its leaves by part number."""
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self.defects: list[str] = []
+        lean, self._extents, nonce = _elide(raw)
+        self.msg = self._parse(lean)
+        self.leaves = self._walk()
+        if self._extents and not self._tokens_sound(nonce):
+            self.defects.clear()
+            self._extents = {}
+            self.msg = self._parse(raw)
+            self.leaves = self._walk()
+
+    def _parse(self, data: bytes) -> Message:
+        cut, reason = parse_window(data, boundaries=2 * MAX_PARTS + 2, multiparts=MAX_MULTIPARTS)
+        if reason:
+            self.defects.append(f"parse: only the first {cut} bytes read ({reason})")
+        window = data[:cut] if cut < len(data) else data
+        try:
+            return email.message_from_bytes(window, policy=_POLICY)
+        except Exception as exc:
+            self.defects.append(f"parse: {type(exc).__name__}; headers only")
+            return email.parser.BytesParser(policy=_POLICY).parsebytes(window, headersonly=True)
+
+    def _walk(self) -> list[tuple[str, Message]]:
+        out: list[tuple[str, Message]] = []
+        self._visit(self.msg, "", 0, out)
+        return out
+
+    def _visit(self, node: Message, path: str, depth: int, out: list) -> None:
+        if len(out) >= MAX_PARTS:
+            if f"parts: only the first {MAX_PARTS} read" not in self.defects:
+                self.defects.append(f"parts: only the first {MAX_PARTS} read")
+            return
+        payload = node.get_payload()
+        if node.get_content_maintype() != "multipart" or not isinstance(payload, list):
+            out.append((path or "1", node))
+            return
+        if depth >= MAX_DEPTH:
+            self.defects.append(f"parts: nested deeper than {MAX_DEPTH} levels not read")
+            return
+        for number, child in enumerate(payload, 1):
+            self._visit(child, f"{path}.{number}" if path else str(number), depth + 1, out)
+
+    def _tokens_sound(self, nonce: str) -> bool:
+        """Whether every token stands alone as the base64 payload it replaced."""
+        for _, part in self.leaves:
+            payload = part.get_payload()
+            if isinstance(payload, str) and nonce in payload:
+                if payload.strip() not in self._extents or str(
+                        part.get("Content-Transfer-Encoding", "")).lower() != "base64":
+                    return False
+        return True
+
+    def part(self, path: str) -> Message | None:
+        for number, part in self.leaves:
+            if number == path:
+                return part
+        return None
+
+    def content(self, part: Message) -> bytes:
+        """The decoded bytes of a leaf: transfer encoding undone; a nested message as the email
+        package writes it back (CRLF line ends, like a carried message's stored bytes)."""
+        if part.get_content_maintype() == "message":
+            return _nested_bytes(part)
+        payload = part.get_payload()
+        if self._extents and isinstance(payload, str):
+            extent = self._extents.get(payload.strip())
+            if extent is not None:
+                start, end = extent
+                return decode_b(self.raw[start:end].translate(None, b"\r\n"))[0]
+        data = part.get_payload(decode=True)
+        return data if isinstance(data, bytes) else b""
+
+
+def _nested_bytes(part: Message) -> bytes:
+    """A ``message/*`` part's content. The email package parses it as a message whatever its
+    transfer encoding; a client that base64-encodes an attached message (the email package
+    itself does for bytes) gets its encoding undone on the text as written back."""
+    data = _written_body(part)
+    cte = str(part.get("Content-Transfer-Encoding", "")).lower()
+    if cte == "base64":
+        return decode_b(b"".join(data.split()))[0]
+    if cte == "quoted-printable":
+        return quopri.decodestring(data)
+    return data
+
+
+def _nested_subject(part: Message, data: bytes) -> str | None:
+    if part.get_content_type() not in ("message/rfc822", "message/global"):
+        return None
+    try:
+        head = email.parser.BytesHeaderParser(policy=_POLICY).parsebytes(data[:MAX_HEAD])
+        return _text(str(head.get("Subject") or ""), MAX_FIELD)
+    except Exception:
+        return ""
+
+
+def _written_body(part: Message) -> bytes:
+    payload = part.get_payload()
+    out = BytesIO()
+    generator = BytesGenerator(out, mangle_from_=False, policy=_CRLF_POLICY)
+    try:
+        if part.get_content_type() in ("message/rfc822", "message/global") and \
+                isinstance(payload, list) and payload:
+            generator.flatten(payload[0])
+            return out.getvalue()
+        generator.flatten(part)
+    except Exception:               # a part the generator cannot write back
+        return b""
+    return out.getvalue().partition(b"\r\n\r\n")[2]
+
+
+def _filename(part: Message) -> str:
+    try:
+        return _text(part.get_filename() or "", MAX_NAME)
+    except Exception:               # a parameter the email package cannot take apart
+        return ""
+
+
+def _is_body(part: Message, name: str, disposition: str | None) -> bool:
+    return (part.get_content_type() in ("text/plain", "text/html") and not name
+            and disposition != "attachment")
+
+
+def _fallback_name(path: str, content_type: str, subject: str | None) -> str:
+    if subject:
+        return f"{subject[:MAX_NAME - 4]}.eml"
+    if content_type.startswith("message/"):
+        return f"part-{path}.eml"
+    return f"part-{path}{mimetypes.guess_extension(content_type) or '.bin'}"
+
+
+def _records(tree: Tree, path: str, part: Message) -> list[Attachment]:
+    name = _filename(part)
+    disposition = part.get_content_disposition()
+    if _is_body(part, name, disposition):
+        return []
+    ctype = _text(part.get_content_type(), MAX_FIELD)
+    data = tree.content(part)
+    content_id = _text(str(part.get("Content-ID") or ""), MAX_FIELD).strip("<>") or None
+    nested = _nested_subject(part, data)
+    defect = None
+    if tnef.is_tnef(ctype, name):
+        content = tnef.unpack(data)
+        if content is not None and (content.files or content.text.strip()):
+            return [_tnef_file(path, number, f) for number, f in enumerate(content.files, 1)]
+        defect = "tnef: unreadable; kept whole"
+    return [Attachment(
+        part=path, name=name or _fallback_name(path, ctype, nested), content_type=ctype,
+        size=len(data), sha256=hashlib.sha256(data).hexdigest(), content_id=content_id,
+        inline=disposition != "attachment" and (disposition == "inline" or bool(content_id)),
+        nested_subject=nested, defect=defect)]
+
+
+def _tnef_file(path: str, number: int, carried: tnef.TnefFile) -> Attachment:
+    name = storable(carried.name)[:MAX_NAME]
+    ctype = (mimetypes.guess_type(name, strict=False)[0] if name else None) or \
+        "application/octet-stream"
+    return Attachment(part=f"{path}/{number}", name=name or f"part-{path}-{number}.bin",
+                      content_type=ctype, size=len(carried.data),
+                      sha256=hashlib.sha256(carried.data).hexdigest())
+
+
+def list_attachments(raw: bytes) -> Listing:
+    """Every attachment of ``raw``; a part that cannot be read is a defect, never an error."""
+    try:
+        tree = Tree(raw)
+    except Exception as exc:  # pragma: no cover - the parse above never raises for content
+        return Listing((), (f"attachments: {type(exc).__name__}",))
+    found: list[Attachment] = []
+    defects = list(tree.defects)
+    for path, part in tree.leaves:
+        try:
+            found.extend(_records(tree, path, part))
+        except Exception as exc:
+            defects.append(f"part {path}: {type(exc).__name__}")
+    return Listing(tuple(found[:MAX_PARTS]), tuple(defects))
+
+
+def part_bytes(raw: bytes, path: str) -> bytes | None:
+    """Exactly the decoded bytes of part ``path`` of ``raw`` (a leaf, or a file in a TNEF part);
+    None when there is no such part."""
+    if len(path) > MAX_PATH or not _PATH.fullmatch(path):
+        return None
+    number, _, inside = path.partition("/")
+    tree = Tree(raw)
+    part = tree.part(number)
+    if part is None:
+        return None
+    data = tree.content(part)
+    if not inside:
+        return data
+    content = tnef.unpack(data)
+    index = int(inside)
+    if content is None or not 1 <= index <= len(content.files):
+        return None
+    return content.files[index - 1].data
+
+
+def tnef_body_text(raw: bytes) -> str:
+    """The body of the first readable TNEF part as text ('' when there is none): the rules'
+    text for a message that has no other (Outlook's winmail.dat without a plain part)."""
+    if not any(hint.search(raw) for hint in _TNEF_HINT):
+        return ""
+    tree = Tree(raw)
+    for _, part in tree.leaves:
+        if tnef.is_tnef(part.get_content_type(), _filename(part)):
+            content = tnef.unpack(tree.content(part))
+            if content is not None and content.text.strip():
+                return storable(content.text)
+    return ""
