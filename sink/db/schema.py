@@ -272,3 +272,19 @@ invitation_responses = Table(
     Column("message_id", Integer, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True,
            index=True),
 )
+
+
+# --------------------------------------------------------------------------- bounces (issue 12)
+# One row per failed address of a delivery report, hard or soft (SPEC 5 step 8): the CRM side
+# sees repeated soft bounces here; only hard ones also flag (flag_changes, forbidden_addresses).
+bounces = Table(
+    "bounces", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("email", String(320), nullable=False, index=True),
+    Column("kind", String(4), nullable=False),              # hard | soft
+    Column("status", String(16), nullable=True),            # enhanced status code, 5.1.1
+    Column("diagnostic", Text, nullable=False, default=""),
+    Column("created", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,229 @@
+"""Reading a delivery report (SPEC 5 steps 3 and 8): is this message one, and which addresses
+failed, with the status code and the diagnostic text each was refused with.
+
+Two kinds of report:
+
+- RFC 3464 (``multipart/report; report-type=delivery-status``, and the odd forms: the
+  delivery-status part under another multipart, or flattened into text): every per-recipient
+  block gives ``Final-Recipient`` (or ``Original-Recipient``), ``Action``, ``Status`` and
+  ``Diagnostic-Code``. A block without ``Action`` failed unless its status is 2.x.x / 4.x.x;
+- plain text (Postfix, sendmail, Exim, qmail, Exchange, Gmail, Yahoo, OpenSMTPD, Domino, ...):
+  recognised by its subject (:data:`sink.pipeline.bounce_text.SUBJECTS`) or by a system sender
+  together with a bounce phrase. The addresses are found by Mailman's ``flufl.bounce`` and by
+  our own reading of the notice (before the returned original starts); which one is used per
+  dialect was measured on the corpus (docs/BOUNCES.md): both, united, because each finds
+  addresses the other misses and neither takes addresses of the returned original.
+
+Nothing here decides hard or soft (:mod:`sink.pipeline.bounce_kind`), nor whose address may be
+flagged (:mod:`sink.pipeline.bounces`). Every byte is hostile: nothing raises, sizes are bounded.
+"""
+
+from __future__ import annotations
+
+import email
+import logging
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.utils import collapse_rfc2231_value
+
+import flufl.bounce
+
+from sink.mail.parse import ParsedMessage, is_valid_address, own_parts, part_text
+from sink.mail.textnorm import fold, fold_address
+from sink.pipeline import bounce_text
+
+STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
+REPORT_TYPES = ("delivery-status", "global-delivery-status")
+MAX_RECIPIENTS = 1000
+MAX_DIAGNOSTIC = 1000           # characters of diagnostic text kept per address
+MAX_SCAN = 200_000              # characters of notice text read for addresses
+SYSTEM_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster", "mailerdaemon", "mail-daemon"})
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# flufl.bounce logs every detector it runs at INFO; that is noise in our logs.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Failure:
+    email: str
+    action: str                  # failed | delayed | delivered | relayed | expanded
+    status: str | None           # the enhanced status code, when the report gives one
+    diagnostic: str              # the text the address was refused with ('' when none)
+
+
+@dataclass(frozen=True)
+class Report:
+    source: str                  # "delivery report" | "<dialect> bounce"
+    recipients: tuple[Failure, ...]
+
+    @property
+    def failed(self) -> tuple[Failure, ...]:
+        return tuple(f for f in self.recipients if f.action == "failed")
+
+
+def find_status(text: str) -> str | None:
+    """The first enhanced status code (RFC 3463) in ``text``; qmail writes it as ``#5.1.1``."""
+    match = _STATUS.search(text or "")
+    return ".".join(match.groups()) if match else None
+
+
+def read_report(msg: ParsedMessage) -> Report | None:
+    """The delivery report ``msg`` is, or None. Never raises."""
+    try:
+        report = rfc3464(msg.message)
+        if report is None:
+            report = plain_report(msg)
+        return report
+    except Exception:        # hostile structure: a message we cannot read is no report
+        return None
+
+
+# ----------------------------------------------------------------------------- RFC 3464
+
+def _param(part: Message, name: str) -> str:
+    try:
+        value = part.get_param(name)
+    except Exception:
+        return ""
+    return "" if value is None else str(collapse_rfc2231_value(value)).strip().lower()
+
+
+def _status_blocks(part: Message) -> list[Message]:
+    """The header blocks of a delivery-status part (per message, then per recipient)."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and part.get_content_type() in STATUS_TYPES:
+        return [block for block in payload if isinstance(block, Message)]
+    text = "\n\n".join(b.as_string() for b in payload if isinstance(b, Message)) \
+        if isinstance(payload, list) else part_text(part)
+    return [email.message_from_string(block.strip() + "\n")
+            for block in re.split(r"\r?\n[ \t]*\r?\n", text)[: 2 * MAX_RECIPIENTS]
+            if block.strip()]
+
+
+def _recipient(value: str) -> str | None:
+    """The address of ``Final-Recipient: rfc822; jan@acme.cz`` (address type optional)."""
+    address = fold_address(value.split(";", 1)[-1])
+    return address if is_valid_address(address) else None
+
+
+def _action(block: Message, status: str | None) -> str:
+    action = str(block.get("Action") or "").strip().lower().split(" ", 1)[0]
+    if action:
+        return action
+    # Some MTAs leave Action out: a 2.x.x status is a success, 4.x.x a delay.
+    return {"2": "delivered", "4": "delayed"}.get((status or "5")[0], "failed")
+
+
+def _failure(block: Message) -> Failure | None:
+    recipient = _recipient(str(block.get("Final-Recipient") or
+                               block.get("Original-Recipient") or ""))
+    if recipient is None:
+        return None
+    diagnostic = " ".join(str(block.get("Diagnostic-Code") or "").split())[:MAX_DIAGNOSTIC]
+    status = find_status(str(block.get("Status") or ""))
+    if status is None or status.endswith(".0.0"):   # a generic code: the reply may say more
+        status = find_status(diagnostic) or status
+    return Failure(recipient, _action(block, status), status, diagnostic)
+
+
+def _status_parts(msg: Message | None):
+    """Delivery-status parts: those of a multipart/report of report-type delivery-status, and
+    a delivery-status part wherever a broken MTA put it."""
+    for part in own_parts(msg):
+        if part.get_content_type() in STATUS_TYPES:
+            yield part
+
+
+def is_rfc3464(msg: Message | None) -> bool:
+    return any(part.get_content_type() == "multipart/report" and
+               _param(part, "report-type") in REPORT_TYPES for part in own_parts(msg))
+
+
+def rfc3464(msg: Message | None) -> Report | None:
+    found: list[Failure] = []
+    parts = list(_status_parts(msg))
+    if not parts and not is_rfc3464(msg):
+        return None
+    for part in parts:
+        for block in _status_blocks(part)[: MAX_RECIPIENTS + 1]:
+            failure = _failure(block)
+            if failure is not None and len(found) < MAX_RECIPIENTS:
+                found.append(failure)
+    return Report("delivery report", tuple(found))
+
+
+# ----------------------------------------------------------------------------- plain text
+
+def _flufl_addresses(message: Message | None) -> tuple[str, ...]:
+    """Mailman's detectors (permanent and temporary failures: the kind is ours to decide)."""
+    if message is None:
+        return ()
+    try:
+        temporary, permanent = flufl.bounce.all_failures(message)
+    except Exception:        # a detector choking on hostile input is no address
+        return ()
+    found = []
+    for raw in (*sorted(permanent), *sorted(temporary)):
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        address = fold_address(text.strip("<>."))
+        if is_valid_address(address):
+            found.append(address)
+    return tuple(found)
+
+
+def notice_text(text: str) -> str:
+    """The notice of a plain-text bounce: the text before the returned original starts."""
+    text = text[:MAX_SCAN]
+    cut = bounce_text.ORIGINAL_STARTS.search(text)
+    return text[: cut.start()] if cut else text
+
+
+def body_addresses(text: str) -> tuple[str, ...]:
+    """Addresses in a bounce's notice, in order, once each."""
+    found = (fold_address(a.strip(".")) for a in _ADDRESS.findall(notice_text(text)))
+    return tuple(dict.fromkeys(a for a in found if is_valid_address(a)))[:MAX_RECIPIENTS]
+
+
+def diagnostic_for(address: str, notice: str, others: tuple[str, ...]) -> str:
+    """The text about ``address`` in a notice: from its first mention to the next mention of
+    another failed address (the whole notice when it is not mentioned)."""
+    lower = notice.lower()
+    start = lower.find(address)
+    if start < 0:
+        return " ".join(notice.split())[-MAX_DIAGNOSTIC:]
+    ends = [i for i in (lower.find(o, start + len(address)) for o in others if o != address)
+            if i > 0]
+    chunk = notice[max(0, start - 200): min(ends) if ends else start + 2 * MAX_DIAGNOSTIC]
+    return " ".join(chunk.split())[:MAX_DIAGNOSTIC]
+
+
+def plain_report(msg: ParsedMessage) -> Report | None:
+    subject, system = fold(msg.subject), _system_sender(msg)
+    if not system and not any(p in subject for p in bounce_text.SUBJECTS):
+        return None          # the common case, decided without reading the body
+    dialect = bounce_text.dialect(subject, fold(msg.body_text[:MAX_SCAN]), system)
+    if dialect is None:
+        return None
+    if dialect == "delay":
+        return Report("delay warning", ())
+    notice = notice_text(msg.body_text)
+    ours = body_addresses(notice)
+    addresses = tuple(dict.fromkeys(_flufl_addresses(msg.message) + ours))[:MAX_RECIPIENTS]
+    failures = []
+    for address in addresses:
+        text = diagnostic_for(address, notice, addresses)
+        failures.append(Failure(address, "failed", find_status(text), text))
+    return Report(f"{dialect} bounce", tuple(failures))
+
+
+def _system_sender(msg: ParsedMessage) -> bool:
+    """The sender bounces come from: none, ``<>``, MAILER-DAEMON (with or without a domain),
+    postmaster."""
+    header = ""
+    if msg.message is not None:
+        header = str(msg.message.get("From") or "").strip().lower()
+    if not msg.sender or not header or header in ("<>", '""'):
+        return True
+    return msg.sender.partition("@")[0] in SYSTEM_LOCAL_PARTS
