@@ -23,7 +23,7 @@ from __future__ import annotations
 import email
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 
@@ -38,9 +38,16 @@ REPORT_TYPES = ("delivery-status", "global-delivery-status")
 MAX_RECIPIENTS = 1000
 MAX_DIAGNOSTIC = 1000           # characters of diagnostic text kept per address
 MAX_SCAN = 200_000              # characters of notice text read for addresses
-SYSTEM_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster", "mailerdaemon", "mail-daemon"})
+SYSTEM_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster", "mailerdaemon", "mail-daemon",
+                                "post_master"})
+_RELAYED = re.compile(r"^\s*smtp;\s*\d\.\d{1,3}\.\d{1,3} - [A-Za-z ]+ (\d{3}[- ].*)$", re.I)
+# Message-IDs and queue ids in a notice look like addresses: hex, digits, dots and dashes only.
+_ID_LIKE = re.compile(r"^[0-9a-f.\-]{20,}@")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+=?^_`{}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_ENTRY = re.compile(r"^[ \t>*-]*(?:(?:to|recipient|address|an?)\s*:\s*)?[<\"']?"
+                    r"([A-Za-z0-9.!#$%&'*+=?^_`{}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)",
+                    re.IGNORECASE | re.MULTILINE)
 # flufl.bounce logs every detector it runs at INFO; that is noise in our logs.
 logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
@@ -57,6 +64,12 @@ class Failure:
 class Report:
     source: str                  # "delivery report" | "<dialect> bounce"
     recipients: tuple[Failure, ...]
+    notice: str = ""             # the human-readable text (its reason when no entry says)
+
+    def context(self, failure: Failure) -> str:
+        """What the notice says about ``failure``: its entry, else the notice as a whole."""
+        entry = diagnostics(self.notice, (failure.email,)).get(failure.email, "")
+        return entry or " ".join(self.notice.split())[:4 * MAX_DIAGNOSTIC]
 
     @property
     def failed(self) -> tuple[Failure, ...]:
@@ -69,12 +82,27 @@ def find_status(text: str) -> str | None:
     return ".".join(match.groups()) if match else None
 
 
+def refine(status: str | None, diagnostic: str) -> str | None:
+    """A generic status (none, x.0.0, or x.y.0 like Amazon SES's 5.1.0 "Unknown address
+    error") gives way to a more specific code in the remote server's reply."""
+    if status is not None and not status.endswith(".0"):
+        return status
+    for match in _STATUS.finditer(diagnostic or ""):
+        code = ".".join(match.groups())
+        if code != status and not code.endswith(".0.0"):
+            return code
+    return status
+
+
 def read_report(msg: ParsedMessage) -> Report | None:
     """The delivery report ``msg`` is, or None. Never raises."""
     try:
         report = rfc3464(msg.message)
-        if report is None:
-            report = plain_report(msg)
+        if report is None or not report.recipients:
+            # no report, or one whose blocks we cannot read: its text may still say
+            return plain_report(msg, report is not None) or report
+        if any(f.action == "failed" for f in report.recipients):
+            report = replace(report, notice=message_notice(msg))
         return report
     except Exception:        # hostile structure: a message we cannot read is no report
         return None
@@ -102,6 +130,19 @@ def _status_blocks(part: Message) -> list[Message]:
             if block.strip()]
 
 
+def _split_merged(blocks: list[Message]) -> list[Message]:
+    """AOL and others run recipient blocks together without the blank line: one block with
+    several Final-Recipient fields is cut before each of them."""
+    out = []
+    for block in blocks:
+        if len(block.get_all("Final-Recipient") or ()) < 2:
+            out.append(block)
+            continue
+        pieces = re.split(r"(?im)^(?=final-recipient\s*:)", block.as_string())
+        out.extend(email.message_from_string(p.strip() + "\n") for p in pieces if p.strip())
+    return out
+
+
 def _recipient(value: str) -> str | None:
     """The address of ``Final-Recipient: rfc822; jan@acme.cz`` (address type optional)."""
     address = fold_address(value.split(";", 1)[-1])
@@ -122,9 +163,10 @@ def _failure(block: Message) -> Failure | None:
     if recipient is None:
         return None
     diagnostic = " ".join(str(block.get("Diagnostic-Code") or "").split())[:MAX_DIAGNOSTIC]
-    status = find_status(str(block.get("Status") or ""))
-    if status is None or status.endswith(".0.0"):   # a generic code: the reply may say more
-        status = find_status(diagnostic) or status
+    relayed = _RELAYED.search(diagnostic)    # Amazon SES: its own generic words, then the reply
+    if relayed:
+        diagnostic = relayed.group(1)
+    status = refine(find_status(str(block.get("Status") or "")), diagnostic)
     return Failure(recipient, _action(block, status), status, diagnostic)
 
 
@@ -147,7 +189,7 @@ def rfc3464(msg: Message | None) -> Report | None:
     if not parts and not is_rfc3464(msg):
         return None
     for part in parts:
-        for block in _status_blocks(part)[: MAX_RECIPIENTS + 1]:
+        for block in _split_merged(_status_blocks(part)[: MAX_RECIPIENTS + 1]):
             failure = _failure(block)
             if failure is not None and len(found) < MAX_RECIPIENTS:
                 found.append(failure)
@@ -168,9 +210,17 @@ def _flufl_addresses(message: Message | None) -> tuple[str, ...]:
     for raw in (*sorted(permanent), *sorted(temporary)):
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         address = fold_address(text.strip("<>."))
-        if is_valid_address(address):
+        if _plausible(address):
             found.append(address)
     return tuple(found)
+
+
+def message_notice(msg: ParsedMessage) -> str:
+    """The notice of a report: its own text/plain parts (WorkMail and Exchange put the
+    details in a second one), before the returned original starts."""
+    texts = [part_text(p, MAX_SCAN) for p in own_parts(msg.message)
+             if p.get_content_type() == "text/plain" and not p.get_filename()]
+    return notice_text("\n\n".join(t for t in texts if t) or msg.body_text)
 
 
 def notice_text(text: str) -> str:
@@ -183,39 +233,79 @@ def notice_text(text: str) -> str:
 def body_addresses(text: str) -> tuple[str, ...]:
     """Addresses in a bounce's notice, in order, once each."""
     found = (fold_address(a.strip(".")) for a in _ADDRESS.findall(notice_text(text)))
-    return tuple(dict.fromkeys(a for a in found if is_valid_address(a)))[:MAX_RECIPIENTS]
+    return tuple(dict.fromkeys(a for a in found if _plausible(a)))[:MAX_RECIPIENTS]
 
 
-def diagnostic_for(address: str, notice: str, others: tuple[str, ...]) -> str:
-    """The text about ``address`` in a notice: from its first mention to the next mention of
-    another failed address (the whole notice when it is not mentioned)."""
-    lower = notice.lower()
-    start = lower.find(address)
-    if start < 0:
-        return " ".join(notice.split())[-MAX_DIAGNOSTIC:]
-    ends = [i for i in (lower.find(o, start + len(address)) for o in others if o != address)
-            if i > 0]
-    chunk = notice[max(0, start - 200): min(ends) if ends else start + 2 * MAX_DIAGNOSTIC]
-    return " ".join(chunk.split())[:MAX_DIAGNOSTIC]
+def _plausible(address: str) -> bool:
+    return is_valid_address(address) and not _ID_LIKE.match(address) and "/" not in address
 
 
-def plain_report(msg: ParsedMessage) -> Report | None:
+def _entry_starts(notice: str, addresses: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(offset, address) where a line starts with a failed address (``x@y``, ``<x@y>``,
+    ``"x@y"``, ``* x@y``, ``To: x@y``, ``Recipient: <x@y>``): one failed recipient's entry."""
+    wanted = set(addresses)
+    starts = []
+    for match in _ENTRY.finditer(notice):
+        address = fold_address(match.group(1).strip("."))
+        if address in wanted:
+            starts.append((match.start(1), address))
+    return starts
+
+
+def diagnostics(notice: str, addresses: tuple[str, ...]) -> dict[str, str]:
+    """The text about each address in a notice: its entry, from the line it starts to the next
+    entry of another address. An address without an entry of its own gets ''."""
+    starts = _entry_starts(notice, addresses)
+    found: dict[str, str] = {}
+    for i, (offset, address) in enumerate(starts):
+        end = next((o for o, a in starts[i + 1:] if a != address), len(notice))
+        chunk = " ".join(notice[offset: min(end, offset + 4 * MAX_DIAGNOSTIC)].split())
+        found.setdefault(address, chunk[:MAX_DIAGNOSTIC])
+    return found
+
+
+def plain_report(msg: ParsedMessage, reported: bool = False) -> Report | None:
+    """A plain-text bounce (``reported``: the message is an RFC 3464 report whose blocks could
+    not be read, so its notice is read as a bounce whatever its words)."""
     subject, system = fold(msg.subject), _system_sender(msg)
-    if not system and not any(p in subject for p in bounce_text.SUBJECTS):
+    if not reported and not system and not any(p in subject for p in bounce_text.SUBJECTS):
         return None          # the common case, decided without reading the body
     dialect = bounce_text.dialect(subject, fold(msg.body_text[:MAX_SCAN]), system)
+    if dialect is None and reported:
+        dialect = "unreadable report"
     if dialect is None:
         return None
     if dialect == "delay":
         return Report("delay warning", ())
-    notice = notice_text(msg.body_text)
+    embedded = _embedded_failures(msg)
+    if embedded:
+        return Report(f"{dialect} bounce", embedded, message_notice(msg))
+    notice = message_notice(msg)
     ours = body_addresses(notice)
     addresses = tuple(dict.fromkeys(_flufl_addresses(msg.message) + ours))[:MAX_RECIPIENTS]
+    entries = diagnostics(notice, addresses)
     failures = []
     for address in addresses:
-        text = diagnostic_for(address, notice, addresses)
-        failures.append(Failure(address, "failed", find_status(text), text))
-    return Report(f"{dialect} bounce", tuple(failures))
+        text = entries.get(address, "")
+        failures.append(Failure(address, "failed", refine(None, text), text))
+    return Report(f"{dialect} bounce", tuple(failures), notice)
+
+
+def _embedded_failures(msg: ParsedMessage) -> tuple[Failure, ...]:
+    """Recipient blocks of a delivery report flattened into the text (a relay, WorkMail's
+    "Technical report:"): read as RFC 3464 blocks are."""
+    texts = [part_text(p, MAX_SCAN) for p in own_parts(msg.message)
+             if p.get_content_type() == "text/plain"] or [msg.body_text]
+    found = []
+    for text in texts:
+        if "final-recipient" not in text.lower():
+            continue
+        for block in re.split(r"\r?\n[ \t]*\r?\n", text)[: 2 * MAX_RECIPIENTS]:
+            if re.search(r"(?im)^final-recipient\s*:", block):
+                start = re.search(r"(?im)^(?:final|original)-recipient\s*:|^action\s*:", block)
+                parsed = email.message_from_string(block[start.start():].strip() + "\n")
+                found.extend(f for f in map(_failure, _split_merged([parsed])) if f)
+    return tuple(f for f in found if f.action == "failed")[:MAX_RECIPIENTS]
 
 
 def _system_sender(msg: ParsedMessage) -> bool:

@@ -50,7 +50,7 @@ FORMS = (
 SUBJECTS = (
     "undeliver", "undelivered", "non-deliver", "nondeliver", "not delivered",
     "delivery status notification", "delivery notification", "delivery failure",
-    "delivery failed", "failed delivery", "delivery problem", "delivery has failed",
+    "delivery failed", "failed delivery", "mail failed", "returning to sender", "delivery problem", "delivery has failed",
     "returned mail", "returned to sender", "return to sender", "mail system error",
     "failure notice", "mail failure", "could not send message", "permanent error",
     "message you sent", "warning: could not", "error sending message", "mail error",
@@ -75,7 +75,7 @@ PHRASES = (
     "not delivered", "unzustellbar", "konnte nicht zugestellt", "n'a pas pu etre remis",
     "non remis", "no pudo ser entregado", "non e stato possibile", "nepodarilo se dorucit",
     "nie moze zostac dostarczona", "ne mozhet byt dostavleno", "ne dostavleno",
-    "could not deliver", "delivery to the following",
+    "could not deliver", "delivery to the following", "did not reach",
 )
 
 # Delay warnings: a delivery report that changes nothing.

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from email.message import Message
 
-from sink.pipeline.bounce_kind import HARD, classify
-from sink.pipeline.bounce_report import (MAX_RECIPIENTS, SYSTEM_LOCAL_PARTS, body_addresses,
-                                         rfc3464)
+from sink.pipeline.bounce_kind import HARD, SOFT, classify
+from sink.pipeline.bounce_report import (MAX_DIAGNOSTIC, MAX_RECIPIENTS, SYSTEM_LOCAL_PARTS,
+                                         body_addresses, refine, rfc3464)
 from sink.pipeline.context import Context
 from sink.pipeline.decision import BounceAction
 from sink.pipeline.result import PASS, Result
 from sink.pipeline.side_effects import BROKEN, describe, forbid, set_flags
 
+SEED_FORMS = ("undeliverable-mail bounce", "undelivered-mail bounce")
 __all__ = ("bounce", "body_addresses", "delivery_report", "MAX_RECIPIENTS")
 
 
@@ -34,7 +35,10 @@ def delivery_report(msg: Message | None) -> tuple[tuple[str, str], ...] | None:
 
 
 def _eligible(ctx: Context, address: str) -> bool:
+    """Not the reporter, not ours, and not whom the report is addressed to: a bounce goes back
+    to the original's sender, whose address its notice repeats ("A message sent by <x>")."""
     return (address != ctx.sender and not ctx.is_ours(address)
+            and address not in ctx.recipients
             and address.partition("@")[0] not in SYSTEM_LOCAL_PARTS)
 
 
@@ -42,12 +46,20 @@ def bounces_of(ctx: Context) -> tuple[BounceAction, ...]:
     """One bounce per failed outside address of the message's delivery report."""
     report = ctx.delivery_report
     found: dict[str, BounceAction] = {}
+    # The seed's two forms say nothing but "failed": that counts as hard (SPEC 5 step 8).
+    default = HARD if report and report.source in SEED_FORMS else SOFT
     for failure in report.failed if report else ():
         if failure.email in found or not _eligible(ctx, failure.email):
             continue
-        kind, _why = classify(failure.status, failure.diagnostic)
-        found[failure.email] = BounceAction(failure.email, kind, failure.status,
-                                            failure.diagnostic)
+        kind, _why = classify(failure.status, failure.diagnostic, None)
+        diagnostic = failure.diagnostic
+        if kind is None:            # the entry says nothing: the notice around it may
+            context = report.context(failure)
+            kind, _why = classify(refine(failure.status, context), context, None)
+            if kind is None:
+                kind, _why = classify(failure.status, failure.diagnostic or context, default)
+            diagnostic = (failure.diagnostic + " " + context).strip()[:MAX_DIAGNOSTIC]
+        found[failure.email] = BounceAction(failure.email, kind, failure.status, diagnostic)
     return tuple(found.values())
 
 
