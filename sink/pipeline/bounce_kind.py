@@ -32,6 +32,8 @@ _OURS = re.compile("|".join((
     r"\bspf\b|\bdkim\b|\bdmarc\b|sender address|sender domain|after mail from|"
     r"rate limit|\brate\b|not found, try again",
 )), re.IGNORECASE)
+# Statuses that name a soft reason themselves: a full mailbox, a message too big.
+_SOFT_STATUS = re.compile(r"^5\.2\.[23]$|^5\.3\.4$")
 _SENDER_STATUS = re.compile(r"^5\.1\.[78]$|^5\.7\.(?:2[3-9]|1[0-9])$")
 
 # The sender's, the content's or a policy's fault, or temporary: not hard unless the words
@@ -71,7 +73,8 @@ _HARD_WORDS = re.compile("|".join((
     r"does not have an account|no longer (?:on server|valid|exists|with)|has moved|"
     r"couldn'?t be found|could not be found|address couldn'?t be found|"
     r"not our (?:user|customer)|who does not exist|doesn'?t have a .{0,30}account|"
-    r"invalid final delivery userid",
+    r"invalid final delivery userid|no valid recipients|"
+    r"not listed in (?:the )?(?:public name|domino directory)",
     r"host (?:or domain name )?not found|domain (?:not found|does not exist|doesn'?t exist)|"
     r"no (?:mx|mail exchanger)|null mx|doesn'?t receive email|does not accept mail|"
     r"couldn'?t find a mail exchanger|nxdomain|unknown (?:host|domain)|"
@@ -103,6 +106,8 @@ def classify(status: str | None, diagnostic: str,
     ours = _OURS.search(text)
     if ours or (status and _SENDER_STATUS.match(status)):
         return SOFT, ours.group(0) if ours else f"status {status}"
+    if status and _SOFT_STATUS.match(status):
+        return SOFT, f"status {status}"
     final = _FINAL.search(text)
     if final:
         return HARD, final.group(0)

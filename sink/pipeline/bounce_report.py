@@ -41,6 +41,7 @@ MAX_SCAN = 200_000              # characters of notice text read for addresses
 SYSTEM_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster", "mailerdaemon", "mail-daemon",
                                 "post_master"})
 _RELAYED = re.compile(r"^\s*smtp;\s*\d\.\d{1,3}\.\d{1,3} - [A-Za-z ]+ (\d{3}[- ].*)$", re.I)
+_SUBJECT_REASON = re.compile(r"^\s*returned mail\s*:\s*(?!see transcript)(.+)$", re.I)
 # Message-IDs and queue ids in a notice look like addresses: hex, digits, dots and dashes only.
 _ID_LIKE = re.compile(r"^[0-9a-f.\-]{20,}@")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -67,9 +68,13 @@ class Report:
     notice: str = ""             # the human-readable text (its reason when no entry says)
 
     def context(self, failure: Failure) -> str:
-        """What the notice says about ``failure``: its entry, else the notice as a whole."""
-        entry = diagnostics(self.notice, (failure.email,)).get(failure.email, "")
-        return entry or " ".join(self.notice.split())[:4 * MAX_DIAGNOSTIC]
+        """What the notice says about ``failure``: its entry; the notice as a whole only when
+        the report is about this one address (else it would lend it another's reason)."""
+        failed = tuple(f.email for f in self.failed)
+        entry = diagnostics(self.notice, failed).get(failure.email, "")
+        if entry or len(failed) > 1:
+            return entry
+        return " ".join(self.notice.split())[:4 * MAX_DIAGNOSTIC]
 
     @property
     def failed(self) -> tuple[Failure, ...]:
@@ -218,9 +223,20 @@ def _flufl_addresses(message: Message | None) -> tuple[str, ...]:
 def message_notice(msg: ParsedMessage) -> str:
     """The notice of a report: its own text/plain parts (WorkMail and Exchange put the
     details in a second one), before the returned original starts."""
-    texts = [part_text(p, MAX_SCAN) for p in own_parts(msg.message)
-             if p.get_content_type() == "text/plain" and not p.get_filename()]
-    return notice_text("\n\n".join(t for t in texts if t) or msg.body_text)
+    return notice_text("\n\n".join(t for t in _texts(msg) if t) or msg.body_text)
+
+
+def _texts(msg: ParsedMessage) -> list[str]:
+    """The report's own texts: its text/plain parts, and the body of a multipart whose
+    boundary is not where its header says (a broken MTA: the parts stay one text)."""
+    texts = []
+    for part in own_parts(msg.message):
+        kind = part.get_content_type()
+        if kind == "text/plain" and not part.get_filename():
+            texts.append(part_text(part, MAX_SCAN))
+        elif kind.startswith("multipart/") and isinstance(part.get_payload(), str):
+            texts.append(part.get_payload()[:MAX_SCAN])
+    return texts
 
 
 def notice_text(text: str) -> str:
@@ -277,13 +293,19 @@ def plain_report(msg: ParsedMessage, reported: bool = False) -> Report | None:
         return None
     if dialect == "delay":
         return Report("delay warning", ())
+    notice = message_notice(msg)
+    # sendmail puts the reason into the subject: "Returned mail: User unknown"
+    reason = _SUBJECT_REASON.match(msg.subject or "")
+    if reason:
+        notice = f"{notice}\n{reason.group(1).strip()}"
     embedded = _embedded_failures(msg)
     if embedded:
-        return Report(f"{dialect} bounce", embedded, message_notice(msg))
-    notice = message_notice(msg)
+        return Report(f"{dialect} bounce", embedded, notice)
     ours = body_addresses(notice)
     addresses = tuple(dict.fromkeys(_flufl_addresses(msg.message) + ours))[:MAX_RECIPIENTS]
     entries = diagnostics(notice, addresses)
+    if entries:      # a notice listing its failed recipients: an address outside the list
+        addresses = tuple(a for a in addresses if a in entries)   # is the sender's, a contact
     failures = []
     for address in addresses:
         text = entries.get(address, "")
@@ -294,10 +316,8 @@ def plain_report(msg: ParsedMessage, reported: bool = False) -> Report | None:
 def _embedded_failures(msg: ParsedMessage) -> tuple[Failure, ...]:
     """Recipient blocks of a delivery report flattened into the text (a relay, WorkMail's
     "Technical report:"): read as RFC 3464 blocks are."""
-    texts = [part_text(p, MAX_SCAN) for p in own_parts(msg.message)
-             if p.get_content_type() == "text/plain"] or [msg.body_text]
     found = []
-    for text in texts:
+    for text in _texts(msg) or [msg.body_text]:
         if "final-recipient" not in text.lower():
             continue
         for block in re.split(r"\r?\n[ \t]*\r?\n", text)[: 2 * MAX_RECIPIENTS]:
