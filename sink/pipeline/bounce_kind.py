@@ -1,7 +1,8 @@
 """Hard or soft (SPEC 5 step 8): only "the mailbox or domain does not exist" is hard.
 
 Hard: enhanced status 5.1.x about the recipient (5.1.0-5.1.6, 5.1.10: bad mailbox, bad
-domain, moved, null MX), 5.2.1 (mailbox disabled), or those words in the diagnostic text, in
+domain, moved, null MX), 5.2.1 (mailbox disabled), 5.4.4 (no route: the domain does not
+resolve - unless the words say the DNS answer was only broken), or those words in the diagnostic text, in
 several languages. Soft: everything else - every 4.x.x, a full mailbox, a message too big,
 greylisting, timeouts, spam and policy refusals, and above all refusals that are our own
 server's fault (its IP on a blacklist, no reverse DNS, SPF/DKIM/DMARC, rate limits): a
@@ -22,7 +23,8 @@ import re
 from sink.mail.textnorm import fold
 
 HARD, SOFT = "hard", "soft"
-HARD_STATUS = re.compile(r"^5\.1\.(?:[0-6]|10)$|^5\.2\.1$")
+CLIPPED = 1000                   # sink.pipeline.bounce_report.MAX_DIAGNOSTIC
+HARD_STATUS = re.compile(r"^5\.1\.(?:[0-6]|10)$|^5\.2\.1$|^5\.4\.4$")
 
 # Our own server's or sender's fault, whatever else a reply says: never hard.
 _OURS = re.compile("|".join((
@@ -30,7 +32,7 @@ _OURS = re.compile("|".join((
     r"black list|bad reputation|poor reputation|open relay|no access from mail server",
     r"reverse dns|rdns|\bptr\b|reverse (?:lookup|hostname)|no reverse",
     r"\bspf\b|\bdkim\b|\bdmarc\b|sender address|sender domain|after mail from|"
-    r"rate limit|\brate\b|not found, try again",
+    r"rate limit|\brate\b|not found, try again|my name was rejected|\bhelo\b|\behlo\b",
 )), re.IGNORECASE)
 # Statuses that name a soft reason themselves: a full mailbox, a message too big.
 _SOFT_STATUS = re.compile(r"^5\.2\.[23]$|^5\.3\.4$")
@@ -49,6 +51,8 @@ _SOFT_WORDS = re.compile("|".join((
     r"rate limit|too many (?:messages|connections|recipients|emails|mails)|try (?:again )?later|"
     r"exceeded|temporar|greylist|graylist|deferred|timed? ?out|timeout|connection refused|"
     r"failing|is full\b|could not connect|unable to connect|requests to connect|"
+    r"connection (?:reset|lost|closed|dropped)|protocol error|unable to contact|"
+    r"malformed or unexpected name server reply|"
     r"too busy|throttl|resources|not responding|giving up|aborted after|"
     r"\d+ attempts|retries|for the last \d+|expired|permission|recipient preferences|"
     r"refused due",
@@ -84,7 +88,12 @@ _HARD_WORDS = re.compile("|".join((
     r"n'existe pas|unbekannt|existiert nicht|gibt es nicht|no existe|usuario desconocido|"
     r"inesistente|sconosciuto|neexistuje|neznamy|nie istnieje|nieznany|bestaat niet|"
     r"onbekend|nao existe|desconhecido|ne sushchestvuet|net takogo|neizvesten|"
-    r"polzovatel ne najden|bulunamadi|finns inte",
+    r"polzovatel ne najden|bulunamadi|finns inte|adresat ne naiden|pol'zovatelia net|"
+    r"postfach nicht gefunden|does not exist|doesn'?t exist|"
+    # Japanese, as folding transliterates it: "not found in the (Domino) directory", "not in
+    # the directory list", "address unknown", "does not exist"
+    r"deirekutorinihajian tsukarimasen|deirekutorinorisutoniarimasen|wan xian bu ming|"
+    r"cun zai shimasen",
 )), re.IGNORECASE)
 # Final whatever the rest says: a null MX, and Exchange Online's directory-based edge blocking
 # ("550 5.4.1 Recipient address rejected: Access denied": no such mailbox in the tenant).
@@ -101,8 +110,11 @@ def classify(status: str | None, diagnostic: str,
     """(kind, the reason in a few words) of one failed address. ``default``: the kind of a
     report that gives neither a status nor a reason (the seed's forms: hard; None: ask
     again with more text)."""
-    # an address is no reason ("filtered@x", "mailboxfull@y" are mailboxes, not words)
+    # an address is no reason ("filtered@x", "mailboxfull@y" are mailboxes, not words), nor
+    # is a word cut off at the end of a clipped text
     text = _ADDRESS.sub("<address>", fold(diagnostic or ""))
+    if len(diagnostic or "") >= CLIPPED:
+        text = text.rsplit(" ", 1)[0]
     ours = _OURS.search(text)
     if ours or (status and _SENDER_STATUS.match(status)):
         return SOFT, ours.group(0) if ours else f"status {status}"

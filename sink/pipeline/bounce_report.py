@@ -46,7 +46,8 @@ _SUBJECT_REASON = re.compile(r"^\s*returned mail\s*:\s*(?!see transcript)(.+)$",
 _ID_LIKE = re.compile(r"^[0-9a-f.\-]{20,}@")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+=?^_`{}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_ENTRY = re.compile(r"^[ \t>*-]*(?:(?:to|recipient|address|an?)\s*:\s*)?[<\"']?"
+_ENTRY = re.compile(r"^[ \t>*-]*(?:[245]\d\d[ -]\s*)?(?:(?:to|recipient|address|an?)\s*:\s*)?"
+                    r"[<\"']?"
                     r"([A-Za-z0-9.!#$%&'*+=?^_`{}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)",
                     re.IGNORECASE | re.MULTILINE)
 # flufl.bounce logs every detector it runs at INFO; that is noise in our logs.
@@ -71,9 +72,8 @@ class Report:
         """What the notice says about ``failure``: its entry; the notice as a whole only when
         the report is about this one address (else it would lend it another's reason)."""
         failed = tuple(f.email for f in self.failed)
-        entry = diagnostics(self.notice, failed).get(failure.email, "")
-        if entry or len(failed) > 1:
-            return entry
+        if len(failed) > 1:
+            return diagnostics(self.notice, failed).get(failure.email, "")
         return " ".join(self.notice.split())[:4 * MAX_DIAGNOSTIC]
 
     @property
@@ -232,7 +232,8 @@ def _texts(msg: ParsedMessage) -> list[str]:
     texts = []
     for part in own_parts(msg.message):
         kind = part.get_content_type()
-        if kind == "text/plain" and not part.get_filename():
+        # "text/plain   charset=..." (a missing ';') is still text
+        if kind.split()[0] == "text/plain" and not part.get_filename():
             texts.append(part_text(part, MAX_SCAN))
         elif kind.startswith("multipart/") and isinstance(part.get_payload(), str):
             texts.append(part.get_payload()[:MAX_SCAN])
