@@ -18,13 +18,14 @@ from email.message import Message
 from sink.pipeline.bounce_kind import HARD, SOFT, classify
 from sink.pipeline.bounce_report import (MAX_DIAGNOSTIC, MAX_RECIPIENTS, SYSTEM_LOCAL_PARTS,
                                          body_addresses, refine, rfc3464)
+from sink.pipeline.bounce_text import FORMS
 from sink.pipeline.context import Context
 from sink.pipeline.decision import BounceAction
 from sink.pipeline.result import PASS, Result
 from sink.pipeline.side_effects import BROKEN, describe, forbid, set_flags
 
 SEED_FORMS = ("undeliverable-mail bounce", "undelivered-mail bounce")
-__all__ = ("bounce", "body_addresses", "delivery_report", "MAX_RECIPIENTS")
+__all__ = ("bounce", "body_addresses", "delivery_report", "FORMS", "MAX_RECIPIENTS")
 
 
 def delivery_report(msg: Message | None) -> tuple[tuple[str, str], ...] | None:
