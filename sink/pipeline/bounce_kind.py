@@ -88,7 +88,8 @@ _HARD_WORDS = re.compile("|".join((
     r"n'existe pas|unbekannt|existiert nicht|gibt es nicht|no existe|usuario desconocido|"
     r"inesistente|sconosciuto|neexistuje|neznamy|nie istnieje|nieznany|bestaat niet|"
     r"onbekend|nao existe|desconhecido|ne sushchestvuet|net takogo|neizvesten|"
-    r"polzovatel ne najden|bulunamadi|finns inte|adresat ne naiden|pol'zovatelia net|"
+    r"pol'?zovatel'? ne (?:naiden|najden)|bulunamadi|finns inte|adresat ne naiden|"
+    r"pol'?zovatelia net|"
     r"postfach nicht gefunden|does not exist|doesn'?t exist|"
     # Japanese, as folding transliterates it: "not found in the (Domino) directory", "not in
     # the directory list", "address unknown", "does not exist"
