@@ -2,11 +2,11 @@
 
 Hard: enhanced status 5.1.x about the recipient (5.1.0-5.1.6, 5.1.10: bad mailbox, bad
 domain, moved, null MX), 5.2.1 (mailbox disabled), 5.4.4 (no route: the domain does not
-resolve - unless the words say the DNS answer was only broken), or those words in the diagnostic text, in
-several languages. Soft: everything else - every 4.x.x, a full mailbox, a message too big,
-greylisting, timeouts, spam and policy refusals, and above all refusals that are our own
-server's fault (its IP on a blacklist, no reverse DNS, SPF/DKIM/DMARC, rate limits): a
-blacklisting of the company's outbound IP must never mark healthy addresses dead.
+resolve - unless the words say the DNS answer was only broken), or those words in the
+diagnostic text, in several languages. Soft: everything else - every 4.x.x, a full mailbox,
+a message too big, greylisting, timeouts, spam and policy refusals, and above all refusals
+that are our own server's fault (its IP on a blacklist, no reverse DNS, SPF/DKIM/DMARC, rate
+limits): a blacklisting of the company's outbound IP must never mark healthy addresses dead.
 
 The order matters: our own server's fault first (blacklists, rDNS, SPF/DKIM/DMARC, the
 sender's address, rate limits); a null MX is final whatever code a report chose; then words

@@ -50,7 +50,8 @@ FORMS = (
 SUBJECTS = (
     "undeliver", "undelivered", "non-deliver", "nondeliver", "not delivered",
     "delivery status notification", "delivery notification", "delivery failure",
-    "delivery failed", "failed delivery", "mail failed", "returning to sender", "delivery problem", "delivery has failed",
+    "delivery failed", "failed delivery", "mail failed", "returning to sender",
+    "delivery problem", "delivery has failed",
     "returned mail", "returned to sender", "return to sender", "mail system error",
     "failure notice", "mail failure", "could not send message", "permanent error",
     "message you sent", "warning: could not", "error sending message", "mail error",
