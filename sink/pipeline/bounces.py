@@ -17,7 +17,7 @@ from email.message import Message
 
 from sink.pipeline.bounce_kind import HARD, SOFT, classify
 from sink.pipeline.bounce_report import (MAX_DIAGNOSTIC, MAX_RECIPIENTS, SYSTEM_LOCAL_PARTS,
-                                         body_addresses, refine, rfc3464)
+                                         Failure, Report, body_addresses, refine, rfc3464)
 from sink.pipeline.bounce_text import FORMS
 from sink.pipeline.context import Context
 from sink.pipeline.decision import BounceAction
@@ -43,6 +43,20 @@ def _eligible(ctx: Context, address: str) -> bool:
             and address.partition("@")[0] not in SYSTEM_LOCAL_PARTS)
 
 
+def _classified(report: Report, failure: Failure, default: str):
+    """(kind, status, diagnostic) of one failed address: by its own diagnostic, else by what
+    the report's notice says about it (its entry, or the notice when it names one address)."""
+    kind, _ = classify(failure.status, failure.diagnostic, None)
+    if kind is not None:
+        return kind, failure.status, failure.diagnostic
+    context = report.context(failure)
+    status = refine(failure.status, context)
+    kind, _ = classify(status, context, None)
+    if kind is None:
+        kind, _ = classify(status, failure.diagnostic or context, default)
+    return kind, status, (failure.diagnostic + " " + context).strip()[:MAX_DIAGNOSTIC]
+
+
 def bounces_of(ctx: Context) -> tuple[BounceAction, ...]:
     """One bounce per failed outside address of the message's delivery report."""
     report = ctx.delivery_report
@@ -50,17 +64,9 @@ def bounces_of(ctx: Context) -> tuple[BounceAction, ...]:
     # The seed's two forms say nothing but "failed": that counts as hard (SPEC 5 step 8).
     default = HARD if report and report.source in SEED_FORMS else SOFT
     for failure in report.failed if report else ():
-        if failure.email in found or not _eligible(ctx, failure.email):
-            continue
-        kind, _why = classify(failure.status, failure.diagnostic, None)
-        diagnostic = failure.diagnostic
-        if kind is None:            # the entry says nothing: the notice around it may
-            context = report.context(failure)
-            kind, _why = classify(refine(failure.status, context), context, None)
-            if kind is None:
-                kind, _why = classify(failure.status, failure.diagnostic or context, default)
-            diagnostic = (failure.diagnostic + " " + context).strip()[:MAX_DIAGNOSTIC]
-        found[failure.email] = BounceAction(failure.email, kind, failure.status, diagnostic)
+        if failure.email not in found and _eligible(ctx, failure.email):
+            kind, status, diagnostic = _classified(report, failure, default)
+            found[failure.email] = BounceAction(failure.email, kind, status, diagnostic)
     return tuple(found.values())
 
 
