@@ -23,7 +23,6 @@ import re
 from sink.mail.textnorm import fold
 
 HARD, SOFT = "hard", "soft"
-CLIPPED = 1000                   # sink.pipeline.bounce_report.MAX_DIAGNOSTIC
 HARD_STATUS = re.compile(r"^5\.1\.(?:[0-6]|10)$|^5\.2\.1$|^5\.4\.4$")
 
 # Our own server's or sender's fault, whatever else a reply says: never hard.
@@ -111,11 +110,8 @@ def classify(status: str | None, diagnostic: str,
     """(kind, the reason in a few words) of one failed address. ``default``: the kind of a
     report that gives neither a status nor a reason (the seed's forms: hard; None: ask
     again with more text)."""
-    # an address is no reason ("filtered@x", "mailboxfull@y" are mailboxes, not words), nor
-    # is a word cut off at the end of a clipped text
+    # an address is no reason ("filtered@x", "mailboxfull@y" are mailboxes, not words)
     text = _ADDRESS.sub("<address>", fold(diagnostic or ""))
-    if len(diagnostic or "") >= CLIPPED:
-        text = text.rsplit(" ", 1)[0]
     ours = _OURS.search(text)
     if ours or (status and _SENDER_STATUS.match(status)):
         return SOFT, ours.group(0) if ours else f"status {status}"

@@ -24,6 +24,7 @@ import email
 import logging
 import re
 from dataclasses import dataclass, replace
+from functools import cached_property
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 
@@ -71,14 +72,17 @@ class Report:
     def context(self, failure: Failure) -> str:
         """What the notice says about ``failure``: its entry; the notice as a whole only when
         the report is about this one address (else it would lend it another's reason)."""
-        failed = tuple(f.email for f in self.failed)
-        if len(failed) > 1:
-            return diagnostics(self.notice, failed).get(failure.email, "")
-        return " ".join(self.notice.split())[:4 * MAX_DIAGNOSTIC]
+        if len(self.failed) > 1:
+            return self._entries.get(failure.email, "")
+        return clip(" ".join(self.notice[: 8 * MAX_DIAGNOSTIC].split()), 4 * MAX_DIAGNOSTIC)
 
-    @property
+    @cached_property
     def failed(self) -> tuple[Failure, ...]:
         return tuple(f for f in self.recipients if f.action == "failed")
+
+    @cached_property
+    def _entries(self) -> dict[str, str]:      # once per report, however many recipients
+        return diagnostics(self.notice, tuple(f.email for f in self.failed))
 
 
 def find_status(text: str) -> str | None:
@@ -167,7 +171,7 @@ def _failure(block: Message) -> Failure | None:
                                block.get("Original-Recipient") or ""))
     if recipient is None:
         return None
-    diagnostic = " ".join(str(block.get("Diagnostic-Code") or "").split())[:MAX_DIAGNOSTIC]
+    diagnostic = clip(" ".join(str(block.get("Diagnostic-Code") or "").split()))
     relayed = _RELAYED.search(diagnostic)    # Amazon SES: its own generic words, then the reply
     if relayed:
         diagnostic = relayed.group(1)
@@ -271,14 +275,27 @@ def _entry_starts(notice: str, addresses: tuple[str, ...]) -> list[tuple[int, st
 
 def diagnostics(notice: str, addresses: tuple[str, ...]) -> dict[str, str]:
     """The text about each address in a notice: its entry, from the line it starts to the next
-    entry of another address. An address without an entry of its own gets ''."""
+    entry of another address. An address without an entry of its own gets none. Linear in the
+    notice: a hostile one may list thousands of entries."""
     starts = _entry_starts(notice, addresses)
+    ends = [len(notice)] * len(starts)
+    # from the back: an entry ends where the next entry of another address starts
+    for i in range(len(starts) - 2, -1, -1):
+        following_offset, following_address = starts[i + 1]
+        ends[i] = following_offset if following_address != starts[i][1] else ends[i + 1]
     found: dict[str, str] = {}
-    for i, (offset, address) in enumerate(starts):
-        end = next((o for o, a in starts[i + 1:] if a != address), len(notice))
-        chunk = " ".join(notice[offset: min(end, offset + 4 * MAX_DIAGNOSTIC)].split())
-        found.setdefault(address, chunk[:MAX_DIAGNOSTIC])
+    for (offset, address), end in zip(starts, ends):
+        if address not in found:
+            chunk = notice[offset: min(end, offset + 4 * MAX_DIAGNOSTIC)]
+            found[address] = clip(" ".join(chunk.split()))
     return found
+
+
+def clip(text: str, limit: int = MAX_DIAGNOSTIC) -> str:
+    """``text`` cut to ``limit`` characters at a word's end (a cut word is no reason)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0]
 
 
 def plain_report(msg: ParsedMessage, reported: bool = False) -> Report | None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from email.message import Message
 
 from sink.pipeline.bounce_kind import HARD, SOFT, classify
-from sink.pipeline.bounce_report import (MAX_DIAGNOSTIC, MAX_RECIPIENTS, SYSTEM_LOCAL_PARTS,
-                                         Failure, Report, body_addresses, refine, rfc3464)
+from sink.pipeline.bounce_report import (MAX_RECIPIENTS, SYSTEM_LOCAL_PARTS, Failure, Report,
+                                         body_addresses, clip, refine, rfc3464)
 from sink.pipeline.bounce_text import FORMS
 from sink.pipeline.context import Context
 from sink.pipeline.decision import BounceAction
@@ -54,7 +54,7 @@ def _classified(report: Report, failure: Failure, default: str):
     kind, _ = classify(status, context, None)
     if kind is None:
         kind, _ = classify(status, failure.diagnostic or context, default)
-    return kind, status, (failure.diagnostic + " " + context).strip()[:MAX_DIAGNOSTIC]
+    return kind, status, clip((failure.diagnostic + " " + context).strip())
 
 
 def bounces_of(ctx: Context) -> tuple[BounceAction, ...]:
