@@ -148,7 +148,10 @@ def _split_merged(blocks: list[Message]) -> list[Message]:
             out.append(block)
             continue
         pieces = re.split(r"(?im)^(?=final-recipient\s*:)", block.as_string())
-        out.extend(email.message_from_string(p.strip() + "\n") for p in pieces if p.strip())
+        out.extend(email.message_from_string(p.strip() + "\n")
+                   for p in pieces[: MAX_RECIPIENTS + 1] if p.strip())
+        if len(out) > MAX_RECIPIENTS:
+            break
     return out
 
 
@@ -342,8 +345,11 @@ def _embedded_failures(msg: ParsedMessage) -> tuple[Failure, ...]:
             if re.search(r"(?im)^final-recipient\s*:", block):
                 start = re.search(r"(?im)^(?:final|original)-recipient\s*:|^action\s*:", block)
                 parsed = email.message_from_string(block[start.start():].strip() + "\n")
-                found.extend(f for f in map(_failure, _split_merged([parsed])) if f)
-    return tuple(f for f in found if f.action == "failed")[:MAX_RECIPIENTS]
+                found.extend(f for f in map(_failure, _split_merged([parsed]))
+                             if f and f.action == "failed")
+                if len(found) >= MAX_RECIPIENTS:
+                    return tuple(found[:MAX_RECIPIENTS])
+    return tuple(found)
 
 
 def _system_sender(msg: ParsedMessage) -> bool:
