@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -16,8 +17,8 @@ from sink.db import schema as t
 from sink.db.fastpath import Fast
 from sink.db.records import ENTITY_TABLES
 from sink.directory import Directory
-from sink.pipeline.decision import (RECORD_KINDS, ActivityAction, Decision, FlagAction,
-                                    ForbiddenAction, InvitationAction, TaskAction)
+from sink.pipeline.decision import (RECORD_KINDS, ActivityAction, BounceAction, Decision,
+                                    FlagAction, ForbiddenAction, InvitationAction, TaskAction)
 from sink.mail.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
@@ -197,6 +198,15 @@ def _store_invitation(conn: Connection, message_id: int, invitation: InvitationA
     return invitation
 
 
+def _store_bounce(conn: Connection, message_id: int, bounce: BounceAction,
+                  directory: Directory) -> BounceAction:
+    """Every failed address, hard or soft, one row per report: repeats are the point."""
+    conn.execute(insert(t.bounces).values(
+        message_id=message_id, email=bounce.email, kind=bounce.kind, status=bounce.status,
+        diagnostic=bounce.reason, created=datetime.now(timezone.utc)))
+    return bounce
+
+
 # One writer per record kind (sink.pipeline.decision.RECORD_KINDS): (conn, message id, action,
 # directory) -> the action as stored.
 WRITERS = {
@@ -205,4 +215,5 @@ WRITERS = {
     "contact_flags": _store_flags,
     "forbidden": _store_forbidden,
     "invitations": _store_invitation,
+    "bounces": _store_bounce,
 }

@@ -251,7 +251,7 @@ def test_internal_domains_setting(directory):
 def test_json_shape(directory):
     data = run(directory, subject="Contract:2023-015").as_json()
     assert set(data) == {"verdict", "direction", "activities", "tasks", "contact_flags",
-                         "forbidden", "invitations", "tickets", "trace"}
+                         "forbidden", "invitations", "tickets", "bounces", "trace"}
     assert set(data["activities"][0]) == {
         "responsible", "direction", "type", "scope", "contract", "order", "task", "completed",
         "due", "original_attached", "contacts", "companies"}

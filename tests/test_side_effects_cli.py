@@ -105,7 +105,7 @@ def test_show_lists_the_records_of_a_message(cli):
     assert (f"created MAIL-{ids['task.eml']} subject='Call Jan' status=None contract=- "
             "approver=alice@firma.cz solvers=bob@firma.cz") in shown["task.eml"]
     assert "tasks: 0\ncontact flags: 0\nforbidden: 1\n" in shown["optout.eml"]
-    assert shown["optout.eml"].endswith("invitations: 0\n")
+    assert shown["optout.eml"].endswith("invitations: 0\nbounces: 0\n")
 
 
 def test_migration_0002_upgrades_a_database_with_records(db_url):

@@ -213,3 +213,8 @@ def _print_side_effects(d: dict) -> None:
               + (f" organizer={i['organizer']}" if i["organizer"] else ""))
     for r in responses:
         _say(f"  answer on {r['user']}'s uid={r['uid']}: {r['attendee']} {r['partstat']}")
+    bounces = d.get("bounces") or []
+    _say(f"bounces: {len(bounces)}")
+    for b in bounces:
+        _say(f"  {b['kind']} {b['email']} status={b['status'] or '-'}"
+             + (f" diagnostic={b['diagnostic'][:200]!r}" if b["diagnostic"] else ""))

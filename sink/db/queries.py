@@ -76,8 +76,8 @@ def message_detail(conn: Connection, message_id: int) -> dict | None:
 
 
 def side_effect_records(conn: Connection, message_id: int) -> dict[str, list[dict]]:
-    """Tasks, flag changes, forbidden addresses, invitations and answers this message wrote
-    (an invitation or task a later message changed shows here with its current values)."""
+    """Tasks, flag changes, forbidden addresses, invitations, answers and bounces this message
+    wrote (an invitation or task a later message changed shows here with its current values)."""
     tc, tk, u = t.task_changes.c, t.tasks.c, t.users.c
     tasks = []
     for row in conn.execute(select(tc.action, tc.subject, tc.status, tk.id, tk.number,
@@ -106,8 +106,12 @@ def side_effect_records(conn: Connection, message_id: int) -> dict[str, list[dic
         select(u.email.label("user"), i.uid, r.attendee, r.partstat)
         .join(t.invitations, i.id == r.invitation_id).join(t.users, u.id == i.user_id)
         .where(r.message_id == message_id).order_by(i.id, r.attendee))]
+    b = t.bounces.c
+    bounces = [dict(row._mapping) for row in conn.execute(
+        select(b.email, b.kind, b.status, b.diagnostic).where(b.message_id == message_id)
+        .order_by(b.id))]
     return {"tasks": tasks, "contact_flags": flags, "forbidden": forbidden,
-            "invitations": invitations, "responses": responses}
+            "invitations": invitations, "responses": responses, "bounces": bounces}
 
 
 def _number(conn: Connection, table, record_id):

@@ -421,3 +421,19 @@ attachments = Table(
 # backup task finds its work by this index, so a restart or a full disk catches up later.
 messages.append_column(Column("backed_up_at", DateTime(timezone=True), nullable=True))
 Index("ix_messages_backed_up_at", messages.c.backed_up_at)
+
+
+# --------------------------------------------------------------------------- bounces (issue 12)
+# One row per failed address of a delivery report, hard or soft (SPEC 5 step 8): the CRM side
+# sees repeated soft bounces here; only hard ones also flag (flag_changes, forbidden_addresses).
+bounces = Table(
+    "bounces", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("email", String(320), nullable=False, index=True),
+    Column("kind", String(4), nullable=False),              # hard | soft
+    Column("status", String(16), nullable=True),            # enhanced status code, 5.1.1
+    Column("diagnostic", Text, nullable=False, default=""),
+    Column("created", DateTime(timezone=True), nullable=False),
+)

@@ -12,6 +12,7 @@ from sink.config import BoxConfig
 from sink.directory import Directory, User
 from sink.mail.parse import ParsedMessage
 from sink.mail.textnorm import domain_of, fold
+from sink.pipeline.bounce_report import Report, read_report
 from sink.pipeline.records import MemoryRecords, Records
 from sink.pipeline.references import KINDS, find_references, scope_token
 
@@ -116,6 +117,13 @@ class Context:
 
     def folded_list(self, name: str) -> tuple[str, ...]:
         return tuple(f for f in (fold(v) for v in self.box.rule_list(name)) if f)
+
+    # -- delivery report ---------------------------------------------------------------
+    @cached_property
+    def delivery_report(self) -> Report | None:
+        """The delivery report (a bounce, a delay or a success: SPEC 5 step 8) this message
+        is, or None; read once. A report is never SPAM for its sender nor an AUTO_REPLY."""
+        return read_report(self.msg)
 
     # -- references and links -----------------------------------------------------------
     @cached_property

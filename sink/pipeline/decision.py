@@ -118,6 +118,18 @@ class InvitationAction:
 
 
 @dataclass(frozen=True)
+class BounceAction:
+    """One failed address of a delivery report (SPEC 5 step 8): only a hard one flags."""
+    email: str
+    kind: str                        # "hard" | "soft"
+    status: str | None               # the enhanced status code, when the report has one
+    reason: str = ""                 # the diagnostic text (stored, not in the JSON)
+
+    def as_json(self) -> dict:
+        return {"email": self.email, "kind": self.kind, "status": self.status}
+
+
+@dataclass(frozen=True)
 class TraceEntry:
     rule: str
     outcome: str                     # "pass" | "hit" | "skip"
@@ -133,7 +145,7 @@ class TraceEntry:
 # The kinds of record a decision can ask for, defined once: a Result and a Decision have a
 # field of each name, the executor a writer for each (sink.executor.WRITERS), and the
 # check/ingest JSON a list of each (empty, never absent).
-RECORD_KINDS = ("activities", "tasks", "contact_flags", "forbidden", "invitations")
+RECORD_KINDS = ("activities", "tasks", "contact_flags", "forbidden", "invitations", "bounces")
 # In the JSON although no rule makes them yet (SPEC section 6: lists are empty, never absent).
 JSON_ONLY_KINDS = ("tickets",)
 
@@ -147,6 +159,7 @@ class Decision:
     contact_flags: tuple[FlagAction, ...] = ()
     forbidden: tuple[ForbiddenAction, ...] = ()
     invitations: tuple[InvitationAction, ...] = ()
+    bounces: tuple[BounceAction, ...] = ()
     trace: tuple[TraceEntry, ...] = ()
     dedup_keys: tuple[tuple[str, str], ...] = ()
 

@@ -16,6 +16,12 @@ def duplicate(ctx: Context) -> Result:
 
 
 def spam(ctx: Context) -> Result:
+    # A delivery report comes from MAILER-DAEMON without a domain, <> or no From at all, and
+    # may go back to the sender it came from: that is never spam (SPEC 5 step 3).
+    if ctx.delivery_report is not None:
+        if ctx.sender and ctx.sender in ctx.box.spam_senders:
+            return hit(Verdict.SPAM, "sender on the box's spam list")
+        return PASS
     if not ctx.msg.sender_valid:
         return hit(Verdict.SPAM, f"sender {ctx.sender or '(none)'} is not a valid address")
     if ctx.recipients == (ctx.sender,):

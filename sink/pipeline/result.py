@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sink.pipeline.decision import (ActivityAction, FlagAction, ForbiddenAction,
-                                    InvitationAction, TaskAction)
+from sink.pipeline.decision import (ActivityAction, BounceAction, FlagAction,
+                                    ForbiddenAction, InvitationAction, TaskAction)
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Result:
     contact_flags: tuple[FlagAction, ...] = ()
     forbidden: tuple[ForbiddenAction, ...] = ()
     invitations: tuple[InvitationAction, ...] = ()
+    bounces: tuple[BounceAction, ...] = ()
 
 
 PASS = Result()
