@@ -101,7 +101,8 @@ def _print_detail(d: dict) -> None:
         print(f"  {entry['rule']:<22}{entry['outcome']}{detail}")
     print(f"activities: {len(d['activities'])}")
     for a in d["activities"]:
-        links = ", ".join(f"{k} {a[k]}" for k in ("contract", "order", "task") if a[k])
+        links = ", ".join(f"{k} {a[k]}" for k in ("contract", "order", "task", "ticket")
+                          if a.get(k))
         print(f"  #{a['id']} {a['direction']} responsible={a['responsible']} "
               f"type={a['type_name']} scope={a['scope']} completed={a['completed']} "
               f"due={a['due']}" + (f" [{links}]" if links else "")
@@ -138,3 +139,8 @@ def _print_side_effects(d: dict) -> None:
               + (f" organizer={i['organizer']}" if i["organizer"] else ""))
     for r in responses:
         print(f"  answer on {r['user']}'s uid={r['uid']}: {r['attendee']} {r['partstat']}")
+    tickets = d.get("tickets") or []
+    print(f"tickets: {len(tickets)}")
+    for k in tickets:
+        print(f"  {k['action']} #{k['number']} title={k['title']!r} status={k['status']} "
+              f"contact={k['contact'] or '-'} company={k['company'] or '-'} rule={k['rule']}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sink.pipeline.decision import (ActivityAction, FlagAction, ForbiddenAction,
-                                    InvitationAction, TaskAction)
+                                    InvitationAction, SpamMarkAction, TaskAction, TicketAction)
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Result:
     contact_flags: tuple[FlagAction, ...] = ()
     forbidden: tuple[ForbiddenAction, ...] = ()
     invitations: tuple[InvitationAction, ...] = ()
+    tickets: tuple[TicketAction, ...] = ()
+    spam_marks: tuple[SpamMarkAction, ...] = ()
 
 
 PASS = Result()

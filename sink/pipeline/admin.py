@@ -1,0 +1,109 @@
+"""Evaluating a box's admin rules (SPEC 5 "Admin rules"): conditions on from / to / subject /
+body, ``all`` or ``any`` of them, the first rule whose conditions hold wins.
+
+Pure and total: whatever the text, evaluation returns (a hostile body cannot make it raise).
+Every field is cut to :data:`sink.config.rules.MAX_TEXT` characters first; a regex runs with a
+timeout (:data:`REGEX_SECONDS`, the ``regex`` module's), and a regex that times out counts as
+not holding - the trace says so - rather than stalling a storage worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sink.config.rules import MAX_TEXT, AdminRule, Condition
+from sink.mail.textnorm import fold
+
+REGEX_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The texts conditions read: addresses as compared (lower-cased, no display names)."""
+    sender: str
+    to: tuple[str, ...]           # To and Cc
+    subject: str
+    body: str
+
+    def values(self, name: str) -> tuple[str, ...]:
+        if name == "from":
+            return (self.sender,)
+        if name == "to":
+            return self.to
+        return (self.subject if name == "subject" else self.body,)
+
+
+@dataclass(frozen=True)
+class Match:
+    rule: AdminRule
+    number: str | None = None     # update_ticket: the first group of the first regex
+    notes: tuple[str, ...] = ()   # regex timeouts met on the way
+
+
+@dataclass
+class _Run:
+    fields: Fields
+    folded: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def folded_values(self, name: str) -> tuple[str, ...]:
+        if name not in self.folded:
+            self.folded[name] = tuple(fold(v) for v in self.fields.values(name))
+        return self.folded[name]
+
+
+def _text_op(op: str, value: str, wanted: str) -> bool:
+    if op == "contains":
+        return wanted in value
+    if op == "not_contains":
+        return wanted not in value
+    if op == "equals":
+        return value == wanted
+    if op == "starts_with":
+        return value.startswith(wanted)
+    return value.endswith(wanted)            # ends_with
+
+
+def _regex(run: _Run, rule: AdminRule, cond: Condition):
+    for value in run.fields.values(cond.field):
+        try:
+            found = cond.pattern.search(value, timeout=REGEX_SECONDS)
+        except TimeoutError:
+            run.notes.append(f"admin:{rule.name}: regex {cond.value!r} timed out")
+            continue
+        if found:
+            return found
+    return None
+
+
+def holds(run: _Run, rule: AdminRule, cond: Condition):
+    """Whether ``cond`` holds (for ``to``: for one of the addresses); a regex answers with its
+    match object."""
+    if cond.op == "regex":
+        return _regex(run, rule, cond)
+    return any(_text_op(cond.op, v, cond.folded) for v in run.folded_values(cond.field))
+
+
+def _rule_holds(run: _Run, rule: AdminRule) -> tuple[bool, str | None]:
+    number = None
+    combine = all if rule.match == "all" else any
+    results = []
+    first_regex = rule.number_condition()
+    for cond in rule.conditions:
+        result = holds(run, rule, cond)
+        if cond is first_regex and result:
+            number = result.group(1) if result.re.groups else None
+        results.append(bool(result))
+    return combine(results), number
+
+
+def first_match(rules: tuple[AdminRule, ...], fields: Fields) -> Match | None:
+    """The first rule whose conditions hold, with what it captured."""
+    bounded = Fields(fields.sender[:MAX_TEXT], tuple(a[:MAX_TEXT] for a in fields.to[:1000]),
+                     fields.subject[:MAX_TEXT], fields.body[:MAX_TEXT])
+    run = _Run(bounded)
+    for rule in rules:
+        ok, number = _rule_holds(run, rule)
+        if ok:
+            return Match(rule, number.strip() if number else None, tuple(run.notes))
+    return None

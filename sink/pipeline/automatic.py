@@ -1,0 +1,99 @@
+"""Automatic mail (SPEC 5 step 3a): auto-replies, and the loop guard.
+
+An auto-reply is recognised by RFC 3834's ``Auto-Submitted`` (any value but ``no``), by the
+vendor headers listed in ``rules/auto_reply_headers.txt``, or by a subject prefix from
+``rules/auto_reply_subject_prefixes.txt`` together with one of Microsoft's headers
+(``rules/auto_reply_ms_headers.txt``: Outlook puts those on ordinary mail too, and a person
+may well write "Out of office" in a subject). A delivery report is never an auto-reply (its
+sender's server wrote it; the bounce rule records it) - detected for now with
+:func:`sink.pipeline.bounces.delivery_report`, an RFC 3464 report.
+
+*Automatic* is wider: an auto-reply, or ``Precedence: bulk/junk/list``. Automatic mail never
+creates or updates a ticket (two help desks answering each other would loop for ever).
+"""
+
+from __future__ import annotations
+
+from email.message import Message
+
+from sink.config import BoxConfig
+from sink.mail.parse import ParsedMessage
+from sink.mail.textnorm import fold
+from sink.pipeline.bounces import delivery_report
+from sink.pipeline.decision import Verdict
+from sink.pipeline.result import PASS, Result, hit
+
+LOOP_LIMIT = 20            # messages from one sender to one box ...
+LOOP_SECONDS = 600         # ... within this time; the next ones are LOOP
+_HEADER_TEXT = 200         # characters of a header value compared
+
+
+def _header(msg: Message | None, name: str) -> str | None:
+    if msg is None:
+        return None
+    try:
+        value = msg.get(name)
+    except Exception:      # an undecodable header is no evidence either way
+        return None
+    return None if value is None else " ".join(str(value)[:_HEADER_TEXT].split())
+
+
+def _listed_header(msg: Message | None, entries: tuple[str, ...]) -> str | None:
+    """The first ``Name`` / ``Name: value`` entry the message carries."""
+    for entry in entries:
+        name, _, wanted = entry.partition(":")
+        value = _header(msg, name.strip())
+        if value is not None and value.lower().startswith(wanted.strip().lower()):
+            return entry
+    return None
+
+
+def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
+    """Why ``msg`` is an auto-reply, or None when it is not one."""
+    if delivery_report(msg.message) is not None:
+        return None
+    submitted = _header(msg.message, "Auto-Submitted")
+    if submitted and submitted.split(";")[0].strip().lower() != "no":
+        return f"Auto-Submitted: {submitted[:60]}"
+    found = _listed_header(msg.message, box.rule_list("auto_reply_headers"))
+    if found:
+        return f"header {found}"
+    subject = fold(msg.subject[:_HEADER_TEXT])
+    prefix = next((p for p in box.rule_list("auto_reply_subject_prefixes")
+                   if subject.startswith(fold(p))), None)
+    if prefix:
+        ms_header = _listed_header(msg.message, box.rule_list("auto_reply_ms_headers"))
+        if ms_header:
+            return f"subject {prefix!r} with {ms_header}"
+    return None
+
+
+def automatic_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
+    """Why ``msg`` is automatic mail (no ticket from it), or None."""
+    reason = auto_reply_reason(msg, box)
+    if reason:
+        return reason
+    precedence = (_header(msg.message, "Precedence") or "").lower()
+    if precedence and precedence in box.rule_list("automatic_precedence"):
+        return f"Precedence: {precedence}"
+    return None
+
+
+# ------------------------------------------------------------------------------ the rules
+def auto_reply(ctx) -> Result:
+    reason = ctx.auto_reply
+    if reason is None:
+        return PASS
+    if ctx.box.record_auto_replies:
+        return Result("pass", detail=f"{reason}; recorded (record_auto_replies)")
+    return hit(Verdict.AUTO_REPLY, reason)
+
+
+def loop(ctx) -> Result:
+    if not ctx.sender:
+        return PASS
+    count = ctx.records.recent_from(ctx.box.address, ctx.sender, LOOP_SECONDS)
+    if count >= LOOP_LIMIT:
+        return hit(Verdict.LOOP, f"{count} messages from {ctx.sender} in the last "
+                                 f"{LOOP_SECONDS // 60} minutes")
+    return PASS
