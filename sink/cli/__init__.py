@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from sink.cli import admin, inspect, mail
+from sink.cli import admin, inspect, mail, spam
 from sink.cli.common import EXIT_TRANSIENT, EXIT_USAGE, Parser, UsageError
 from sink.config import ConfigError, load_config
 
-COMMAND_MODULES = (admin, mail, inspect)
+COMMAND_MODULES = (admin, mail, inspect, spam)
 
 
 def build_parser() -> Parser:
