@@ -69,11 +69,13 @@ def parse_rules(where: str, raw: Any) -> tuple[AdminRule, ...]:
 
 
 def _parse_rule(where: str, table: Any) -> AdminRule:
-    table = check_keys(where, table, {"name", "match", "conditions", "action"})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
     name = string(f"{where}.name", table.get("name", ""))
     if not _KEBAB.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} is not kebab-case (like ticket-replies)")
     where = f"{where} (rule {name})"
+    check_keys(where, table, {"name", "match", "conditions", "action"})
     match = table.get("match", "all")
     if match not in MATCHES:
         raise ConfigError(f"{where}.match: expected \"all\" or \"any\", got {match!r}")

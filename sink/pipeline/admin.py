@@ -3,18 +3,23 @@ body, ``all`` or ``any`` of them, the first rule whose conditions hold wins.
 
 Pure and total: whatever the text, evaluation returns (a hostile body cannot make it raise).
 Every field is cut to :data:`sink.config.rules.MAX_TEXT` characters first; a regex runs with a
-timeout (:data:`REGEX_SECONDS`, the ``regex`` module's), and a regex that times out counts as
-not holding - the trace says so - rather than stalling a storage worker.
+timeout (:data:`REGEX_SECONDS`, the ``regex`` module's, which it checks now and then, so a
+search may overrun it a little), all of a message's searches within :data:`REGEX_BUDGET`;
+a regex that times out counts as not holding - the trace says so - rather than stalling a
+storage worker. (Deterministic it is not: a pattern that needs longer than its time decides
+differently on a slower machine; the trace shows when that happened.)
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from sink.config.rules import MAX_TEXT, AdminRule, Condition
 from sink.mail.textnorm import fold
 
-REGEX_SECONDS = 0.25
+REGEX_SECONDS = 0.25        # one search
+REGEX_BUDGET = 1.0          # every search for one message together
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class Fields:
 
 @dataclass(frozen=True)
 class Match:
-    rule: AdminRule
+    rule: AdminRule | None        # None: no rule held (``notes`` says what timed out)
     number: str | None = None     # update_ticket: the first group of the first regex
     notes: tuple[str, ...] = ()   # regex timeouts met on the way
 
@@ -45,6 +50,7 @@ class _Run:
     fields: Fields
     folded: dict[str, tuple[str, ...]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    deadline: float = field(default_factory=lambda: time.monotonic() + REGEX_BUDGET)
 
     def folded_values(self, name: str) -> tuple[str, ...]:
         if name not in self.folded:
@@ -66,8 +72,12 @@ def _text_op(op: str, value: str, wanted: str) -> bool:
 
 def _regex(run: _Run, rule: AdminRule, cond: Condition):
     for value in run.fields.values(cond.field):
+        left = min(REGEX_SECONDS, run.deadline - time.monotonic())
+        if left <= 0:
+            run.notes.append(f"admin:{rule.name}: no regex time left for this message")
+            return None
         try:
-            found = cond.pattern.search(value, timeout=REGEX_SECONDS)
+            found = cond.pattern.search(value, timeout=left)
         except TimeoutError:
             run.notes.append(f"admin:{rule.name}: regex {cond.value!r} timed out")
             continue
@@ -98,7 +108,8 @@ def _rule_holds(run: _Run, rule: AdminRule) -> tuple[bool, str | None]:
 
 
 def first_match(rules: tuple[AdminRule, ...], fields: Fields) -> Match | None:
-    """The first rule whose conditions hold, with what it captured."""
+    """The first rule whose conditions hold, with what it captured; when none holds but a
+    regex timed out, a Match with ``rule`` None carrying the notes."""
     bounded = Fields(fields.sender[:MAX_TEXT], tuple(a[:MAX_TEXT] for a in fields.to[:1000]),
                      fields.subject[:MAX_TEXT], fields.body[:MAX_TEXT])
     run = _Run(bounded)
@@ -106,4 +117,4 @@ def first_match(rules: tuple[AdminRule, ...], fields: Fields) -> Match | None:
         ok, number = _rule_holds(run, rule)
         if ok:
             return Match(rule, number.strip() if number else None, tuple(run.notes))
-    return None
+    return Match(None, None, tuple(run.notes)) if run.notes else None

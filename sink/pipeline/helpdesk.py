@@ -37,12 +37,21 @@ def admin_match(ctx) -> Match | None:
                                              msg.body_text))
 
 
+def matched(ctx) -> Match | None:
+    """The admin rule that acts, if any."""
+    match = ctx.admin_match
+    return match if match is not None and match.rule is not None else None
+
+
 def admin_rule(name: str):
     """The chain rule ``admin:NAME``."""
     def run(ctx) -> Result:
         match = ctx.admin_match
         if match is None:
             return PASS
+        if match.rule is None:
+            return Result("pass", detail="; ".join(n for n in match.notes
+                                                   if n.startswith(f"admin:{name}:")))
         if match.rule.name != name:
             order = [r.name for r in ctx.box.rules]
             if order.index(name) > order.index(match.rule.name):
@@ -75,7 +84,7 @@ def ticket_plan(ctx) -> TicketAction | None:
     """The ticket this message creates or updates, or None."""
     if not has_tickets(ctx.box) or ctx.automatic:
         return None
-    match = ctx.admin_match
+    match = matched(ctx)
     if match is not None and match.rule.action == "create_ticket":
         return _new(ctx, match.rule.trace_name)
     if match is not None and match.rule.action == "update_ticket":
@@ -148,7 +157,7 @@ def thread(ctx) -> Result:
 # ------------------------------------------------------------------------------ the owner
 def owner_wanted(ctx) -> str | None:
     """Why the box's owner should get the activity of mail no user takes part in."""
-    match = ctx.admin_match
+    match = matched(ctx)
     if match is not None and match.rule.action in ("link_from", "link_to"):
         return match.rule.action
     return "ticket" if ctx.ticket_plan is not None else None
