@@ -24,10 +24,11 @@ def add(conn: Connection, box: str, emails, message_id: int | None = None) -> li
     """Put ``emails`` on the box's list; returns those that were not on it yet."""
     added = []
     for email in dict.fromkeys(emails):
+        # RETURNING says whether a row was inserted (rowcount does not, on every driver)
         result = conn.execute(_insert(conn).values(
             box=box, email=email, message_id=message_id, added_at=datetime.now(timezone.utc)
-        ).on_conflict_do_nothing())
-        if result.rowcount:
+        ).on_conflict_do_nothing().returning(t.spam_list.c.email))
+        if result.first() is not None:
             added.append(email)
     return added
 
@@ -36,7 +37,8 @@ def remove(conn: Connection, box: str, emails) -> list[str]:
     s = t.spam_list.c
     removed = []
     for email in dict.fromkeys(emails):
-        if conn.execute(delete(t.spam_list).where(s.box == box, s.email == email)).rowcount:
+        if conn.execute(delete(t.spam_list).where(s.box == box, s.email == email)
+                        .returning(s.email)).first() is not None:
             removed.append(email)
     return removed
 
