@@ -114,6 +114,11 @@ def _print_detail(d: dict) -> None:
 
 
 def _print_side_effects(d: dict) -> None:
+    tickets = d.get("tickets") or []
+    print(f"tickets: {len(tickets)}")
+    for k in tickets:
+        print(f"  {k['action']} #{k['number']} title={k['title']!r} status={k['status']} "
+              f"contact={k['contact'] or '-'} company={k['company'] or '-'} rule={k['rule']}")
     tasks, flags = d.get("tasks") or [], d.get("contact_flags") or []
     forbidden, invitations = d.get("forbidden") or [], d.get("invitations") or []
     responses = d.get("responses") or []
@@ -139,8 +144,4 @@ def _print_side_effects(d: dict) -> None:
               + (f" organizer={i['organizer']}" if i["organizer"] else ""))
     for r in responses:
         print(f"  answer on {r['user']}'s uid={r['uid']}: {r['attendee']} {r['partstat']}")
-    tickets = d.get("tickets") or []
-    print(f"tickets: {len(tickets)}")
-    for k in tickets:
-        print(f"  {k['action']} #{k['number']} title={k['title']!r} status={k['status']} "
-              f"contact={k['contact'] or '-'} company={k['company'] or '-'} rule={k['rule']}")
+

@@ -6,7 +6,9 @@ vendor headers listed in ``rules/auto_reply_headers.txt``, or by a subject prefi
 (``rules/auto_reply_ms_headers.txt``: Outlook puts those on ordinary mail too, and a person
 may well write "Out of office" in a subject). A delivery report is never an auto-reply (its
 sender's server wrote it; the bounce rule records it) - detected for now with
-:func:`sink.pipeline.bounces.delivery_report`, an RFC 3464 report.
+:func:`sink.pipeline.bounces.delivery_report` (an RFC 3464 report) or
+:func:`sink.pipeline.bounces.bounce_form` (the seed's plain-text forms); Gmail's bounces, for
+one, carry ``Auto-Submitted: auto-replied``.
 
 *Automatic* is wider: an auto-reply, or ``Precedence: bulk/junk/list``. Automatic mail never
 creates or updates a ticket (two help desks answering each other would loop for ever).
@@ -19,7 +21,7 @@ from email.message import Message
 from sink.config import BoxConfig
 from sink.mail.parse import ParsedMessage
 from sink.mail.textnorm import fold
-from sink.pipeline.bounces import delivery_report
+from sink.pipeline.bounces import bounce_form, delivery_report
 from sink.pipeline.decision import Verdict
 from sink.pipeline.result import PASS, Result, hit
 
@@ -48,10 +50,13 @@ def _listed_header(msg: Message | None, entries: tuple[str, ...]) -> str | None:
     return None
 
 
+def is_bounce(ctx) -> bool:
+    return delivery_report(ctx.msg.message) is not None or bounce_form(ctx) is not None
+
+
 def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
-    """Why ``msg`` is an auto-reply, or None when it is not one."""
-    if delivery_report(msg.message) is not None:
-        return None
+    """Why ``msg`` is an auto-reply, or None when it is not one (a bounce: see
+    :func:`is_bounce`, which the context asks first)."""
     submitted = _header(msg.message, "Auto-Submitted")
     if submitted and submitted.split(";")[0].strip().lower() != "no":
         return f"Auto-Submitted: {submitted[:60]}"
@@ -70,9 +75,6 @@ def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
 
 def automatic_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
     """Why ``msg`` is automatic mail (no ticket from it), or None."""
-    reason = auto_reply_reason(msg, box)
-    if reason:
-        return reason
     precedence = (_header(msg.message, "Precedence") or "").lower()
     if precedence and precedence in box.rule_list("automatic_precedence"):
         return f"Precedence: {precedence}"

@@ -185,13 +185,18 @@ class Context:
 
     @cached_property
     def auto_reply(self) -> str | None:
-        from sink.pipeline.automatic import auto_reply_reason
-        return auto_reply_reason(self.msg, self.box)
+        from sink.pipeline.automatic import auto_reply_reason, is_bounce
+        return None if is_bounce(self) else auto_reply_reason(self.msg, self.box)
 
     @cached_property
     def automatic(self) -> str | None:
-        from sink.pipeline.automatic import automatic_reason
-        return self.auto_reply or automatic_reason(self.msg, self.box)
+        """An auto-reply, a bounce or Precedence bulk/junk/list: never a ticket from it."""
+        from sink.pipeline.automatic import automatic_reason, is_bounce
+        if self.auto_reply:
+            return self.auto_reply
+        if is_bounce(self):
+            return "a delivery report"
+        return automatic_reason(self.msg, self.box)
 
     @cached_property
     def admin_match(self):
