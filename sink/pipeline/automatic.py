@@ -8,7 +8,8 @@ may well write "Out of office" in a subject). A delivery report is never an auto
 sender's server wrote it; the bounce rule records it) - detected for now with
 :func:`sink.pipeline.bounces.delivery_report` (an RFC 3464 report) or
 :func:`sink.pipeline.bounces.bounce_form` (the seed's plain-text forms); Gmail's bounces, for
-one, carry ``Auto-Submitted: auto-replied``.
+one, carry ``Auto-Submitted: auto-replied``; mail from MAILER-DAEMON or postmaster counts as a
+delivery report too (until the bounce detection being rewritten can say so).
 
 *Automatic* is wider: an auto-reply, or ``Precedence: bulk/junk/list``. Automatic mail never
 creates or updates a ticket (two help desks answering each other would loop for ever).
@@ -21,7 +22,7 @@ from email.message import Message
 from sink.config import BoxConfig
 from sink.mail.parse import ParsedMessage
 from sink.mail.textnorm import fold
-from sink.pipeline.bounces import bounce_form, delivery_report
+from sink.pipeline.bounces import SYSTEM_LOCAL_PARTS, bounce_form, delivery_report
 from sink.pipeline.decision import Verdict
 from sink.pipeline.result import PASS, Result, hit
 
@@ -51,7 +52,11 @@ def _listed_header(msg: Message | None, entries: tuple[str, ...]) -> str | None:
 
 
 def is_bounce(ctx) -> bool:
-    return delivery_report(ctx.msg.message) is not None or bounce_form(ctx) is not None
+    """A delivery report: RFC 3464, one of the seed's forms, or mail from MAILER-DAEMON or
+    postmaster (Exim's and Gmail's plain-text bounces say Auto-Submitted: auto-replied)."""
+    local = ctx.sender.partition("@")[0]
+    return (local in SYSTEM_LOCAL_PARTS or delivery_report(ctx.msg.message) is not None
+            or bounce_form(ctx) is not None)
 
 
 def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
