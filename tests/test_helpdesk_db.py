@@ -113,7 +113,7 @@ def test_a_reply_inherits_contract_and_order_from_the_stored_message(engine, db_
 
 
 def test_loop_guard_from_the_21st_message(engine, db_url):
-    box = config_for(db_url).boxes[0]
+    box = config_for(db_url, **SUPPORT).boxes[0]
     intake = Intake(engine)
     verdicts = [deliver(intake, box, make_mail(subject=f"Ping {i}")).verdict for i in range(21)]
     assert verdicts[:20] == ["PROCESSED"] * 20 and verdicts[20] == "LOOP"

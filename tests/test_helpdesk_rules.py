@@ -309,10 +309,14 @@ def test_a_delivery_report_is_never_an_auto_reply(directory):
 
 
 def test_loop_guard_from_the_21st(directory):
-    records = MemoryRecords(recent={(BOX, "jan@acme.cz"): 19})
+    records = MemoryRecords(recent={(BOX, "jan@acme.cz"): 19, (BOX, "alice@firma.cz"): 50})
+    assert run(directory, settings=SUPPORT, records=records).verdict == "PROCESSED"
+    records = MemoryRecords(recent={(BOX, "jan@acme.cz"): 20, (BOX, "alice@firma.cz"): 50})
+    assert run(directory, settings=SUPPORT, records=records).verdict == "LOOP"
+    # a plain bcc box answers nothing: no loop runs through it; employees are never a loop
     assert run(directory, records=records).verdict == "PROCESSED"
-    records = MemoryRecords(recent={(BOX, "jan@acme.cz"): 20})
-    assert run(directory, records=records).verdict == "LOOP"
+    assert run(directory, settings=SUPPORT, records=records, sender="alice@firma.cz",
+               to=("jan@acme.cz",)).verdict == "PROCESSED"
 
 
 def test_stored_spam_list_is_read(directory):

@@ -103,4 +103,5 @@ class DbRecords:
         m = t.messages.c
         since = datetime.now(timezone.utc) - timedelta(seconds=seconds)
         return self.conn.execute(select(func.count()).select_from(t.messages).where(
-            m.box == box, m.sender == sender, m.received_at >= since)).scalar_one()
+            m.box == box, m.sender == sender, m.received_at >= since,
+            func.coalesce(m.verdict, "") != "DUPLICATE")).scalar_one()

@@ -97,7 +97,14 @@ def auto_reply(ctx) -> Result:
 
 
 def loop(ctx) -> Result:
-    if not ctx.sender:
+    """More than LOOP_LIMIT messages from one outside sender within LOOP_SECONDS, in a box that
+    makes tickets: a help desk answers mail (the CRM acknowledges a ticket), so a loop with an
+    outside auto-responder can run through it; a plain bcc box answers nothing, and there a
+    storm from one sender is mail to record, not a loop. The box's own people are exempt: a
+    bcc sink sees every mail an employee writes, and a busy afternoon is no loop - the loop
+    between an auto-responder and ours is broken on the outside side."""
+    from sink.pipeline.helpdesk import has_tickets
+    if not ctx.sender or not has_tickets(ctx.box) or ctx.is_ours(ctx.sender):
         return PASS
     count = ctx.records.recent_from(ctx.box.address, ctx.sender, LOOP_SECONDS)
     if count >= LOOP_LIMIT:

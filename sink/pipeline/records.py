@@ -74,7 +74,8 @@ class Records(Protocol):
         """Whether ``email`` is on the box's stored spam list."""
 
     def recent_from(self, box: str, sender: str, seconds: int) -> int:
-        """How many messages from ``sender`` the box stored in the last ``seconds``."""
+        """How many messages from ``sender`` the box stored in the last ``seconds`` (copies
+        of one message, DUPLICATE, not counted)."""
 
 
 @dataclass
