@@ -174,3 +174,20 @@ def test_reprocess_replaces_records_and_is_never_its_own_duplicate(engine, db_ur
     with engine.connect() as conn:
         detail = message_detail(conn, made.message_id)
     assert detail["verdict"] == "RULE_IGNORED" and detail["activities"] == []
+
+
+def test_follow_ups_at_once_from_two_instances_update_one_ticket(engine, db_url):
+    box = config_for(db_url, **SUPPORT).boxes[0]
+    deliver(Intake(engine), box, support_mail(message_id="<f1@acme.cz>"))
+    instances = [Intake(engine), Intake(engine)]
+    replies = [support_mail(f"Re: Printer down {i}", headers={"In-Reply-To": "<f1@acme.cz>"})
+               for i in range(4)]
+    results = []
+    _at_once([lambda i=i: results.append(deliver(instances[i % 2], box, replies[i]))
+              for i in range(4)])
+    assert {(d.decision.tickets[0].action, d.decision.tickets[0].number) for d in results} \
+        == {("updated", "1")}
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.ticket_messages)).scalar_one() \
+            == 5
+    assert len(tickets(engine)) == 1

@@ -323,3 +323,44 @@ def test_stored_spam_list_is_read(directory):
     records = MemoryRecords(spam={(BOX, "jan@acme.cz")})
     decision = run(directory, records=records)
     assert decision.verdict == "SPAM" and "stored" in decision.trace[-1].detail
+
+
+# ------------------------------------------------------------------------------ properties
+_WORDS = st.sampled_from(["printer", "down", "acme", "tiskárna", "offer", "x"])
+_CONDITION = st.builds(lambda f, op, v: {"field": f, "op": op, "value": v},
+                       st.sampled_from(["from", "to", "subject", "body"]),
+                       st.sampled_from(["contains", "not_contains", "equals", "starts_with",
+                                        "ends_with"]), _WORDS)
+_RULE = st.tuples(st.lists(_CONDITION, min_size=1, max_size=3), st.sampled_from(["all", "any"]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(rules=st.lists(_RULE, min_size=1, max_size=5),
+       subject=st.lists(_WORDS, max_size=4).map(" ".join),
+       body=st.lists(_WORDS, max_size=6).map(" ".join))
+def test_first_match_is_the_first_rule_that_holds_alone(rules, subject, body):
+    from sink.pipeline.admin import Fields, first_match
+    compiled = box([rule(f"r{i}", conditions=conds, match=match, action="do_nothing")
+                    for i, (conds, match) in enumerate(rules)]).rules
+    fields = Fields("jan@acme.cz", ("help@firma.cz",), subject, body)
+    alone = [first_match((r,), fields) is not None for r in compiled]
+    found = first_match(compiled, fields)
+    expected = alone.index(True) if any(alone) else None
+    assert (None if found is None else compiled.index(found.rule)) == expected
+    for r in compiled:       # "all" holding implies "any" holding for the same conditions
+        if first_match((r,), fields) is not None and r.match == "all":
+            anyway = box([rule("a", conditions=[{"field": c.field, "op": c.op,
+                                                 "value": c.value} for c in r.conditions],
+                               match="any", action="do_nothing")]).rules
+            assert first_match(anyway, fields) is not None
+
+
+def test_the_readme_example_is_a_valid_configuration():
+    import tomllib
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    block = text[text.index("Three rules for a help desk"):].split("```toml")[1].split("```")[0]
+    rules = parse_config(tomllib.loads(block)).boxes[0].rules
+    assert [(r.name, r.action) for r in rules] == [
+        ("ticket-replies", "update_ticket"), ("newsletters", "do_nothing"),
+        ("partner-orders", "link_from")]
