@@ -186,7 +186,8 @@ class Context:
     @cached_property
     def auto_reply(self) -> str | None:
         from sink.pipeline.automatic import auto_reply_reason, is_bounce
-        return None if is_bounce(self) else auto_reply_reason(self.msg, self.box)
+        reason = auto_reply_reason(self.msg, self.box)   # headers first: cheap, and rare
+        return None if reason is None or is_bounce(self) else reason
 
     @cached_property
     def automatic(self) -> str | None:
