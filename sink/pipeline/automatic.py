@@ -18,6 +18,7 @@ creates or updates a ticket (two help desks answering each other would loop for 
 from __future__ import annotations
 
 from email.message import Message
+from functools import lru_cache
 
 from sink.config import BoxConfig
 from sink.mail.parse import ParsedMessage
@@ -31,8 +32,25 @@ LOOP_SECONDS = 600         # ... within this time; the next ones are LOOP
 _HEADER_TEXT = 200         # characters of a header value compared
 
 
-def _header(msg: Message | None, name: str) -> str | None:
+def header_names(msg: Message | None) -> frozenset[str]:
+    """The (lower-cased) names of the headers ``msg`` has: one pass, then every lookup of an
+    absent header - nearly all of them, on ordinary mail - costs a set probe."""
     if msg is None:
+        return frozenset()
+    try:
+        return frozenset(k.lower() for k in msg.keys())
+    except Exception:
+        return frozenset()
+
+
+@lru_cache(maxsize=64)
+def _folded(entries: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f for f in (fold(e) for e in entries) if f)
+
+
+def _header(msg: Message | None, name: str, present: frozenset[str] | None = None
+            ) -> str | None:
+    if msg is None or (present is not None and name.lower() not in present):
         return None
     try:
         value = msg.get(name)
@@ -41,11 +59,12 @@ def _header(msg: Message | None, name: str) -> str | None:
     return None if value is None else " ".join(str(value)[:_HEADER_TEXT].split())
 
 
-def _listed_header(msg: Message | None, entries: tuple[str, ...]) -> str | None:
+def _listed_header(msg: Message | None, entries: tuple[str, ...],
+                   present: frozenset[str]) -> str | None:
     """The first ``Name`` / ``Name: value`` entry the message carries."""
     for entry in entries:
         name, _, wanted = entry.partition(":")
-        value = _header(msg, name.strip())
+        value = _header(msg, name.strip(), present)
         if value is not None and value.lower().startswith(wanted.strip().lower()):
             return entry
     return None
@@ -62,17 +81,19 @@ def is_bounce(ctx) -> bool:
 def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
     """Why ``msg`` is an auto-reply, or None when it is not one (a bounce: see
     :func:`is_bounce`, which the context asks first)."""
-    submitted = _header(msg.message, "Auto-Submitted")
+    present = header_names(msg.message)
+    submitted = _header(msg.message, "Auto-Submitted", present)
     if submitted and submitted.split(";")[0].strip().lower() != "no":
         return f"Auto-Submitted: {submitted[:60]}"
-    found = _listed_header(msg.message, box.rule_list("auto_reply_headers"))
+    found = _listed_header(msg.message, box.rule_list("auto_reply_headers"), present)
     if found:
         return f"header {found}"
     subject = fold(msg.subject[:_HEADER_TEXT])
-    prefix = next((p for p in box.rule_list("auto_reply_subject_prefixes")
-                   if subject.startswith(fold(p))), None)
+    prefix = next((p for p in _folded(box.rule_list("auto_reply_subject_prefixes"))
+                   if subject.startswith(p)), None)
     if prefix:
-        ms_header = _listed_header(msg.message, box.rule_list("auto_reply_ms_headers"))
+        ms_header = _listed_header(msg.message, box.rule_list("auto_reply_ms_headers"),
+                                   present)
         if ms_header:
             return f"subject {prefix!r} with {ms_header}"
     return None
@@ -80,7 +101,7 @@ def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
 
 def automatic_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
     """Why ``msg`` is automatic mail (no ticket from it), or None."""
-    precedence = (_header(msg.message, "Precedence") or "").lower()
+    precedence = (_header(msg.message, "Precedence", header_names(msg.message)) or "").lower()
     if precedence and precedence in box.rule_list("automatic_precedence"):
         return f"Precedence: {precedence}"
     return None

@@ -11,6 +11,7 @@ MAX_IDS = 20                     # the parent and the nearest ancestors are what
 MAX_ID_LENGTH = 500              # as stored (messages.message_id)
 _ID = re.compile(r"<[^<>\s]{1,998}>")
 _HASH = re.compile(r"(?<![\w#])#([A-Za-z0-9][A-Za-z0-9_./-]{0,98})")
+_THREAD_HEADERS = frozenset({"in-reply-to", "references"})
 _BRACKET_HASH = re.compile(r"\[#([0-9]{1,9})\]")
 
 
@@ -27,6 +28,8 @@ def _header(msg: Message | None, name: str) -> str:
 def followed_ids(msg: Message | None) -> tuple[str, ...]:
     """Message-IDs this message replies to, most wanted first: In-Reply-To, then References
     from the newest (the last) to the oldest."""
+    if msg is None or not _THREAD_HEADERS.intersection(k.lower() for k in msg.keys()):
+        return ()                                  # most mail: one pass over the names
     parent = _ID.findall(_header(msg, "In-Reply-To"))
     refs = _ID.findall(_header(msg, "References"))
     ids = [*parent[:2], *reversed(refs[-MAX_IDS:])]
