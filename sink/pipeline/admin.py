@@ -29,6 +29,7 @@ class Fields:
     to: tuple[str, ...]           # To and Cc
     subject: str
     body: str
+    folded: tuple[tuple[str, str], ...] = ()   # (field, text already folded), e.g. the body
 
     def values(self, name: str) -> tuple[str, ...]:
         if name == "from":
@@ -54,7 +55,9 @@ class _Run:
 
     def folded_values(self, name: str) -> tuple[str, ...]:
         if name not in self.folded:
-            self.folded[name] = tuple(fold(v) for v in self.fields.values(name))
+            known = dict(self.fields.folded).get(name)
+            self.folded[name] = ((known[:MAX_TEXT],) if known is not None
+                                 else tuple(fold(v) for v in self.fields.values(name)))
         return self.folded[name]
 
 
@@ -111,7 +114,7 @@ def first_match(rules: tuple[AdminRule, ...], fields: Fields) -> Match | None:
     """The first rule whose conditions hold, with what it captured; when none holds but a
     regex timed out, a Match with ``rule`` None carrying the notes."""
     bounded = Fields(fields.sender[:MAX_TEXT], tuple(a[:MAX_TEXT] for a in fields.to[:1000]),
-                     fields.subject[:MAX_TEXT], fields.body[:MAX_TEXT])
+                     fields.subject[:MAX_TEXT], fields.body[:MAX_TEXT], fields.folded)
     run = _Run(bounded)
     for rule in rules:
         ok, number = _rule_holds(run, rule)

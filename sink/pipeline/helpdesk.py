@@ -33,8 +33,10 @@ def admin_match(ctx) -> Match | None:
     if not ctx.box.rules:
         return None
     msg = ctx.msg
+    # the context has folded subject and body already (other rules compare them too)
     return first_match(ctx.box.rules, Fields(ctx.sender, msg.to + msg.cc, msg.subject,
-                                             msg.body_text))
+                                             msg.body_text, (("subject", ctx.subject),
+                                                             ("body", ctx.body))))
 
 
 def matched(ctx) -> Match | None:
