@@ -270,7 +270,7 @@ def _store_ticket(conn: Connection, message_id: int, action: TicketAction,
 def _store_spam_mark(conn: Connection, message_id: int, mark: SpamMarkAction,
                      directory: Directory) -> SpamMarkAction:
     conn.execute(_upsert(conn, t.spam_list).values(
-        box=mark.box, email=mark.email, message_id=message_id,
+        box=mark.box, email=mark.email[:320], message_id=message_id,
         added_at=datetime.now(timezone.utc)).on_conflict_do_nothing())
     return mark
 

@@ -25,6 +25,7 @@ ACTIONS = ("create_ticket", "update_ticket", "link_from", "link_to", "do_nothing
 MATCHES = ("all", "any")
 MAX_TEXT = 100_000               # characters of a field a condition reads
 MAX_RULES = 200                  # per box: rules are evaluated for every message
+MAX_NAME = 100                   # "admin:NAME" is stored with every ticket it makes
 _KEBAB = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
@@ -72,8 +73,9 @@ def _parse_rule(where: str, table: Any) -> AdminRule:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
     name = string(f"{where}.name", table.get("name", ""))
-    if not _KEBAB.fullmatch(name):
-        raise ConfigError(f"{where}.name: {name!r} is not kebab-case (like ticket-replies)")
+    if not _KEBAB.fullmatch(name) or len(name) > MAX_NAME:
+        raise ConfigError(f"{where}.name: {name!r} is not kebab-case (like ticket-replies) of at most "
+                          f"{MAX_NAME} characters")
     where = f"{where} (rule {name})"
     check_keys(where, table, {"name", "match", "conditions", "action"})
     match = table.get("match", "all")
