@@ -364,3 +364,30 @@ def test_the_readme_example_is_a_valid_configuration():
     assert [(r.name, r.action) for r in rules] == [
         ("ticket-replies", "update_ticket"), ("newsletters", "do_nothing"),
         ("partner-orders", "link_from")]
+
+
+def test_a_hostile_references_header_costs_a_bounded_lookup(directory):
+    from sink.pipeline.threads import MAX_IDS, followed_ids
+    asked = []
+
+    class Counting(MemoryRecords):
+        def thread(self, box, message_ids):
+            asked.append(message_ids)
+            return None
+    refs = " ".join(f"<r{i}@x>" for i in range(20_000)) + " <" + "y" * 5000 + "@x>"
+    decision = run(directory, records=Counting(),
+                   headers={"References": refs, "In-Reply-To": "<parent@x>"})
+    assert decision.verdict == "PROCESSED"
+    assert len(asked) == 1 and len(asked[0]) == MAX_IDS and asked[0][0] == "<parent@x>"
+    # then the newest ancestors the parser kept (it reads 64 KB of a header)
+    assert all(i.startswith("<r") for i in asked[0][1:])
+    numbers = [int(i[2:-3]) for i in asked[0][1:]]
+    assert numbers == sorted(numbers, reverse=True)
+    assert followed_ids(None) == ()
+
+
+@given(st.text(max_size=300))
+def test_subject_numbers_never_raise(subject):
+    from sink.pipeline.threads import bracket_numbers, hash_numbers
+    assert all(n and len(n) <= 99 for n in hash_numbers(subject))
+    assert all(n.isdigit() for n in bracket_numbers(subject))
