@@ -18,14 +18,15 @@ from sink.db.fastpath import Fast
 from sink.db.records import ENTITY_TABLES
 from sink.directory import Directory
 from sink.pipeline.decision import (RECORD_KINDS, ActivityAction, BounceAction, Decision,
-                                    FlagAction, ForbiddenAction, InvitationAction, TaskAction)
+                                    FlagAction, ForbiddenAction, InvitationAction,
+                                    SpamMarkAction, TaskAction, TicketAction)
 from sink.mail.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
 # The inserts nearly every message makes, on the DBAPI cursor (sink.db.fastpath).
 _INSERT_ACTIVITY = Fast(insert(t.activities), (
     "message_id", "direction", "responsible_id", "type_id", "type_name", "scope", "subject",
-    "text", "date", "contract_id", "order_id", "task_id", "completed", "due",
+    "text", "date", "contract_id", "order_id", "task_id", "ticket_id", "completed", "due",
     "original_filename"))
 _INSERT_ACTIVITY_CONTACTS = Fast(insert(t.activity_contacts), ("activity_id", "contact_id"),
                                  many=True)
@@ -42,13 +43,15 @@ def apply(conn: Connection, message_id: int, decision: Decision,
     from a "New task:" subject carries the number it got). ``decision`` itself is not changed."""
     stored = {kind: tuple(WRITERS[kind](conn, message_id, item, directory)
                           for item in decision.records(kind))
-              for kind in RECORD_KINDS}
+              for kind in WRITE_ORDER}
     return replace(decision, **stored)
 
 
 def _store_activity(conn: Connection, message_id: int, action: ActivityAction,
                     directory: Directory) -> ActivityAction:
     user = directory.user(action.responsible)
+    ticket_id, number = _ticket_of(conn, message_id, action)
+    action = replace(action, ticket=number)
     kind = directory.activity_type(action.type)
     row = {
         "message_id": message_id,
@@ -63,6 +66,7 @@ def _store_activity(conn: Connection, message_id: int, action: ActivityAction,
         "contract_id": _id(directory.contracts, action.contract),
         "order_id": _id(directory.orders, action.order),
         "task_id": _task_id(conn, directory, action.task),
+        "ticket_id": ticket_id,
         "completed": action.completed,
         "due": action.due,
         "original_filename": ORIGINAL_FILENAME if action.original_attached else None,
@@ -207,6 +211,79 @@ def _store_bounce(conn: Connection, message_id: int, bounce: BounceAction,
     return bounce
 
 
+# ------------------------------------------------------------------------------- help desk
+def _ticket_of(conn: Connection, message_id: int, action: ActivityAction
+               ) -> tuple[int | None, str | None]:
+    """The ticket an activity links to: the one this message made or updated (written before
+    the activities, :data:`WRITE_ORDER`), else an existing one by number."""
+    k, tm = t.tickets.c, t.ticket_messages.c
+    if action.new_ticket:
+        row = conn.execute(select(k.id, k.number).join(t.ticket_messages, tm.ticket_id == k.id)
+                           .where(tm.message_id == message_id).order_by(tm.id).limit(1)).first()
+    elif action.ticket and action.ticket.isdigit() and len(action.ticket) <= 9:
+        row = conn.execute(select(k.id, k.number).where(k.number == int(action.ticket))).first()
+    else:
+        return None, None
+    return (row.id, str(row.number)) if row else (None, None)
+
+
+def _next_ticket_number(conn: Connection) -> int:
+    """Take the next ticket number; the counter row stays locked until the transaction ends."""
+    c = t.counters.c
+    value = conn.execute(select(c.value).where(c.name == "tickets").with_for_update()).scalar()
+    if value is None:                       # a database made without the migration's row
+        conn.execute(_upsert(conn, t.counters).values(name="tickets", value=0)
+                     .on_conflict_do_nothing())
+        value = conn.execute(select(c.value).where(c.name == "tickets").with_for_update()
+                             ).scalar_one()
+    conn.execute(update(t.counters).where(c.name == "tickets").values(value=value + 1))
+    return value + 1
+
+
+def _lock_ticket_counter(conn: Connection) -> None:
+    conn.execute(select(t.counters.c.value).where(t.counters.c.name == "tickets")
+                 .with_for_update())
+
+
+def _store_ticket(conn: Connection, message_id: int, action: TicketAction,
+                  directory: Directory) -> TicketAction:
+    """Create a ticket with the next number, or record an update. Creation first locks the
+    counter row, so of two messages of one new thread (two instances at once) the second sees
+    the first's ticket - found by the thread key - and updates it instead."""
+    k = t.tickets.c
+    existing = None
+    if action.action == "updated" and action.number and action.number.isdigit():
+        existing = conn.execute(select(k.id, k.number).where(
+            k.box == action.box, k.number == int(action.number))).first()
+    if existing is None:
+        _lock_ticket_counter(conn)
+        if action.thread:
+            existing = conn.execute(select(k.id, k.number).where(
+                k.box == action.box, k.thread == action.thread)).first()
+    if existing is not None:
+        action = replace(action, action="updated", number=str(existing.number))
+        ticket_id = existing.id
+    else:
+        number = _next_ticket_number(conn)
+        ticket_id = conn.execute(insert(t.tickets).values(
+            number=number, box=action.box, title=action.title[:10_000],
+            description=action.description, status="open", contact_email=action.contact,
+            company_name=action.company, rule=action.rule, thread=action.thread,
+            created_at=datetime.now(timezone.utc))).inserted_primary_key[0]
+        action = replace(action, action="created", number=str(number))
+    conn.execute(insert(t.ticket_messages).values(ticket_id=ticket_id, message_id=message_id,
+                                                  action=action.action, rule=action.rule))
+    return action
+
+
+def _store_spam_mark(conn: Connection, message_id: int, mark: SpamMarkAction,
+                     directory: Directory) -> SpamMarkAction:
+    conn.execute(_upsert(conn, t.spam_list).values(
+        box=mark.box, email=mark.email[:320], message_id=message_id,
+        added_at=datetime.now(timezone.utc)).on_conflict_do_nothing())
+    return mark
+
+
 # One writer per record kind (sink.pipeline.decision.RECORD_KINDS): (conn, message id, action,
 # directory) -> the action as stored.
 WRITERS = {
@@ -216,4 +293,8 @@ WRITERS = {
     "forbidden": _store_forbidden,
     "invitations": _store_invitation,
     "bounces": _store_bounce,
+    "tickets": _store_ticket,
+    "spam_marks": _store_spam_mark,
 }
+# Tickets first: an activity links to the ticket its message made.
+WRITE_ORDER = ("tickets", *(kind for kind in RECORD_KINDS if kind != "tickets"))

@@ -20,6 +20,10 @@ LIST_NAMES = (
     "inform_subject_contains",
     "inform_body_phrases",
     "free_mail_domains",
+    "auto_reply_subject_prefixes",
+    "auto_reply_headers",
+    "auto_reply_ms_headers",
+    "automatic_precedence",
 )
 
 

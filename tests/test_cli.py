@@ -70,7 +70,7 @@ def test_check_prints_the_documented_json_and_writes_nothing(setup):
     assert first["verdict"] == "PROCESSED" and first["direction"] == "incoming"
     assert first["activities"] == [{
         "responsible": "alice@firma.cz", "direction": "incoming", "type": "E-mail",
-        "scope": "role:Sales", "contract": "2023-015", "order": None, "task": None,
+        "scope": "role:Sales", "contract": "2023-015", "order": None, "task": None, "ticket": None,
         "completed": True, "due": False, "original_attached": True,
         "contacts": ["jan@acme.cz", "eva@globex.com"], "companies": ["ACME", "Globex"]}]
     for key in ("tasks", "contact_flags", "forbidden", "invitations", "tickets"):

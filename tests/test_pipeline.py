@@ -254,7 +254,7 @@ def test_json_shape(directory):
                          "forbidden", "invitations", "tickets", "bounces", "trace"}
     assert set(data["activities"][0]) == {
         "responsible", "direction", "type", "scope", "contract", "order", "task", "completed",
-        "due", "original_attached", "contacts", "companies"}
+        "due", "original_attached", "contacts", "companies", "ticket"}  # SPEC 6
     for key in ("tasks", "contact_flags", "forbidden", "invitations", "tickets"):
         assert data[key] == []
 

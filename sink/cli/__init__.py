@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from sink.cli import admin, calendar, inspect, mail, operations, passwd, poll
+from sink.cli import admin, calendar, inspect, mail, operations, passwd, poll, spam
 from sink.cli.common import EXIT_TRANSIENT, EXIT_USAGE, Parser, UsageError
 from sink.config import ConfigError, load_config
 
-COMMAND_MODULES = (admin, mail, inspect, operations, poll, calendar, passwd)
+COMMAND_MODULES = (admin, mail, inspect, spam, operations, poll, calendar, passwd)
 
 
 def build_parser() -> Parser:

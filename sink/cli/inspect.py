@@ -175,7 +175,8 @@ def _print_detail(d: dict) -> None:
         _say(f"  {entry['rule']:<22}{entry['outcome']}{detail}")
     _say(f"activities: {len(d['activities'])}")
     for a in d["activities"]:
-        links = ", ".join(f"{k} {a[k]}" for k in ("contract", "order", "task") if a[k])
+        links = ", ".join(f"{k} {a[k]}" for k in ("contract", "order", "task", "ticket")
+                          if a.get(k))
         _say(f"  #{a['id']} {a['direction']} responsible={a['responsible']} "
               f"type={a['type_name']} scope={a['scope']} completed={a['completed']} "
               f"due={a['due']}" + (f" [{links}]" if links else "")
@@ -188,6 +189,11 @@ def _print_detail(d: dict) -> None:
 
 
 def _print_side_effects(d: dict) -> None:
+    tickets = d.get("tickets") or []
+    print(f"tickets: {len(tickets)}")
+    for k in tickets:
+        print(f"  {k['action']} #{k['number']} title={k['title']!r} status={k['status']} "
+              f"contact={k['contact'] or '-'} company={k['company'] or '-'} rule={k['rule']}")
     tasks, flags = d.get("tasks") or [], d.get("contact_flags") or []
     forbidden, invitations = d.get("forbidden") or [], d.get("invitations") or []
     responses = d.get("responses") or []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from sink.cli.common import (EXIT_OK, EXIT_USAGE, UsageError, emit_delivery, emit, engine_for,
-                             read_files, result_json)
+from sink.cli.common import (EXIT_OK, EXIT_USAGE, UsageError, day, emit_delivery, emit,
+                             engine_for, read_files, result_json)
 from sink.config import Config
 
 
@@ -21,6 +21,13 @@ def register(sub) -> None:
     replay.add_argument("ids", type=int, nargs="*", metavar="ID")
     replay.add_argument("--all-failed", action="store_true",
                         help="every message whose status is failed, oldest first")
+    replay.add_argument("--reprocess", action="store_true",
+                        help="today's rules and directory again on processed messages; their "
+                             "records replaced")
+    replay.add_argument("--since", type=day, help="--reprocess: received on or after this day "
+                                                  "(YYYY-MM-DD)")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="--reprocess: print before/after, write nothing")
     replay.set_defaults(func=cmd_replay)
 
 
@@ -73,6 +80,10 @@ def cmd_replay(config: Config, args) -> int:
     A message a concurrent replay processed meanwhile is reported on stderr (exit 2)."""
     from sink.intake import Intake
     from sink.intake.replay import ReplayError, candidates
+    if args.reprocess:
+        return _reprocess(config, args)
+    if args.since or args.dry_run:
+        raise UsageError("replay: --since and --dry-run go with --reprocess")
     if args.all_failed and args.ids:
         raise UsageError("replay: give message IDs or --all-failed, not both")
     if not args.all_failed and not args.ids:
@@ -109,3 +120,28 @@ def _replay_each(intake, ids: list[int], config: Config, advance) -> int:
         out["verdict"] = delivery.verdict
         emit(out)
     return refused
+
+
+def _reprocess(config: Config, args) -> int:
+    """``replay --reprocess ID… [--since DAY] [--dry-run]``: one JSON line per message,
+    ``{"id", "before", "after"}``, each in its own transaction."""
+    from sink.intake import Intake
+    from sink.intake.replay import ReplayError
+    from sink.intake.reprocess import candidates, reprocess
+    if args.all_failed:
+        raise UsageError("replay: --reprocess takes processed messages, not --all-failed")
+    if not args.ids and args.since is None:
+        raise UsageError("replay --reprocess: give message IDs or --since DAY")
+    intake = Intake(engine_for(config))
+    try:
+        ids = candidates(intake, args.ids, args.since, config.boxes)
+    except ReplayError as exc:
+        raise UsageError(str(exc)) from None
+    refused = 0
+    for message_id in ids:
+        try:
+            emit(reprocess(intake, message_id, config.boxes, dry_run=args.dry_run))
+        except ReplayError as exc:
+            print(f"sink: error: {exc}", file=sys.stderr)
+            refused += 1
+    return EXIT_USAGE if refused else EXIT_OK

@@ -7,6 +7,7 @@ from typing import Any
 
 from sink.config.checks import (ConfigError, addresses, boolean, check_keys, domains, string,
                                 strings)
+from sink.config.rules import AdminRule, parse_rules
 from sink.mail.textnorm import domain_of, fold_address
 from sink.ruledata import LIST_NAMES, default_list
 
@@ -30,6 +31,9 @@ class BoxConfig:
     pec: bool = False
     trusted_authserv_ids: tuple[str, ...] = ()
     authenticated_side_effects: bool = False
+    owner: str = ""                                  # a user's address (SPEC 5 step 11)
+    record_auto_replies: bool = False
+    rules: tuple[AdminRule, ...] = ()                # [[boxes.rules]], compiled
 
     def rule_list(self, name: str) -> tuple[str, ...]:
         """A keyword/phrase list: the box's override, else the shipped default."""
@@ -39,7 +43,7 @@ class BoxConfig:
 _BOX_KEYS = {
     "address", "internal_domains", "ignore_subjects", "system_senders", "save_originals_from",
     "incoming_as_pending", "exception_addresses", "exception_domains", "block_free_mail",
-    "support_addresses", "spam_senders", "keywords",
+    "support_addresses", "spam_senders", "keywords", "owner", "record_auto_replies", "rules",
     "journal_senders", "pec", "trusted_authserv_ids", "authenticated_side_effects",
 }
 
@@ -81,4 +85,17 @@ def parse_box(where: str, raw: Any) -> BoxConfig:
             f"{where}.trusted_authserv_ids", raw.get("trusted_authserv_ids", []))),
         authenticated_side_effects=boolean(
             f"{where}.authenticated_side_effects", raw.get("authenticated_side_effects", False)),
+        owner=_owner(where, raw.get("owner", "")),
+        record_auto_replies=boolean(
+            f"{where}.record_auto_replies", raw.get("record_auto_replies", False)),
+        rules=parse_rules(f"{where}.rules", raw.get("rules", [])),
     )
+
+
+def _owner(where: str, value: Any) -> str:
+    if value == "":
+        return ""
+    owner = fold_address(string(f"{where}.owner", value))
+    if "@" not in owner:
+        raise ConfigError(f"{where}.owner: {owner!r} is not an e-mail address")
+    return owner

@@ -57,6 +57,8 @@ def message_detail(conn: Connection, message_id: int) -> dict | None:
         act["contract"] = _number(conn, t.contracts, act.pop("contract_id"))
         act["order"] = _number(conn, t.orders, act.pop("order_id"))
         act["task"] = _number(conn, t.tasks, act.pop("task_id"))
+        ticket = _number(conn, t.tickets, act.pop("ticket_id"))
+        act["ticket"] = None if ticket is None else str(ticket)
         act["contacts"] = list(conn.execute(
             select(t.contacts.c.email).join(t.activity_contacts,
                                             t.activity_contacts.c.contact_id == t.contacts.c.id)
@@ -111,7 +113,19 @@ def side_effect_records(conn: Connection, message_id: int) -> dict[str, list[dic
         select(b.email, b.kind, b.status, b.diagnostic).where(b.message_id == message_id)
         .order_by(b.id))]
     return {"tasks": tasks, "contact_flags": flags, "forbidden": forbidden,
-            "invitations": invitations, "responses": responses, "bounces": bounces}
+            "invitations": invitations, "responses": responses, "bounces": bounces,
+            "tickets": message_tickets(conn, message_id)}
+
+
+def message_tickets(conn: Connection, message_id: int) -> list[dict]:
+    """The tickets this message created or updated, with their current values."""
+    k, tm = t.tickets.c, t.ticket_messages.c
+    rows = conn.execute(select(tm.action, tm.rule, k.number, k.title, k.status, k.contact_email,
+                               k.company_name).join(t.tickets, k.id == tm.ticket_id)
+                        .where(tm.message_id == message_id).order_by(tm.id))
+    return [{"action": r.action, "number": str(r.number), "title": r.title, "status": r.status,
+             "contact": r.contact_email, "company": r.company_name, "rule": r.rule}
+            for r in rows]
 
 
 def _number(conn: Connection, table, record_id):

@@ -3,13 +3,15 @@ answered with SELECTs inside the message's own transaction."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Mapping
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
-from sink.pipeline.records import DEFAULT_FLAGS, FLAGS, TaskState
+from sink.pipeline.records import (DEFAULT_FLAGS, FLAGS, TaskState, ThreadState,
+                                   TicketState)
 
 ENTITY_TABLES = {"contact": t.contacts, "company": t.companies}
 
@@ -48,3 +50,58 @@ class DbRecords:
         return self.conn.execute(
             select(r.revision).join(t.invitations, i.id == r.invitation_id)
             .where(i.user_id == user_id, i.uid == uid, r.attendee == attendee)).scalar()
+
+    # -- help desk ----------------------------------------------------------------------------
+    def ticket(self, box: str, number: str) -> TicketState | None:
+        if not number.isdigit() or len(number) > 9:
+            return None
+        k = t.tickets.c
+        row = self.conn.execute(select(k.number, k.box, k.title).where(
+            k.box == box, k.number == int(number))).first()
+        return TicketState(str(row.number), row.box, row.title) if row else None
+
+    def thread(self, box: str, message_ids: tuple[str, ...]) -> ThreadState | None:
+        if not message_ids:
+            return None
+        m = t.messages.c
+        found = {row.message_id: row.id for row in self.conn.execute(
+            select(m.id, m.message_id).where(m.message_id.in_(message_ids), m.box == box,
+                                             m.status == "processed").order_by(m.id))}
+        wanted = next((mid for mid in message_ids if mid in found), None)
+        if wanted is None:
+            return None
+        return self._links(found[wanted], wanted)
+
+    def _links(self, row_id: int, message_id: str) -> ThreadState:
+        a = t.activities.c
+        act = self.conn.execute(
+            select(t.contracts.c.number.label("contract"), t.orders.c.number.label("order"),
+                   t.tasks.c.number.label("task"), t.tickets.c.number.label("ticket"))
+            .select_from(t.activities)
+            .outerjoin(t.contracts, t.contracts.c.id == a.contract_id)
+            .outerjoin(t.orders, t.orders.c.id == a.order_id)
+            .outerjoin(t.tasks, t.tasks.c.id == a.task_id)
+            .outerjoin(t.tickets, t.tickets.c.id == a.ticket_id)
+            .where(a.message_id == row_id).order_by(a.id).limit(1)).first()
+        ticket = self.conn.execute(
+            select(t.tickets.c.number).join(t.ticket_messages,
+                                            t.ticket_messages.c.ticket_id == t.tickets.c.id)
+            .where(t.ticket_messages.c.message_id == row_id)
+            .order_by(t.ticket_messages.c.id).limit(1)).scalar()
+        if ticket is None and act is not None:
+            ticket = act.ticket
+        return ThreadState(row_id, message_id, act.contract if act else None,
+                           act.order if act else None, act.task if act else None,
+                           None if ticket is None else str(ticket))
+
+    def spam_listed(self, box: str, email: str) -> bool:
+        s = t.spam_list.c
+        return self.conn.execute(select(s.email).where(s.box == box, s.email == email)
+                                 ).first() is not None
+
+    def recent_from(self, box: str, sender: str, seconds: int) -> int:
+        m = t.messages.c
+        since = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+        return self.conn.execute(select(func.count()).select_from(t.messages).where(
+            m.box == box, m.sender == sender, m.received_at >= since,
+            func.coalesce(m.verdict, "") != "DUPLICATE")).scalar_one()

@@ -123,7 +123,9 @@ messages = Table(
     Column("cc_addrs", JSON, nullable=False),
     Column("date_header", Text, nullable=False, default=""),
     Column("subject", Text, nullable=False, default=""),
-    Column("message_id", Text, nullable=True),
+    # At most 500 characters (storable_row cuts longer ones): it is indexed, and PostgreSQL
+    # refuses an index entry over ~2.7 kB - a hostile Message-ID must never defer a message.
+    Column("message_id", String(500), nullable=True),
     Column("size", Integer, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("status", String(10), nullable=False),
@@ -436,4 +438,63 @@ bounces = Table(
     Column("status", String(16), nullable=True),            # enhanced status code, 5.1.1
     Column("diagnostic", Text, nullable=False, default=""),
     Column("created", DateTime(timezone=True), nullable=False),
+)
+
+# -------------------------------------------------------------------------------- help desk
+# (issue 11: tickets, the stored spam list, threads; written by sink.executor)
+
+# Replies name earlier messages by Message-ID (threads, ticket follow-ups); the loop guard
+# counts a sender's recent messages to a box.
+Index("ix_messages_message_id", messages.c.message_id)
+Index("ix_messages_box_sender_received_at", messages.c.box, messages.c.sender,
+      messages.c.received_at)
+
+counters = Table(
+    # Numbers the sink assigns (tickets: 1, 2, 3 ... per database). The row is locked
+    # (SELECT ... FOR UPDATE; SQLite's write lock) by whoever takes the next number, so every
+    # instance sharing the database counts on the same row and no number is given twice.
+    "counters", metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+tickets = Table(
+    "tickets", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("number", Integer, nullable=False, unique=True),
+    Column("box", String(320), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("status", String(20), nullable=False, default="open"),
+    Column("contact_email", String(320), nullable=True),
+    Column("company_name", String(300), nullable=True),
+    Column("rule", String(120), nullable=False),
+    # The root Message-ID of the thread that created it: two messages of one new thread (at
+    # once, in two instances) make one ticket, the second updates it.
+    Column("thread", String(500), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("box", "thread"),
+)
+
+ticket_messages = Table(
+    # Which messages created and updated a ticket (its history).
+    "ticket_messages", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ticket_id", Integer, ForeignKey("tickets.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("action", String(10), nullable=False),           # created | updated
+    Column("rule", String(120), nullable=False),
+)
+
+spam_list = Table(
+    # The stored spam list (seed 002 "Mark as spam"), per box, beside the configured
+    # spam_senders.
+    "spam_list", metadata,
+    Column("box", String(320), primary_key=True),
+    Column("email", String(320), primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True,
+           index=True),
+    Column("added_at", DateTime(timezone=True), nullable=False),
 )

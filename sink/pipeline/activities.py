@@ -37,8 +37,26 @@ def incoming(ctx: Context) -> Result:
 def outgoing(ctx: Context) -> Result:
     user = ctx.user(ctx.sender)
     if user is None:
-        return hit(Verdict.NOT_PROCESSED, "sender is not a user")
+        return _for_owner(ctx)
     return Result("hit", Verdict.PROCESSED, activities=(_activity(ctx, user, OUTGOING),))
+
+
+def _for_owner(ctx: Context) -> Result:
+    """Mail no user takes part in: the box's owner records it when an admin rule (link_from,
+    link_to) or a ticket wants it (SPEC 5 step 11); a ticket alone gives TICKET_*."""
+    from sink.pipeline import helpdesk
+    why = helpdesk.owner_wanted(ctx)
+    owner = ctx.user(ctx.box.owner) if why and ctx.box.owner else None
+    if owner is not None:
+        way = OUTGOING if ctx.is_ours(ctx.sender) else INCOMING
+        act = _activity(ctx, owner, way, helpdesk.owner_links(ctx, why))
+        return Result("hit", Verdict.PROCESSED, f"for the box owner ({why})",
+                      activities=(act,))
+    plan = ctx.ticket_plan
+    if plan is not None:
+        return hit(Verdict.TICKET_CREATED if plan.action == "created"
+                   else Verdict.TICKET_UPDATED, "sender is not a user")
+    return hit(Verdict.NOT_PROCESSED, "sender is not a user")
 
 
 
@@ -50,13 +68,13 @@ def _scope(links: Links, role: str | None) -> str:
     return f"role:{role}" if role else "none"
 
 
-def _activity(ctx: Context, user, way: str) -> ActivityAction:
+def _activity(ctx: Context, user, way: str, linked=None) -> ActivityAction:
     links = ctx.links
     email_type = ctx.directory.activity_type(EMAIL_TYPE)
     kind = (links.type if way == OUTGOING and links.type else
             (email_type.number if email_type else EMAIL_TYPE))
     pending = way == INCOMING and ctx.box.incoming_as_pending
-    contacts, companies = ctx.linked
+    contacts, companies = ctx.linked if linked is None else linked
     return ActivityAction(
         responsible=user.email,
         direction=way,
@@ -68,6 +86,8 @@ def _activity(ctx: Context, user, way: str) -> ActivityAction:
         contract=links.contract,
         order=links.order,
         task=links.task,
+        ticket=links.ticket,
+        new_ticket=links.new_ticket,
         completed=ctx.completed and not pending,
         due=pending,
         original_attached=ctx.sender in ctx.box.save_originals_from,

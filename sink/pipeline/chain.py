@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 from sink.config import BoxConfig
 from sink.directory import Directory
 from sink.mail.parse import ParsedMessage
-from sink.pipeline import activities, bounces, filters, invitations, side_effects, troubleshooting
+from sink.pipeline import (activities, automatic, bounces, filters, helpdesk, invitations,
+                           side_effects, troubleshooting)
 from sink.pipeline.context import Context, Seen, dedup_keys
 from sink.pipeline.decision import RECORD_KINDS, Decision, TraceEntry, Verdict
 from sink.pipeline.records import MemoryRecords, Records
@@ -36,6 +37,8 @@ BUILT_IN: tuple[Rule, ...] = (
     Rule("duplicate", filters.duplicate),                      # 1
     Rule("troubleshooting", troubleshooting.troubleshooting),  # 2
     Rule("spam", filters.spam),                                # 3
+    Rule("auto-reply", automatic.auto_reply),                  # 3a
+    Rule("loop", automatic.loop),                              # 3a
     Rule("system-sender", filters.system_sender),              # 4
     Rule("inform-other-users", filters.inform_other_users),    # 5
     Rule("ignored-subject", filters.ignored_subject),          # 6
@@ -46,6 +49,7 @@ BUILT_IN: tuple[Rule, ...] = (
     Rule("bounce", bounces.bounce),                            # 8
     Rule("invitations", invitations.invitations),              # 8
     Rule("new-task", side_effects.new_task),                   # 8
+    Rule("thread", helpdesk.thread),                           # threads
     Rule("direction", activities.direction),                   # 9
     Rule("incoming", activities.incoming),                     # 10
     Rule("outgoing", activities.outgoing),                     # 11
@@ -62,6 +66,15 @@ def chain_for(box: BoxConfig, own: Sequence[Rule] = ()) -> tuple[Rule, ...]:
     return BUILT_IN[:at] + tuple(own) + BUILT_IN[at:]
 
 
+def own_rules(box: BoxConfig) -> tuple[Rule, ...]:
+    """A box's own rules, from its config: its admin rules in the order written (7a), then the
+    ticket rule (7b) when the box makes tickets at all."""
+    rules = [Rule(rule.trace_name, helpdesk.admin_rule(rule.name)) for rule in box.rules]
+    if helpdesk.has_tickets(box):
+        rules.append(Rule("tickets", helpdesk.tickets))
+    return tuple(rules)
+
+
 def evaluate(msg: ParsedMessage, box: BoxConfig, directory: Directory, seen: Seen,
              records: Records | None = None, chain: Sequence[Rule] | None = None) -> Decision:
     """Run ``chain`` (default: the box's) on ``msg``; pure - ``directory`` is a snapshot,
@@ -71,7 +84,7 @@ def evaluate(msg: ParsedMessage, box: BoxConfig, directory: Directory, seen: See
     found: dict[str, list] = {kind: [] for kind in RECORD_KINDS}
     trace: list[TraceEntry] = []
     verdict = Verdict.NOT_PROCESSED
-    for rule in chain_for(box) if chain is None else chain:
+    for rule in chain_for(box, own_rules(box)) if chain is None else chain:
         result = rule.run(ctx)
         trace.append(TraceEntry(rule.name, result.outcome, result.detail))
         if result.direction is not None:

@@ -12,8 +12,9 @@ from sink.config import BoxConfig
 from sink.directory import Directory, User
 from sink.mail.parse import ParsedMessage
 from sink.mail.textnorm import domain_of, fold
+from sink.pipeline import threads
 from sink.pipeline.bounce_report import Report, read_report
-from sink.pipeline.records import MemoryRecords, Records
+from sink.pipeline.records import MemoryRecords, Records, ThreadState
 from sink.pipeline.references import KINDS, find_references, scope_token
 
 INCOMING, OUTGOING = "incoming", "outgoing"
@@ -39,7 +40,8 @@ class Links:
     task: str | None = None
     type: str | None = None
     scope: str | None = None
-
+    ticket: str | None = None        # an existing ticket's number
+    new_ticket: bool = False         # the ticket this message creates (numbered when stored)
 
 
 @dataclass
@@ -127,9 +129,10 @@ class Context:
 
     # -- references and links -----------------------------------------------------------
     @cached_property
-    def links(self) -> Links:
+    def own_links(self) -> Links:
         """Subject first, then body: the first existing number of each kind; TYPE and SCOPE from
-        the first reference that carries them."""
+        the first reference that carries them. A TYPE that names no activity type does not
+        hide the SCOPE after it (``Projekt: 2023-015 neznámý p2`` is level 2)."""
         keywords = {k: self.box.rule_list(f"{k}_keywords") for k in KINDS}
         refs = find_references(self.msg.subject, keywords) + find_references(self.msg.body_text,
                                                                              keywords)
@@ -148,17 +151,83 @@ class Context:
                     found["type"] = found["type"] or kind.number
                     rest = rest[n:]
                     break
+            else:
+                # no type named: the first word may be an unknown TYPE, the SCOPE after it
+                if rest and scope_token(rest[0]) is None:
+                    rest = rest[1:]
             if rest and found["scope"] is None:
                 found["scope"] = scope_token(rest[0])
         return Links(**found)
 
     @cached_property
+    def links(self) -> Links:
+        """The message's own references, then ``#NUMBER`` of an existing task or ticket, then
+        what the message it replies to was linked to (SPEC 5 "Threads"); the ticket this
+        message creates or updates first of all."""
+        own, thread = self.own_links, self.thread
+        hashed_task = hashed_ticket = None
+        for number in threads.hash_numbers(self.msg.subject):
+            folded = fold(number)
+            record = self.directory.tasks.get(folded)
+            task = record.number if record else self.records.task_number(folded)
+            hashed_task = hashed_task or task
+            if hashed_ticket is None and number.isdigit():
+                ticket = self.records.ticket(self.box.address, number)
+                hashed_ticket = ticket.number if ticket else None
+        plan = self.ticket_plan
+        inherited = thread or ThreadState(0, "")
+        return Links(
+            contract=own.contract or inherited.contract,
+            order=own.order or inherited.order,
+            task=own.task or hashed_task or inherited.task,
+            type=own.type, scope=own.scope,
+            ticket=(plan.number if plan is not None else None) or hashed_ticket
+            or inherited.ticket,
+            new_ticket=plan is not None and plan.number is None)
+
+    # -- help desk (sink.pipeline.helpdesk) --------------------------------------------------
+    @cached_property
+    def thread(self) -> ThreadState | None:
+        """The earlier stored message of the box this one replies to, if any."""
+        return self.records.thread(self.box.address, threads.followed_ids(self.msg.message))
+
+    @cached_property
+    def auto_reply(self) -> str | None:
+        from sink.pipeline.automatic import auto_reply_reason, is_bounce
+        reason = auto_reply_reason(self.msg, self.box)   # headers first: cheap, and rare
+        return None if reason is None or is_bounce(self) else reason
+
+    @cached_property
+    def automatic(self) -> str | None:
+        """An auto-reply, a bounce or Precedence bulk/junk/list: never a ticket from it."""
+        from sink.pipeline.automatic import automatic_reason, is_bounce
+        if self.auto_reply:
+            return self.auto_reply
+        if is_bounce(self):
+            return "a delivery report"
+        return automatic_reason(self.msg, self.box)
+
+    @cached_property
+    def admin_match(self):
+        from sink.pipeline.helpdesk import admin_match
+        return admin_match(self)
+
+    @cached_property
+    def ticket_plan(self):
+        from sink.pipeline.helpdesk import ticket_plan
+        return ticket_plan(self)
+
+    @cached_property
     def linked(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Contacts and companies of the counterparts (never an exception domain; a company by
         domain never for a free-mail domain)."""
+        return self.linked_for(self.counterparts)
+
+    def linked_for(self, addresses) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Contacts and companies of ``addresses``, as :attr:`linked` finds them."""
         contacts: dict[str, None] = {}
         companies: dict[str, None] = {}
-        for address in self.counterparts:
+        for address in addresses:
             if self.is_exception_domain(address):
                 continue
             for contact in self.directory.contacts.get(address, ()):

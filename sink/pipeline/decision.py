@@ -23,6 +23,11 @@ class Verdict:
     IGNORED_SUBJECT = "IGNORED_SUBJECT"
     EXCEPTION_ADDRESS = "EXCEPTION_ADDRESS"
     EXCEPTION_DOMAIN = "EXCEPTION_DOMAIN"
+    AUTO_REPLY = "AUTO_REPLY"
+    LOOP = "LOOP"
+    RULE_IGNORED = "RULE_IGNORED"
+    TICKET_CREATED = "TICKET_CREATED"
+    TICKET_UPDATED = "TICKET_UPDATED"
 
 
 @dataclass(frozen=True)
@@ -37,16 +42,18 @@ class ActivityAction:
     contract: str | None = None
     order: str | None = None
     task: str | None = None
-    ticket: str | None = None
+    ticket: str | None = None        # the ticket's number, where known when deciding
     completed: bool = True
     due: bool = False
     original_attached: bool = False
     contacts: tuple[str, ...] = ()   # contact e-mails
     companies: tuple[str, ...] = ()  # company names
+    # the message creates a ticket whose number the executor assigns: link to it when stored
+    new_ticket: bool = False
 
     def as_json(self) -> dict:
         data = asdict(self)
-        for private in ("subject", "text", "date", "ticket"):
+        for private in ("subject", "text", "date", "new_ticket"):
             data.pop(private)
         data["contacts"] = list(self.contacts)
         data["companies"] = list(self.companies)
@@ -130,6 +137,37 @@ class BounceAction:
 
 
 @dataclass(frozen=True)
+class TicketAction:
+    """A help-desk ticket created or updated (SPEC 4, 5 steps 7a/7b). A created ticket's
+    number is assigned when it is stored (``check`` shows null); ``thread`` is the root
+    Message-ID of the mail thread, so two messages of one new thread make one ticket."""
+    action: str                      # "created" | "updated"
+    number: str | None
+    title: str
+    rule: str                        # "support-address" | "follow-up" | "admin:NAME"
+    box: str = ""
+    description: str = ""
+    contact: str | None = None       # contact e-mail of the sender
+    company: str | None = None       # company name of the sender
+    thread: str | None = None
+
+    def as_json(self) -> dict:
+        return {"action": self.action, "number": self.number, "title": self.title,
+                "contact": self.contact, "company": self.company, "rule": self.rule}
+
+
+@dataclass(frozen=True)
+class SpamMarkAction:
+    """A sender put on the box's stored spam list (admin action ``mark_spam``)."""
+    box: str
+    email: str
+    rule: str
+
+    def as_json(self) -> dict:
+        return {"email": self.email, "rule": self.rule}
+
+
+@dataclass(frozen=True)
 class TraceEntry:
     rule: str
     outcome: str                     # "pass" | "hit" | "skip"
@@ -145,9 +183,12 @@ class TraceEntry:
 # The kinds of record a decision can ask for, defined once: a Result and a Decision have a
 # field of each name, the executor a writer for each (sink.executor.WRITERS), and the
 # check/ingest JSON a list of each (empty, never absent).
-RECORD_KINDS = ("activities", "tasks", "contact_flags", "forbidden", "invitations", "bounces")
+RECORD_KINDS = ("activities", "tasks", "contact_flags", "forbidden", "invitations", "bounces",
+                "tickets", "spam_marks")
 # In the JSON although no rule makes them yet (SPEC section 6: lists are empty, never absent).
-JSON_ONLY_KINDS = ("tickets",)
+JSON_ONLY_KINDS: tuple[str, ...] = ()
+# Recorded but not in the check/ingest JSON (SPEC 6 fixes its lists; the trace says it).
+NOT_IN_JSON = ("spam_marks",)
 
 
 @dataclass(frozen=True)
@@ -160,6 +201,8 @@ class Decision:
     forbidden: tuple[ForbiddenAction, ...] = ()
     invitations: tuple[InvitationAction, ...] = ()
     bounces: tuple[BounceAction, ...] = ()
+    tickets: tuple[TicketAction, ...] = ()
+    spam_marks: tuple[SpamMarkAction, ...] = ()
     trace: tuple[TraceEntry, ...] = ()
     dedup_keys: tuple[tuple[str, str], ...] = ()
 
@@ -169,7 +212,8 @@ class Decision:
     def as_json(self) -> dict:
         data = {"verdict": self.verdict, "direction": self.direction}
         for kind in RECORD_KINDS:
-            data[kind] = [item.as_json() for item in self.records(kind)]
+            if kind not in NOT_IN_JSON:
+                data[kind] = [item.as_json() for item in self.records(kind)]
         for kind in JSON_ONLY_KINDS:
             data[kind] = []
         data["trace"] = [entry.as_json() for entry in self.trace]

@@ -28,6 +28,8 @@ def spam(ctx: Context) -> Result:
         return hit(Verdict.SPAM, "the only recipient is the sender")
     if ctx.sender in ctx.box.spam_senders:
         return hit(Verdict.SPAM, "sender on the box's spam list")
+    if ctx.sender and ctx.records.spam_listed(ctx.box.address, ctx.sender):
+        return hit(Verdict.SPAM, "sender on the box's stored spam list")
     return PASS
 
 

@@ -25,6 +25,24 @@ class TaskState:
     status: str | None
 
 
+@dataclass(frozen=True)
+class TicketState:
+    number: str
+    box: str
+    title: str
+
+
+@dataclass(frozen=True)
+class ThreadState:
+    """An earlier stored message of the box that a reply names, and the links it made."""
+    id: int                          # its row id
+    message_id: str                  # its Message-ID
+    contract: str | None = None
+    order: str | None = None
+    task: str | None = None
+    ticket: str | None = None
+
+
 class Records(Protocol):
     def task(self, number: str) -> TaskState | None:
         """The task with exactly this number, or None."""
@@ -45,6 +63,20 @@ class Records(Protocol):
     def response(self, user_id: int, uid: str, attendee: str) -> str | None:
         """The stored revision of an attendee's answer on this user's invitation, or None."""
 
+    def ticket(self, box: str, number: str) -> TicketState | None:
+        """The ticket of ``box`` with this number, or None."""
+
+    def thread(self, box: str, message_ids: tuple[str, ...]) -> ThreadState | None:
+        """The first of ``message_ids`` (Message-IDs, most wanted first) that names a message
+        of ``box`` already processed, with its links; None when none does."""
+
+    def spam_listed(self, box: str, email: str) -> bool:
+        """Whether ``email`` is on the box's stored spam list."""
+
+    def recent_from(self, box: str, sender: str, seconds: int) -> int:
+        """How many messages from ``sender`` the box stored in the last ``seconds`` (copies
+        of one message, DUPLICATE, not counted)."""
+
 
 @dataclass
 class MemoryRecords:
@@ -54,6 +86,10 @@ class MemoryRecords:
     forbidden_addresses: set[tuple[str, str]] = field(default_factory=set)
     invitations: dict[tuple[int, str], str] = field(default_factory=dict)
     responses: dict[tuple[int, str, str], str] = field(default_factory=dict)
+    tickets: dict[tuple[str, str], TicketState] = field(default_factory=dict)
+    threads: dict[tuple[str, str], ThreadState] = field(default_factory=dict)
+    spam: set[tuple[str, str]] = field(default_factory=set)
+    recent: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def task(self, number: str) -> TaskState | None:
         return self.tasks.get(number)
@@ -72,3 +108,16 @@ class MemoryRecords:
 
     def response(self, user_id: int, uid: str, attendee: str) -> str | None:
         return self.responses.get((user_id, uid, attendee))
+
+    def ticket(self, box: str, number: str) -> TicketState | None:
+        return self.tickets.get((box, number))
+
+    def thread(self, box: str, message_ids: tuple[str, ...]) -> ThreadState | None:
+        return next((self.threads[(box, m)] for m in message_ids if (box, m) in self.threads),
+                    None)
+
+    def spam_listed(self, box: str, email: str) -> bool:
+        return (box, email) in self.spam
+
+    def recent_from(self, box: str, sender: str, seconds: int) -> int:
+        return self.recent.get((box, sender), 0)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sink.pipeline.decision import (ActivityAction, BounceAction, FlagAction,
-                                    ForbiddenAction, InvitationAction, TaskAction)
+                                    ForbiddenAction, InvitationAction, SpamMarkAction,
+                                    TaskAction, TicketAction)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Result:
     forbidden: tuple[ForbiddenAction, ...] = ()
     invitations: tuple[InvitationAction, ...] = ()
     bounces: tuple[BounceAction, ...] = ()
+    tickets: tuple[TicketAction, ...] = ()
+    spam_marks: tuple[SpamMarkAction, ...] = ()
 
 
 PASS = Result()
