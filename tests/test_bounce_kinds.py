@@ -226,3 +226,24 @@ def test_check_ingest_and_show_carry_the_bounces(tmp_path, db_url, capsys):
         assert "bounces: 1\n  soft jan@acme.cz status=5.2.2 diagnostic='smtp; 552 5.2.2" in shown
     finally:
         structlog.configure(**logging)
+
+
+def test_reports_written_in_the_same_second_are_each_read(engine):
+    """Two Postfix bounces written in one second share Date, sender, recipient and subject -
+    the seed's duplicate key - but not their Message-ID: each is processed and its failed
+    address recorded (by the seed's key the second was DUPLICATE and its address lost). The
+    same report again (its Message-ID) is still a duplicate."""
+    from tests.side_effect_mail import postfix_dsn
+    intake = Intake(engine)
+    first = postfix_dsn({"nobody@acme.cz": "failed"})
+    second = postfix_dsn({"ghost@globex.com": "failed"})
+    lmtp = Envelope("lmtp", "", ("crm@firma.cz",))
+    [a] = intake.deliver(first, lmtp, [box()])
+    [b] = intake.deliver(second, lmtp, [box()])
+    assert a.verdict != "DUPLICATE" and b.verdict != "DUPLICATE"
+    with engine.connect() as conn:
+        recorded = set(conn.execute(select(t.bounces.c.email)).scalars())
+    assert recorded == {"nobody@acme.cz", "ghost@globex.com"}
+    resent = first.replace(b"Received: by mx.firma.cz", b"Received: by mx2.firma.cz")
+    [c] = intake.deliver(resent, lmtp, [box()])
+    assert c.verdict == "DUPLICATE"

@@ -20,7 +20,7 @@ from sink.directory import Directory
 from sink.mail.parse import ParsedMessage
 from sink.pipeline import (activities, automatic, bounces, filters, helpdesk, invitations,
                            side_effects, troubleshooting)
-from sink.pipeline.context import Context, Seen, dedup_keys
+from sink.pipeline.context import Context, Seen
 from sink.pipeline.decision import RECORD_KINDS, Decision, TraceEntry, Verdict
 from sink.pipeline.records import MemoryRecords, Records
 from sink.pipeline.result import Result
@@ -97,4 +97,4 @@ def evaluate(msg: ParsedMessage, box: BoxConfig, directory: Directory, seen: See
             verdict = result.verdict
             break
     return Decision(verdict=verdict, direction=ctx.direction, trace=tuple(trace),
-                    dedup_keys=dedup_keys(msg), **{k: tuple(v) for k, v in found.items()})
+                    dedup_keys=ctx.dedup_keys, **{k: tuple(v) for k, v in found.items()})

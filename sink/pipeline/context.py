@@ -127,6 +127,17 @@ class Context:
         is, or None; read once. A report is never SPAM for its sender nor an AUTO_REPLY."""
         return read_report(self.msg)
 
+    @cached_property
+    def dedup_keys(self) -> tuple[tuple[str, str], ...]:
+        """What makes this message a duplicate (SPEC 5 step 1). A delivery report counts by its
+        Message-ID alone: the reports one MTA writes in one second share date, sender,
+        recipient and subject, and each names other failed addresses - by the seed's key the
+        second would be a DUPLICATE and its dead addresses never read."""
+        keys = dedup_keys(self.msg)
+        if self.delivery_report is not None:
+            keys = tuple(key for key in keys if key[0] == "message-id")
+        return keys
+
     # -- references and links -----------------------------------------------------------
     @cached_property
     def own_links(self) -> Links:

@@ -4,13 +4,13 @@ its verdict when it applies, and passes otherwise."""
 from __future__ import annotations
 
 from sink.mail.textnorm import domain_of, fold
-from sink.pipeline.context import Context, dedup_keys
+from sink.pipeline.context import Context
 from sink.pipeline.decision import Verdict
 from sink.pipeline.result import PASS, Result, hit
 
 
 def duplicate(ctx: Context) -> Result:
-    if ctx.seen(dedup_keys(ctx.msg)):
+    if ctx.seen(ctx.dedup_keys):
         return hit(Verdict.DUPLICATE, "date, sender, recipients and subject, or Message-ID, seen")
     return PASS
 
