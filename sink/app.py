@@ -111,7 +111,7 @@ def build(config: Config, engine) -> SinkApp:
     app.sources.extend(make_sources(config, storage, engine, app.ops))
     if config.calendar is not None:     # issue 15: in the background, never on a mail's path
         from sink.calendar.service import CalendarSync
-        app.background.append(CalendarSync(config.calendar, engine))
+        app.background.append(CalendarSync(config.calendar, engine, notify=notifier.notify))
     if config.backup is not None:
         from sink.backup import Backup      # writes committed messages, after their reply
         app.background.append(Backup(config.backup, engine, notify=lambda kind, text:

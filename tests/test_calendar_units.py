@@ -218,3 +218,35 @@ def test_the_token_session_never_waits_for_ever(tmp_path):
     with pytest.raises(TokenError, match="unavailable"):
         TokenProvider(cfg, session=session).token()
     silent.close()
+
+
+# ------------------------------------------------------------------ error mails (SPEC 7)
+
+@pytest.mark.parametrize("status, kind", [("token-refused", "credential"),
+                                          ("failed", "calendar"), ("ok", None)])
+def test_a_failing_pass_is_one_error_mail_of_its_kind(status, kind):
+    """The background sync hands a refused secret ("credential") or failing users
+    ("calendar") to the notifier after the pass; a good pass mails nothing."""
+    import asyncio
+
+    from sink.calendar.service import CalendarSync
+    from sink.calendar.sync import UserReport
+    sent = []
+
+    class OnePass:
+        graph = type("Graph", (), {"close": lambda self: None})()
+
+        def run(self, user, stopping):
+            return [UserReport("alice@firma.cz", status=status, error="AADSTS7000215 or 503")]
+
+    async def run_once():
+        sync = CalendarSync(calendar(), None, syncer=OnePass(),
+                            notify=lambda *mail: sent.append(mail))
+        await sync.start()
+        while sync.passes == 0:
+            await asyncio.sleep(0.01)
+        await sync.stop()
+    asyncio.run(asyncio.wait_for(run_once(), 10))
+    assert [m[0] for m in sent] == ([kind] if kind else [])
+    if kind:
+        assert "alice@firma.cz" in sent[0][2] or "AADSTS7000215" in sent[0][2]

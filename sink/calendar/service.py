@@ -30,8 +30,10 @@ def make_syncer(config: CalendarConfig, engine, *, tokens: TokenProvider | None 
 class CalendarSync:
     """Background component: one pass now, then one every ``interval`` seconds."""
 
-    def __init__(self, config: CalendarConfig, engine, syncer: CalendarSyncer | None = None):
+    def __init__(self, config: CalendarConfig, engine, syncer: CalendarSyncer | None = None,
+                 notify=None):
         self.config = config
+        self.notify = notify            # (kind, subject, body): the [notify] error mails
         self._stopping = threading.Event()
         self.syncer = syncer or make_syncer(config, engine, sleep=self._sleep)
         self._wake: asyncio.Event | None = None
@@ -42,6 +44,24 @@ class CalendarSync:
         """A Retry-After wait that SIGTERM cuts short: shutdown never waits for Graph."""
         if self._stopping.wait(seconds):
             raise Stopped()
+
+    def _notify(self, reports) -> None:
+        """A refused secret or failing users in an error mail (the notifier holds back
+        repeats of a kind for its min_interval, so a standing problem is one mail)."""
+        if self.notify is None:
+            return
+        refused = [r for r in reports if r.status == "token-refused"]
+        failed = [r for r in reports if r.status in ("failed", "no-mailbox")]
+        if refused:
+            self.notify("credential", "calendar: Entra ID refuses the client secret",
+                        f"{refused[0].error}\nNo user's calendar is synchronised until "
+                        f"{self.config.client_secret_file} holds a valid secret.\n\n"
+                        f"Run: sink calendar sync --json")
+        elif failed:
+            lines = "\n".join(f"{r.user}: {r.status}: {r.error}" for r in failed[:20])
+            self.notify("calendar", f"calendar: {len(failed)} user(s) not synchronised",
+                        f"{lines}\nThe others were synchronised.\n\n"
+                        f"Run: sink calendar sync --user EMAIL --json")
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -55,6 +75,7 @@ class CalendarSync:
                 self.passes += 1
                 log.info("calendar.pass", users=len(reports),
                          failed=sum(r.status == "failed" for r in reports))
+                self._notify(reports)
             except Exception:               # the next interval tries again
                 log.exception("calendar.pass_crashed")
             try:
