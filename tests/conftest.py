@@ -167,3 +167,35 @@ def start_server(engine, config):
 def with_listener_limits(config, **limits):
     return dataclasses.replace(config, listeners=tuple(
         dataclasses.replace(l, **limits) for l in config.listeners))
+
+
+# ------------------------------------------------------------------ components of several suites
+
+@pytest.fixture
+def dovecot():
+    """A private Dovecot 2.3 with the sources tests' user (tests.dovecot_harness); stopped
+    after the test."""
+    from tests.dovecot_harness import Dovecot, dovecot_available
+    from tests.sources_support import PASSWORD, USER
+    require(dovecot_available(), "Dovecot 2.3 (dovecot-imapd, dovecot-pop3d), run as root")
+    server = Dovecot({USER: PASSWORD})
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """The faithful fake of Microsoft Entra ID and Graph over local HTTPS (tests.graph_fake)."""
+    from tests.graph_fake import FakeMicrosoft
+    fake = FakeMicrosoft(tmp_path)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def cal(fake, engine, tmp_path, db_url):
+    """A calendar sync against ``fake`` on the test database (tests.calendar_support)."""
+    from tests.calendar_support import Harness
+    harness = Harness(fake, engine, tmp_path, db_url)
+    yield harness
+    harness.close()

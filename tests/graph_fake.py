@@ -42,8 +42,9 @@ class FakeMicrosoft:
     into ``[calendar]``; ``tenant`` holds the mailboxes and is what a test edits."""
 
     def __init__(self, directory, tenant: Tenant | None = None):
-        from tests.graph_tls import make_test_ca
-        self.ca_file, cert, key = make_test_ca(directory)
+        from tests.tlsutil import make_test_ca
+        ca = make_test_ca(directory)
+        self.ca_file, cert, key = ca.ca_file, ca.cert_file, ca.key_file
         self.tenant = tenant or Tenant()
         fake = self
 

@@ -17,22 +17,7 @@ import structlog
 
 from sink.cli import main
 from sink.log import configure
-from tests.calendar_support import Harness, hour
-from tests.graph_fake import FakeMicrosoft
-
-
-@pytest.fixture
-def fake(tmp_path):
-    fake = FakeMicrosoft(tmp_path)
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def cal(fake, engine, tmp_path, db_url):
-    harness = Harness(fake, engine, tmp_path, db_url)
-    yield harness
-    harness.close()
+from tests.calendar_support import hour
 
 
 @pytest.fixture(autouse=True)

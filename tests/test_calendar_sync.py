@@ -10,22 +10,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from sink.db import schema as t
-from tests.calendar_support import Harness, hour
-from tests.graph_fake import FakeMicrosoft
-
-
-@pytest.fixture
-def fake(tmp_path):
-    fake = FakeMicrosoft(tmp_path)
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def cal(fake, engine, tmp_path, db_url):
-    harness = Harness(fake, engine, tmp_path, db_url)
-    yield harness
-    harness.close()
+from tests.calendar_support import hour
 
 
 def linked(cal, table, column, activity_id) -> set[str]:

@@ -7,18 +7,9 @@ import os
 
 import pytest
 
-from tests.dovecot_harness import Dovecot, dovecot_available
-from tests.sources_support import (BOX, PASSWORD, USER, imap_source, message_count, run_poll,
-                                   stored_raws, write_config)
-from tests.support import make_mail, require
-
-
-@pytest.fixture
-def dovecot():
-    require(dovecot_available(), "Dovecot 2.3 (dovecot-imapd, dovecot-pop3d), run as root")
-    server = Dovecot({USER: PASSWORD})
-    yield server
-    server.cleanup()
+from tests.sources_support import (BOX, USER, imap_source, message_count, run_poll, stored_raws,
+                                   write_config)
+from tests.support import make_mail
 
 
 def mails(n: int, tag: str = "m") -> list[bytes]:

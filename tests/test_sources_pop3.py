@@ -3,20 +3,9 @@ too-large messages, STARTTLS, refused login."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.dovecot_harness import Dovecot, dovecot_available
-from tests.sources_support import (BOX, PASSWORD, USER, message_count, pop3_source, run_poll,
-                                   stored_raws, write_config)
-from tests.support import make_mail, require
-
-
-@pytest.fixture
-def dovecot():
-    require(dovecot_available(), "Dovecot 2.3 (dovecot-imapd, dovecot-pop3d), run as root")
-    server = Dovecot({USER: PASSWORD})
-    yield server
-    server.cleanup()
+from tests.sources_support import (BOX, USER, message_count, pop3_source, run_poll, stored_raws,
+                                   write_config)
+from tests.support import make_mail
 
 
 def test_300_messages_taken_once_with_exact_bytes_then_deleted(dovecot, engine, db_url,

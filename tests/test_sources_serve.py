@@ -10,20 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from sink.db import schema as t
-from tests.dovecot_harness import Dovecot, dovecot_available
 from tests.sources_support import (PASSWORD, USER, imap_source, message_count, pop3_source,
                                    stored_raws, write_config)
 from tests.support import SinkProcess, free_port, make_mail, require, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def dovecot():
-    require(dovecot_available(), "Dovecot 2.3 (dovecot-imapd, dovecot-pop3d), run as root")
-    server = Dovecot({USER: PASSWORD})
-    yield server
-    server.cleanup()
 
 
 def events(sink: SinkProcess, name: str) -> list[dict]:

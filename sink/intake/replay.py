@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sqlalchemy import select
 
@@ -53,6 +53,28 @@ def _parsed_for_replay(raw: bytes, sha256: str, parent: bytes | None) -> ParsedM
     return parse_message(raw)
 
 
+def load_stored(intake: Intake, query, message_id: int, check: Callable[..., BoxConfig],
+                boxes: dict[str, BoxConfig]):
+    """A stored message to decide again (replay, reprocess): ``(row, box, raw, parsed)``, with
+    ``query``'s row checked by ``check(row, message_id, boxes)`` (ReplayError) and the message
+    parsed as the pipeline saw it: a journal report's envelope again, and the authentication
+    found at receipt (no DNS again, and the same verdict)."""
+    with intake.engine.connect() as conn:
+        row = conn.execute(query.where(t.messages.c.id == message_id)).first()
+        box = check(row, message_id, boxes)
+        raw = conn.execute(select(t.raw_messages.c.content).where(
+            t.raw_messages.c.message_id == message_id)).scalar()
+        parent = None if row.parent_id is None else conn.execute(
+            select(t.raw_messages.c.content).where(
+                t.raw_messages.c.message_id == row.parent_id)).scalar()
+    # parse outside the transaction, like every delivery: the bytes never change
+    parsed = _parsed_for_replay(bytes(raw), row.sha256,
+                                None if parent is None else bytes(parent))
+    parsed = dataclasses.replace(parsed, dkim=row.dkim or "none",
+                                 authenticated=row.dkim == "pass")
+    return row, box, raw, parsed
+
+
 def candidates(intake: Intake, ids: Iterable[int] | None,
                boxes: Iterable[BoxConfig]) -> list[int]:
     """The messages to replay, checked before any is: ``ids`` (each known, failed and of a
@@ -77,21 +99,9 @@ def replay(intake: Intake, message_id: int, boxes: Iterable[BoxConfig]) -> Deliv
     Raises :class:`ReplayError` for a message that is unknown, not ``failed`` or whose box is
     not configured; TransientStorageError when the database is unavailable."""
     by_address = {b.address: b for b in boxes}
-    with intake.engine.connect() as conn:
-        row = conn.execute(_REPLAY_ROW.where(t.messages.c.id == message_id)).first()
-        box = _replayable(row, message_id, by_address)
-        raw = conn.execute(select(t.raw_messages.c.content).where(
-            t.raw_messages.c.message_id == message_id)).scalar()
-        parent = None if row.parent_id is None else conn.execute(
-            select(t.raw_messages.c.content).where(
-                t.raw_messages.c.message_id == row.parent_id)).scalar()
     started = time.perf_counter()
-    # parse outside the transaction, like every delivery: the bytes never change
-    parsed = _parsed_for_replay(bytes(raw), row.sha256,
-                                None if parent is None else bytes(parent))
-    # issue 13: the authentication found at receipt (no DNS again, and the same verdict)
-    parsed = dataclasses.replace(parsed, dkim=row.dkim or "none",
-                                 authenticated=row.dkim == "pass")
+    row, box, raw, parsed = load_stored(intake, _REPLAY_ROW, message_id, _replayable,
+                                        by_address)
 
     def attempt() -> Delivery:
         with intake.engine.begin() as conn:

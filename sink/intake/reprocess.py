@@ -29,10 +29,10 @@ from sink.intake import rows
 from sink.intake.core import Intake, log
 from sink.intake.model import UNWRAPPED
 from sink.intake.races import retry_races
-from sink.intake.replay import ReplayError, _parsed_for_replay
+from sink.intake.replay import ReplayError, load_stored
 
 _ROW = select(t.messages.c.id, t.messages.c.box, t.messages.c.status, t.messages.c.verdict,
-              t.messages.c.parent_id, t.messages.c.sha256)
+              t.messages.c.parent_id, t.messages.c.sha256, t.messages.c.dkim)
 
 
 def _check(row, message_id: int, boxes: dict[str, BoxConfig]) -> BoxConfig:
@@ -136,15 +136,7 @@ def reprocess(intake: Intake, message_id: int, boxes: Iterable[BoxConfig],
     """Reprocess one message; returns ``{"id", "before", "after"}``. The row is locked for
     the transaction (FOR UPDATE; SQLite serialises writers anyway)."""
     by_address = {b.address: b for b in boxes}
-    with intake.engine.connect() as conn:
-        row = conn.execute(_ROW.where(t.messages.c.id == message_id)).first()
-        box = _check(row, message_id, by_address)
-        raw = conn.execute(select(t.raw_messages.c.content).where(
-            t.raw_messages.c.message_id == message_id)).scalar()
-        parent = None if row.parent_id is None else conn.execute(
-            select(t.raw_messages.c.content).where(
-                t.raw_messages.c.message_id == row.parent_id)).scalar()
-    parsed = _parsed_for_replay(bytes(raw), row.sha256, None if parent is None else bytes(parent))
+    _, box, _, parsed = load_stored(intake, _ROW, message_id, _check, by_address)
 
     def attempt() -> dict:
         # a dry run reads in a transaction that is rolled back when the connection closes
