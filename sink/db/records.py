@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Mapping
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
+from sink.db.fastpath import Fast
 from sink.pipeline.records import (DEFAULT_FLAGS, FLAGS, TaskState, ThreadState,
                                    TicketState)
 
@@ -61,16 +62,14 @@ class DbRecords:
         return TicketState(str(row.number), row.box, row.title) if row else None
 
     def thread(self, box: str, message_ids: tuple[str, ...]) -> ThreadState | None:
-        if not message_ids:
-            return None
-        m = t.messages.c
-        found = {row.message_id: row.id for row in self.conn.execute(
-            select(m.id, m.message_id).where(m.message_id.in_(message_ids), m.box == box,
-                                             m.status == "processed").order_by(m.id))}
-        wanted = next((mid for mid in message_ids if mid in found), None)
-        if wanted is None:
-            return None
-        return self._links(found[wanted], wanted)
+        """The newest processed message of the box with the first of ``message_ids`` (most
+        wanted first) that is stored; one indexed lookup each, on the cursor (every reply
+        asks: a Core statement built per call cost more than the rest of its rules)."""
+        for message_id in message_ids:
+            row = _THREAD_MESSAGE.first(self.conn, {"message_id": message_id, "box": box})
+            if row is not None:
+                return self._links(row[0], message_id)
+        return None
 
     def _links(self, row_id: int, message_id: str) -> ThreadState:
         a = t.activities.c
@@ -95,9 +94,7 @@ class DbRecords:
                            None if ticket is None else str(ticket))
 
     def spam_listed(self, box: str, email: str) -> bool:
-        s = t.spam_list.c
-        return self.conn.execute(select(s.email).where(s.box == box, s.email == email)
-                                 ).first() is not None
+        return _SPAM_LISTED.first(self.conn, {"box": box, "email": email}) is not None
 
     def recent_from(self, box: str, sender: str, seconds: int) -> int:
         m = t.messages.c
@@ -105,3 +102,12 @@ class DbRecords:
         return self.conn.execute(select(func.count()).select_from(t.messages).where(
             m.box == box, m.sender == sender, m.received_at >= since,
             func.coalesce(m.verdict, "") != "DUPLICATE")).scalar_one()
+
+
+# Asked for every message (spam list) or every reply (threads): compiled once, run on the
+# DBAPI cursor (sink.db.fastpath).
+_SPAM_LISTED = Fast(select(t.spam_list.c.email).where(
+    t.spam_list.c.box == bindparam("box"), t.spam_list.c.email == bindparam("email")))
+_THREAD_MESSAGE = Fast(select(t.messages.c.id).where(
+    t.messages.c.message_id == bindparam("message_id"), t.messages.c.box == bindparam("box"),
+    t.messages.c.status == "processed").order_by(t.messages.c.id.desc()).limit(1))

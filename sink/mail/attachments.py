@@ -291,8 +291,35 @@ def _tnef_file(path: str, number: int, carried: tnef.TnefFile) -> Attachment:
                       sha256=hashlib.sha256(carried.data).hexdigest())
 
 
-def list_attachments(raw: bytes) -> Listing:
-    """Every attachment of ``raw``; a part that cannot be read is a defect, never an error."""
+_CONTENT_TYPE_VALUE = re.compile(rb"(?im)^content-type:[ \t]*(?:\r?\n[ \t]+)?([^;\s]+)")
+_NAMED = re.compile(rb"(?i)content-disposition|name\*?=|content-id|ms-tnef|winmail")
+# What a message that has nothing but its body is made of: one text, or text and HTML as
+# alternatives (each at most once).
+_BODY_ONLY = {b"text/plain": 1, b"text/html": 1, b"multipart/alternative": 1}
+
+
+def body_only(raw: bytes) -> bool:
+    """Whether ``raw`` certainly has no part but its body (one text/plain and/or text/html,
+    alone or as alternatives; nothing named, disposed or with a content-id): then there is
+    nothing to list and the message is not parsed a second time - most mail, where the
+    listing cost as much as the rules' own parse. Any doubt (a quoted header in a body, say)
+    is answered False: the message is listed the long way."""
+    if _NAMED.search(raw):
+        return False
+    seen: dict[bytes, int] = {}
+    for value in _CONTENT_TYPE_VALUE.findall(raw):
+        kind = value.lower()
+        seen[kind] = seen.get(kind, 0) + 1
+        if seen[kind] > _BODY_ONLY.get(kind, 0):
+            return False
+    return True
+
+
+def list_attachments(raw: bytes, *, shortcut: bool = True) -> Listing:
+    """Every attachment of ``raw``; a part that cannot be read is a defect, never an error.
+    (``shortcut=False``: parse even a message that is :func:`body_only`, for the tests.)"""
+    if shortcut and body_only(raw):
+        return Listing((), ())
     try:
         tree = Tree(raw)
     except Exception as exc:  # pragma: no cover - the parse above never raises for content
