@@ -20,10 +20,14 @@ _COLUMNS = ("message_id", "position", "part", "name", "content_type", "size", "s
 _INSERT = Fast(insert(t.attachments), _COLUMNS, many=True)
 
 
-def store_attachments(conn: Connection, message_id: int, raw: bytes) -> Listing:
+def store_attachments(conn: Connection, message_id: int, raw: bytes,
+                      listing: Listing | None = None) -> Listing:
     """The attachment records of ``raw`` for message ``message_id``, in the caller's
-    transaction. Reading the parts never fails the message (what cannot be read is a defect)."""
-    listing = list_attachments(raw)
+    transaction. Reading the parts never fails the message (what cannot be read is a defect).
+    ``listing``: made beforehand, outside the transaction (:meth:`Intake.prepare`), so that a
+    message of 12,000 parts does not hold the write lock while it is read."""
+    if listing is None:
+        listing = list_attachments(raw)
     if listing.defects:
         log.info("attachments.defects", id=message_id, defects=list(listing.defects[:10]))
     if listing.attachments:

@@ -36,6 +36,7 @@ from sink.intake.model import UNWRAPPED, Delivery, Envelope, Prepared
 from sink.intake.races import retry_races, transient
 from sink.log import get_logger
 from sink.mail import dkim as dkim_check      # issue 13: DKIM and carrier trust, per box
+from sink.mail.attachments import list_attachments
 from sink.mail.parse import ParsedMessage, parse_message, storable
 from sink.mail.textnorm import domain_of
 from sink.mail.trust import for_box
@@ -96,7 +97,7 @@ class Intake:
         if dkim is None:
             dkim = dkim_check.verify(raw, domain_of(parsed.sender or ""))
         return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
-                        started, dkim)
+                        started, dkim, list_attachments(raw))
 
     def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
@@ -113,7 +114,8 @@ class Intake:
             return self._store_held(conn, prepared, parsed, box)
         if carried is None:
             return self._store_new(conn, prepared.raw, prepared.sha256, parsed,
-                                   prepared.envelope, box, note=note)
+                                   prepared.envelope, box, note=note,
+                                   listing=prepared.attachments)
         outer_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
                                 prepared.envelope, box, outcome=self._pending(),
                                 attachments=False)    # what it carries has its own rows
@@ -133,7 +135,8 @@ class Intake:
     def _store_held(self, conn: Connection, prepared: Prepared, parsed: ParsedMessage,
                     box: BoxConfig) -> Delivery:
         message_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
-                                  prepared.envelope, box, outcome=self._pending())
+                                  prepared.envelope, box, outcome=self._pending(),
+                                  listing=prepared.attachments)
         return Delivery(box.address, message_id, "pending", None, None)
 
     def decide_held(self, conn: Connection, message_id: int, raw: bytes, envelope: Envelope,
@@ -235,9 +238,10 @@ class Intake:
     # ------------------------------------------------------------------------------ rows
     def _store_new(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                    envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
-                   note: dict | None = None) -> Delivery:
+                   note: dict | None = None, listing=None) -> Delivery:
         return self._decide(conn, parsed, box, lambda outcome: self._insert(
-            conn, raw, sha256, parsed, envelope, box, outcome, parent_id), note)
+            conn, raw, sha256, parsed, envelope, box, outcome, parent_id, listing=listing),
+            note)
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
                        envelope: Envelope, box: BoxConfig, note: dict | None = None) -> Delivery:
@@ -269,7 +273,8 @@ class Intake:
 
     def _insert(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                 envelope: Envelope, box: BoxConfig, outcome: dict,
-                parent_id: int | None = None, attachments: bool = True) -> int:
+                parent_id: int | None = None, attachments: bool = True,
+                listing=None) -> int:
         message_id = rows.INSERT_MESSAGE.insert(conn, rows.storable_row(t.messages, dict(
             uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
             box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
@@ -279,7 +284,7 @@ class Intake:
             dkim=parsed.dkim, **outcome)))
         rows.INSERT_RAW.execute(conn, {"message_id": message_id, "content": raw})
         if attachments:
-            store_attachments(conn, message_id, raw)
+            store_attachments(conn, message_id, raw, listing)
         return message_id
 
     # ------------------------------------------------------------------------------ outcomes

@@ -51,3 +51,5 @@ class Prepared:
     carried: Unwrapped | None
     started: float                    # perf_counter() at receipt, for the log's duration_ms
     dkim: str = "none"                # dkimpy's verdict on the message's own signatures
+    attachments: object = None        # sink.mail.attachments.Listing of ``raw``, read before
+                                      # the transaction (None: read when the row is written)
