@@ -291,8 +291,10 @@ def _tnef_file(path: str, number: int, carried: tnef.TnefFile) -> Attachment:
                       sha256=hashlib.sha256(carried.data).hexdigest())
 
 
-_CONTENT_TYPE_VALUE = re.compile(rb"(?im)^content-type:[ \t]*(?:\r?\n[ \t]+)?([^;\s]+)")
-_NAMED = re.compile(rb"(?i)content-disposition|name\*?=|content-id|ms-tnef|winmail")
+# Searched in the lower-cased bytes, each pattern starting with a literal byte: re then skips
+# ahead in C (a case-insensitive or ^-anchored pattern tries every position: 0.5 s for 15 MB).
+_CONTENT_TYPE_VALUE = re.compile(rb"\ncontent-type:[ \t]*(?:\r?\n[ \t]+)?([^;\s]+)")
+_NAMED = (b"content-disposition", b"name=", b"name*=", b"content-id", b"ms-tnef", b"winmail")
 # What a message that has nothing but its body is made of: one text, or text and HTML as
 # alternatives (each at most once).
 _BODY_ONLY = {b"text/plain": 1, b"text/html": 1, b"multipart/alternative": 1}
@@ -304,11 +306,14 @@ def body_only(raw: bytes) -> bool:
     nothing to list and the message is not parsed a second time - most mail, where the
     listing cost as much as the rules' own parse. Any doubt (a quoted header in a body, say)
     is answered False: the message is listed the long way."""
-    if _NAMED.search(raw):
+    low = raw.lower()
+    if any(word in low for word in _NAMED):
         return False
     seen: dict[bytes, int] = {}
-    for value in _CONTENT_TYPE_VALUE.findall(raw):
-        kind = value.lower()
+    values = _CONTENT_TYPE_VALUE.findall(low)
+    if low.startswith(b"content-type:"):
+        values.append(_CONTENT_TYPE_VALUE.match(b"\n" + low[:1000]).group(1))
+    for kind in values:
         seen[kind] = seen.get(kind, 0) + 1
         if seen[kind] > _BODY_ONLY.get(kind, 0):
             return False
