@@ -4,6 +4,8 @@
 - :class:`Sink`: ``sink serve`` with the real pipeline on a fresh database: a new SQLite file
   (WAL, synchronous=FULL: durable) or a new PostgreSQL database (dropped afterwards), migrated
   and filled with the benchmark's directory before the server starts.
+- :class:`Dovecot`: a private Dovecot LMTP delivering into one maildir per box, in the run's
+  workdir (the disk of the SQLite file); its configuration is in :mod:`bench.dovecot`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench import dovecot, procstat
 from bench.corpus import BOXES, world
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL",
@@ -93,6 +96,10 @@ class _Server:
             _stop(self.proc)
             self.proc = None
 
+    def delivered(self) -> int | None:
+        """Messages the server has written where one can count them (None: not countable)."""
+        return None
+
 
 class Bare(_Server):
     name = "bare"
@@ -110,6 +117,74 @@ class Bare(_Server):
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=out)
         _wait_port(self.proc, self.port, "bare aiosmtpd", log)
+
+
+class Dovecot(_Server):
+    """``dovecot -F -c FILE``: its own base_dir, config, passdb and maildirs under
+    ``workdir/dovecot.PORT``; LMTP on a free loopback port. Its CPU is the whole tree of the
+    master (config, log, anvil, auth, stats and one ``lmtp`` per session), all children of the
+    process started here."""
+
+    name = "dovecot"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.root: Path | None = None
+        self.settings = ""                  # doveconf -n, for the record
+
+    def start(self) -> None:
+        if not dovecot.available():
+            raise RuntimeError(f"dovecot with its LMTP server ({dovecot.LMTP}, Debian package "
+                               "dovecot-lmtpd) is not installed, or this is not root")
+        blocked = dovecot.untraversable_ancestor(self.workdir)
+        if blocked:
+            raise RuntimeError(f"Dovecot's unprivileged processes cannot enter {blocked} "
+                               "(it needs the others' search bit, o+x): use another --workdir")
+        self.port = free_port()
+        self.root = self.workdir / f"dovecot.{self.port}"
+        config = dovecot.prepare(self.root, self.port, BOXES)
+        self.settings = dovecot.check_config(config)
+        log = self.root / "dovecot.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([dovecot.DOVECOT, "-F", "-c", str(config)],
+                                         stdout=out, stderr=out,
+                                         preexec_fn=dovecot.die_with_parent)
+        _wait_port(self.proc, self.port, "dovecot", log)
+
+    def delivered(self) -> int | None:
+        return dovecot.delivered(self.root) if self.root else None
+
+    def close(self) -> None:
+        """Stop the master, then wait until every process of its tree is gone: the master
+        exits before its children always have, and a leftover ``lmtp`` would take CPU from the
+        next server of the round."""
+        if self.proc is None:
+            return
+        pids = set(procstat.tree(self.proc.pid)) - {self.proc.pid}
+        try:
+            super().close()
+        finally:
+            _reap(pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _reap(pids: set[int], timeout: float = 10) -> None:
+    """Wait for ``pids`` to exit; kill the ones still there after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 # --------------------------------------------------------------------------------- databases
