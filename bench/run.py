@@ -1,6 +1,7 @@
 """One command for the benchmarks of docs/PERFORMANCE.md.
 
-    python -m bench.run compare      # bare aiosmtpd vs sink/SQLite vs sink/PostgreSQL (default)
+    python -m bench.run compare      # Dovecot LMTP vs bare aiosmtpd vs sink/SQLite vs
+                                     # sink/PostgreSQL (default)
     python -m bench.run pipeline     # parse + rules alone, one core
     python -m bench.run memory       # RSS over a 100,000-message run
     python -m bench.run big          # peak memory for one 40 MB message
@@ -28,11 +29,13 @@ import time
 from pathlib import Path
 
 from bench import corpus, procstat
-from bench.servers import ROOT, Bare, Sink, uvloop_available
+from bench.servers import ROOT, Bare, Dovecot, Sink, uvloop_available
 
 # Upper bounds of the rate per profile, to build a corpus that cannot run out in the window.
 RATE_CAP = {"4k-1": 3000, "4k-5": 1500, "100k-1": 600, "100k-5": 500}
-SERVERS = ("bare", "sqlite", "postgres")
+SERVERS = ("dovecot", "bare", "sqlite", "postgres")
+# The delivery agent every figure is also a ratio to: what a mail admin already runs.
+REFERENCE = "dovecot"
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -106,6 +109,7 @@ def drive(server, corpus_file: Path, *, sessions: int, warmup: float, duration: 
             "--sessions", str(sessions), "--warmup", str(warmup), "--duration", str(duration)]
     if progress is not None:
         args.append("--progress")
+    delivered_before = server.delivered()
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     result, cpu0, cpu1, sys0, sys1 = None, None, None, None, None
     killer = threading.Timer(timeout, proc.kill)
@@ -146,7 +150,18 @@ def drive(server, corpus_file: Path, *, sessions: int, warmup: float, duration: 
                                            / (os.cpu_count() or 1), 2)
     result["peak_rss_mb"] = round(procstat.tree_peak_rss_mb(pid), 1)
     result["rss_before_mb"] = round(rss_before, 1)
+    if delivered_before is not None:
+        check_delivered(result, server.delivered() - delivered_before)
     return result
+
+
+def check_delivered(result: dict, files: int) -> None:
+    """A server whose messages can be counted on disk (Dovecot's maildirs) must have written
+    one file for every 250 it answered over the whole load (warm-up and tail included, as
+    ``codes`` are): a 250 without a file would be a rate that was never delivered."""
+    answered = result["codes"].get("250", 0)
+    result["delivered"] = files
+    result["delivered_mismatch"] = files - answered
 
 
 def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
@@ -166,7 +181,8 @@ def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
 
 
 def make_server(name: str, workdir: Path, args):
-    """``bare``, ``sqlite`` or ``postgres``, with options after colons: ``:asyncio`` runs it on
+    """``dovecot`` (no options: the reference as Debian ships it), ``bare``, ``sqlite`` or
+    ``postgres``, with options after colons: ``:asyncio`` runs it on
     asyncio's own loop even when uvloop is installed, ``:wN`` gives the sink ``[storage]
     workers = N`` (``:w0``: parse, rules and storage in the protocol process); ``@DIR`` at the
     end runs the sink of another checkout (e.g. ``sqlite@/tmp/before``: a same-run A/B of two
@@ -174,6 +190,10 @@ def make_server(name: str, workdir: Path, args):
     schema)."""
     spec, _, checkout = name.partition("@")
     kind, *options = spec.split(":")
+    if kind == REFERENCE:
+        if name != REFERENCE:
+            raise SystemExit(f"{name}: dovecot takes no options")
+        return Dovecot(workdir)
     uvloop = args.uvloop and "asyncio" not in options
     if kind == "bare":
         server = Bare(workdir, uvloop=uvloop)
@@ -225,6 +245,8 @@ def cmd_compare(args, workdir: Path) -> dict:
                          f"rss {res['peak_rss_mb']} MB  codes {res['codes']}  "
                          f"others {res.get('others_cpu_share')}"
                          + ("  EXHAUSTED" if res["exhausted"] else "")
+                         + (f"  DELIVERED {res['delivered']} files for {res['codes']}"
+                            if res.get("delivered_mismatch") else "")
                          + (f"  errors {res['errors'][:2]}" if res["errors"] else ""))
                 if isinstance(server, Sink):
                     this_round[(name, "stored")] = server.stored()
@@ -233,15 +255,13 @@ def cmd_compare(args, workdir: Path) -> dict:
     for profile in profiles:
         for name in servers:
             runs = [rd[(name, profile)] for rd in rounds]
-            ratios = []
             floor = _floor(name, servers)
-            if floor:
-                ratios = [rd[(name, profile)]["rate"] / rd[(floor, profile)]["rate"]
-                          for rd in rounds if rd[(floor, profile)]["rate"]]
+            reference = REFERENCE if REFERENCE in servers and name != REFERENCE else None
             summary.append({
                 "profile": profile, "server": name,
                 "rate": _median(r["rate"] for r in runs),
-                "ratio": _median(ratios) if ratios else None,
+                "ratio": _round_ratio(rounds, profile, name, floor),
+                "ratio_dovecot": _round_ratio(rounds, profile, name, reference),
                 "p50_ms": _median(r["p50_ms"] for r in runs),
                 "p99_ms": _median(r["p99_ms"] for r in runs),
                 "server_cpu_ms": _median(r.get("server_cpu_ms") for r in runs),
@@ -255,11 +275,31 @@ def cmd_compare(args, workdir: Path) -> dict:
                                for r in runs),
                 "rates": [r["rate"] for r in runs],
                 "vs": floor,
+                "vs_dovecot": reference,
+                **_delivery_check(runs),
             })
     stored = {f"{name} round {i + 1}": rd[(name, "stored")] for i, rd in enumerate(rounds)
               for name in servers if (name, "stored") in rd}
     return {"summary": summary, "stored": stored,
             "rounds": [{f"{k[0]}/{k[1]}": v for k, v in rd.items()} for rd in rounds]}
+
+
+def _round_ratio(rounds: list[dict], profile: str, name: str, other: str | None):
+    """The median of ``name``'s rate over ``other``'s, each ratio taken inside one round (the
+    machine's speed drifts between rounds more than the servers differ)."""
+    if not other:
+        return None
+    ratios = [rd[(name, profile)]["rate"] / rd[(other, profile)]["rate"]
+              for rd in rounds if rd[(other, profile)]["rate"]]
+    return _median(ratios)
+
+
+def _delivery_check(runs: list[dict]) -> dict:
+    """Files on disk against 250s, summed over the rounds (only for a countable server)."""
+    if not any("delivered" in r for r in runs):
+        return {}
+    return {"delivered": sum(r["delivered"] for r in runs),
+            "delivered_mismatch": sum(r["delivered_mismatch"] for r in runs)}
 
 
 def _floor(name: str, servers: list[str]) -> str | None:
@@ -274,19 +314,32 @@ def _floor(name: str, servers: list[str]) -> str | None:
 
 
 def md_compare(data: dict) -> str:
-    lines = ["| load | server | msgs/s (median) | sink / bare | p50 ms | p99 ms | "
+    """The table of a compare run; also of a JSON written before Dovecot was a server (its
+    rows have no ``ratio_dovecot``: the column stays empty)."""
+    lines = ["| load | server | msgs/s (median) | × dovecot | × bare | p50 ms | p99 ms | "
              "server CPU ms/msg | PostgreSQL CPU ms/msg | peak RSS MB | non-250 | other load | "
              "runs msgs/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for s in data["summary"]:
         lines.append(
             f"| {s['profile']} | {s['server']} | {s['rate']:.0f} | "
-            f"{'' if s['ratio'] is None else format(s['ratio'], '.2f')} | "
+            f"{_ratio(s.get('ratio_dovecot'))} | {_ratio(s['ratio'])} | "
             f"{_f(s['p50_ms'])} | {_f(s['p99_ms'])} | {_f(s['server_cpu_ms'])} | "
             f"{_f(s['db_cpu_ms'])} | {s['peak_rss_mb']:.0f} | {s['non_250']} | "
             f"{_f(s['others_cpu_share'])} | "
             f"{', '.join(f'{r:.0f}' for r in s['rates'])} |")
+    checked = [s for s in data["summary"] if "delivered" in s]
+    if checked:
+        lines.append("")
+        lines.append("Files on disk against 250s: " + "; ".join(
+            f"{s['server']} {s['profile']} {s['delivered']} files, "
+            + ("one per 250" if not s["delivered_mismatch"] else
+               f"**{s['delivered_mismatch']:+d} against the 250s**") for s in checked) + ".")
     return "\n".join(lines)
+
+
+def _ratio(value) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _f(v) -> str:
@@ -561,6 +614,9 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     commands = list(COMMANDS) if args.command == "all" else [args.command]
     workdir = Path(tempfile.mkdtemp(prefix="sink-bench-", dir=args.workdir))
+    # mkdtemp makes it 0700; Dovecot's unprivileged processes must enter it to reach their
+    # maildirs and sockets (search only: they still cannot list it)
+    os.chmod(workdir, 0o711)
     try:
         env = {"machine": machine(), "fsync_ms": fsync_ms(workdir), "workdir": str(workdir),
                "uvloop": args.uvloop, "argv": sys.argv[1:] if argv is None else argv}
