@@ -23,27 +23,65 @@ from bench import corpus, procstat
 from bench.run import RATE_CAP, drive, make_server, write_corpus
 from bench.servers import ROOT, uvloop_available
 
-# A sample belongs to the first part whose marker is in its stack. Stacks of coroutines run by
-# uvloop are cut at the C loop, so module paths decide where the root frame is missing.
+# A sample belongs to the first part with a marker matching one frame of its stack. A marker is
+# (a fragment of the frame's file, the frame's function or None for any): py-spy writes a frame
+# as "function (file:line)" with the bare function name (no class) and site-packages stripped.
+# The order decides where a frame belongs to two parts:
+# - DKIM first: it runs in a thread pool (sink.storage.worker.with_dkim), whose stacks begin in
+#   threading.py, and inline in Intake.prepare when no worker verified it;
+# - then every SQL statement, wherever it is issued (the rules' read-only look-ups too): what
+#   the database layer costs, apart from the Python of ours around it;
+# - the rules: everything under the chain's loop in sink/pipeline/chain.py;
+# - log lines before storage (log_one reads the decision), parse (Intake.prepare) before the
+#   storage Python that calls it;
+# - aiosmtpd before the parse fallbacks: it parses RCPT addresses with email/, and that is
+#   protocol work.
+# Stacks of coroutines run by uvloop are cut at the C loop, so module paths decide where the
+# root frame is missing.
 PARTS = (
-    ("parse: sha256, MIME parse, unwrap", ("Intake.prepare",)),
-    ("rules: sink.pipeline.evaluate", ("evaluate (sink/pipeline/__init__.py",)),
-    ("log lines", ("Intake.log_delivery", "Intake._log")),
-    ("storage: statements, savepoints, executor, commit", ("store_one", "GroupCommitter._commit",
-                                                          "commit_batch")),
-    ("frames to and from the storage workers", ("Inbox.", "frame (sink/storage/frames.py",
-                                                "sink/storage/pool.py", "pickle")),
-    ("protocol: aiosmtpd on the event loop", ("run_forever", "Runner.run")),
-    ("parse: sha256, MIME parse, unwrap", ("email/", "sink/mail/parse.py", "sink/mail/opaque.py",
-                                           "sink/mail/unwrap.py")),
-    ("rules: sink.pipeline.evaluate", ("sink/pipeline/", "sink/mail/textnorm.py", "icalendar/")),
-    ("log lines", ("structlog/",)),
-    ("storage: statements, savepoints, executor, commit", ("sink/db/", "sqlalchemy/",
-                                                          "sink/executor.py", "psycopg")),
-    ("protocol: aiosmtpd on the event loop", ("aiosmtpd/", "asyncio/", "sink/sources/",
-                                              "uvloop")),
-    ("thread hand-offs", ("threading.py", "concurrent/futures", "sink/storage/batching.py")),
+    ("DKIM: sink.mail.dkim, dkimpy (a thread pool)", (("sink/mail/dkim.py", None),
+                                                       ("dkim/", None),
+                                                       ("sink/storage/worker.py", "with_dkim"))),
+    ("storage: SQL statements and commit (SQLAlchemy, driver, sink.db)",
+     (("sqlalchemy/", None), ("psycopg/", None), ("psycopg_binary/", None), ("sink/db/", None))),
+    ("rules: sink.pipeline.chain.evaluate", (("sink/pipeline/chain.py", None),)),
+    ("log lines", (("sink/intake/core.py", "log_delivery"), ("sink/intake/core.py", "log_one"),
+                   ("sink/storage/batching.py", "log_batch"), ("structlog/", None))),
+    ("parse: sha256, MIME parse, unwrap, attachment listing",
+     (("sink/intake/core.py", "prepare"),)),
+    ("storage: the Python around the statements (intake, savepoints, executor)",
+     (("sink/storage/batching.py", "store_one"), ("sink/storage/batching.py", "commit_batch"),
+      ("sink/executor.py", None), ("sink/intake/", None))),
+    ("frames to and from the storage workers", (("sink/storage/frames.py", None),
+                                                ("sink/storage/pool.py", None),
+                                                ("pickle", None))),
+    ("protocol: aiosmtpd on the event loop", (("aiosmtpd/", None), ("sink/sources/", None),
+                                              (None, "run_forever"))),
+    ("parse: sha256, MIME parse, unwrap, attachment listing",
+     (("email/", None), ("sink/mail/", None))),
+    ("rules: sink.pipeline.chain.evaluate", (("sink/pipeline/", None), ("icalendar/", None))),
+    ("protocol: aiosmtpd on the event loop", (("asyncio/", None), ("uvloop", None))),
+    ("thread hand-offs", (("threading.py", None), ("concurrent/futures", None),
+                          ("sink/storage/batching.py", None))),
+    ("the storage worker's loop: batches, replies", (("sink/storage/worker.py", None),)),
 )
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    """``function (file:line)`` -> (function, file)."""
+    function, _, where = frame.rpartition(" (")
+    return function, where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+
+
+def part_of(frames: list[str]) -> str:
+    """The part of :data:`PARTS` a stack of py-spy frames (root first) belongs to."""
+    parsed = [_frame(f) for f in frames]
+    for name, markers in PARTS:
+        for path, function in markers:
+            if any((path is None or path in file) and (function is None or function == func)
+                   for func, file in parsed):
+                return name
+    return "other"
 
 
 def _short(frame: str) -> str:
@@ -66,12 +104,7 @@ def summarize(raw: Path, top: int = 30) -> str:
         own[frames[-1]] += n
         for frame in set(frames):
             cumulative[frame] += n
-        for name, markers in PARTS:
-            if any(m in stack for m in markers):
-                parts[name] += n
-                break
-        else:
-            parts["other"] += n
+        parts[part_of(frames)] += n
     out = [f"{total} samples of the thread holding the GIL", "", "| part | share |", "|---|---:|"]
     out += [f"| {name} | {n / total * 100:.0f}% |" for name, n in parts.most_common()]
     out += ["", "self:"] + [f"{n / total * 100:5.1f}%  {_short(f)}"
@@ -89,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--out", default=str(ROOT / "docs" / "bench"))
     args = p.parse_args(argv)
+    if args.server.startswith("dovecot"):
+        raise SystemExit("py-spy samples Python processes; Dovecot is not one (use perf)")
     if not shutil.which("py-spy"):
         raise SystemExit("py-spy is not installed: pip install py-spy")
     args.uvloop, args.log_level, args.storage_threads = uvloop_available(), "info", None
