@@ -247,6 +247,14 @@ def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
         except Exception as exc2:  # pragma: no cover - compat32 reads any header block
             return ParsedMessage(sender=None, sender_valid=False,
                                  defects=(*defects, f"headers: {exc2!r}"))
+    return message_facts(raw, msg, defects, bcc=bcc)
+
+
+def message_facts(raw: bytes, msg: Message, defects: list[str], *,
+                  bcc: tuple[str, ...] = ()) -> ParsedMessage:
+    """The facts the rules read from ``msg``, the parse of ``raw`` (``defects``: what the
+    parse itself found; this appends what the fields do). Shared by :func:`parse_message`
+    and the one-pass parse of :mod:`sink.mail.onepass`, so both read fields the same way."""
 
     def header(name: str) -> str:
         try:
