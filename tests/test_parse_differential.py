@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from bench import corpus as bench_corpus
 from sink.config import parse_config
 from sink.directory import Directory
-from sink.mail import opaque
+from sink.mail import mime, opaque
+from sink.mail import parse as mailparse
 from sink.mail.attachments import list_attachments
 from sink.mail.onepass import parse_and_list
 from sink.mail.parse import parse_message
@@ -54,11 +55,25 @@ def decisions(parsed, carried):
     return out
 
 
+def stdlib_parse(data: bytes, policy) -> Message:
+    return email.message_from_bytes(data, policy=policy)
+
+
+def reference(raw: bytes, bcc: tuple[str, ...] = ()):
+    """What Intake.prepare computed before issue 16: parse_message on the stdlib's feed
+    parser, unwrap, then list_attachments with a parse of its own."""
+    fast = mailparse.message_from_bytes
+    mailparse.message_from_bytes = stdlib_parse
+    try:
+        parsed = parse_message(raw, bcc=bcc)
+        return parsed, list_attachments(raw), unwrap(parsed)
+    finally:
+        mailparse.message_from_bytes = fast
+
+
 def assert_same(raw: bytes, bcc: tuple[str, ...] = ()) -> None:
     """The one-pass results of ``raw`` equal the reference path's, field by field."""
-    ref_parsed = parse_message(raw, bcc=bcc)
-    ref_listing = list_attachments(raw)
-    ref_carried = unwrap(ref_parsed)
+    ref_parsed, ref_listing, ref_carried = reference(raw, bcc)
     parsed, listing = parse_and_list(raw, bcc=bcc)
     carried = unwrap(parsed)
     assert parsed == ref_parsed                       # every field but `message`
@@ -193,3 +208,24 @@ def test_bounded_blank_line_searches_equal_the_unbounded_ones(noise, glue, pos):
     crlf, lf = raw.rfind(b"\n\r\n", 0, pos), raw.rfind(b"\n\n", 0, pos)
     assert opaque._header_start(raw, pos) == max(crlf + 2 if crlf >= 0 else 0,
                                                  lf + 1 if lf >= 0 else 0)
+
+
+_HEADER_LINES = st.sampled_from([b"From: Jan <jan@acme.cz>", b"Subject: =?utf-8?q?P=C5=99?=",
+                                 b" folded continuation", b"X-Odd:", b"not a header line",
+                                 b"From nobody Mon Jan 1", b"Content-Type: text/plain",
+                                 b"Content-Type: multipart/mixed; boundary=b",
+                                 b"Content-Type: message/rfc822", b"Subj\xc3\xa9ct: 8bit",
+                                 b"Content-Type: message/delivery-status", b""])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_HEADER_LINES, st.sampled_from([b"\r\n", b"\n", b"\r"])),
+                max_size=8),
+       st.binary(max_size=200), st.sampled_from([b"\r\n", b"\n", b""]))
+def test_single_part_tree_equals_the_feed_parsers(lines, body, blank):
+    """sink.mail.mime builds the very tree email.message_from_bytes builds, whatever the line
+    ends, blank lines, non-header lines and content types of the header block."""
+    raw = b"".join(line + end for line, end in lines) + blank + body
+    policy = mailparse._POLICY
+    assert tree_shape(mime.message_from_bytes(raw, policy)) == \
+        tree_shape(email.message_from_bytes(raw, policy=policy))

@@ -23,12 +23,12 @@ the benchmark corpora and the real-world mail under ``tests/data``.
 
 from __future__ import annotations
 
-import email
 import secrets
 from email.message import Message
 
 from sink.mail import attachments
 from sink.mail.attachments import Listing, Tree, body_only, list_attachments, tree_listing
+from sink.mail.mime import message_from_bytes
 from sink.mail.opaque import opaque_extents
 from sink.mail.parse import _POLICY, ParsedMessage, message_facts, parse_message
 from sink.mail.window import parse_window
@@ -37,16 +37,19 @@ from sink.mail.window import parse_window
 def parse_and_list(raw: bytes, *, bcc: tuple[str, ...] = ()) -> tuple[ParsedMessage, Listing]:
     """``(parse_message(raw, bcc=bcc), list_attachments(raw))`` from one parse where that is
     exact (see the module docstring); never raises for content."""
-    tree = _one_parse(raw)
-    if tree is None:
+    shared = _one_parse(raw)
+    if shared is None:
         return parse_message(raw, bcc=bcc), list_attachments(raw)
+    msg, tree = shared
     if body_only(raw):
         listing = Listing((), ())           # what list_attachments answers without a parse
     else:
+        tree = tree or Tree(raw, (msg, {}))
         listing = _listing_leaving_defects(tree)
-    for part in _token_parts(tree).values():
-        part.set_payload("")                # the rules' parse has these bodies left out
-    return message_facts(raw, tree.msg, [], bcc=bcc), listing
+    if tree is not None:
+        for part in _token_parts(tree).values():
+            part.set_payload("")            # the rules' parse has these bodies left out
+    return message_facts(raw, msg, [], bcc=bcc), listing
 
 
 def _listing_leaving_defects(tree: Tree) -> Listing:
@@ -61,23 +64,27 @@ def _listing_leaving_defects(tree: Tree) -> Listing:
             part.defects[:] = defects
 
 
-def _one_parse(raw: bytes) -> Tree | None:
-    """The listing's tree of ``raw`` parsed with its opaque bodies as tokens; None when one
-    parse cannot serve both results exactly."""
-    if parse_window(raw, boundaries=2 * attachments.MAX_PARTS + 2,
-                    multiparts=attachments.MAX_MULTIPARTS)[1]:
+def _one_parse(raw: bytes) -> tuple[Message, Tree | None] | None:
+    """The parse of ``raw`` with its opaque bodies as tokens, and the listing's tree of it
+    when there are tokens; None when one parse cannot serve both results exactly."""
+    cuts = opaque_extents(raw)
+    # Without cuts both read the same bytes, and the listing's bounds are the looser ones.
+    if cuts and parse_window(raw, boundaries=2 * attachments.MAX_PARTS + 2,
+                             multiparts=attachments.MAX_MULTIPARTS)[1]:
         return None                         # the listing reads a window: parse it its own way
-    tokened, extents = _with_tokens(raw, opaque_extents(raw))
+    tokened, extents = _with_tokens(raw, cuts)
     if parse_window(tokened)[1]:
         return None                         # the rules read a window, with its defect
     try:
-        msg = email.message_from_bytes(tokened, policy=_POLICY)
+        msg = message_from_bytes(tokened, _POLICY)
     except Exception:                       # parse_message records this as a defect
         return None
+    if not extents:
+        return msg, None
     tree = Tree(raw, (msg, extents))
-    if extents and not _tokens_sound(tree):
+    if not _tokens_sound(tree):
         return None
-    return tree
+    return msg, tree
 
 
 def _with_tokens(raw: bytes, cuts: list[tuple[int, int]]
