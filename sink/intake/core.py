@@ -36,7 +36,7 @@ from sink.intake.model import UNWRAPPED, Delivery, Envelope, Prepared
 from sink.intake.races import retry_races, transient
 from sink.log import get_logger
 from sink.mail import dkim as dkim_check      # issue 13: DKIM and carrier trust, per box
-from sink.mail.attachments import list_attachments
+from sink.mail.onepass import parse_and_list
 from sink.mail.parse import ParsedMessage, parse_message, storable
 from sink.mail.textnorm import domain_of
 from sink.mail.trust import for_box
@@ -93,11 +93,12 @@ class Intake:
         verdict when already known (a storage worker verifies a whole batch at once)."""
         if started is None:
             started = time.perf_counter()
-        parsed = parse_message(raw, bcc=envelope.bcc)
+        # one MIME parse serves the rules and the attachment listing (issue 16)
+        parsed, listing = parse_and_list(raw, bcc=envelope.bcc)
         if dkim is None:
             dkim = dkim_check.verify(raw, domain_of(parsed.sender or ""))
         return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
-                        started, dkim, list_attachments(raw))
+                        started, dkim, listing)
 
     def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same

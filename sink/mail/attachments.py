@@ -128,9 +128,17 @@ def _elide(raw: bytes) -> tuple[bytes, dict[str, tuple[int, int]], str]:
 class Tree:
     """The MIME tree of ``raw`` (see the module docstring) and its leaves by part number."""
 
-    def __init__(self, raw: bytes):
+    def __init__(self, raw: bytes, parsed: tuple[Message, dict[str, tuple[int, int]]] | None
+                 = None):
+        """``parsed``: a parse of ``raw`` already made, with the raw extents of the base64
+        bodies its tokens stand for (:mod:`sink.mail.onepass`; the caller has checked the
+        tokens and that no bound cut the parse), instead of parsing here."""
         self.raw = raw
         self.defects: list[str] = []
+        if parsed is not None:
+            self.msg, self._extents = parsed
+            self.leaves = self._walk()
+            return
         lean, self._extents, nonce = _elide(raw)
         self.msg = self._parse(lean)
         self.leaves = self._walk()
@@ -180,6 +188,11 @@ class Tree:
                         part.get("Content-Transfer-Encoding", "")).lower() != "base64":
                     return False
         return True
+
+    @property
+    def extents(self) -> dict[str, tuple[int, int]]:
+        """Each token of the parse and the raw extent of the base64 body it stands for."""
+        return self._extents
 
     def part(self, path: str) -> Message | None:
         for number, part in self.leaves:
@@ -329,6 +342,11 @@ def list_attachments(raw: bytes, *, shortcut: bool = True) -> Listing:
         tree = Tree(raw)
     except Exception as exc:  # pragma: no cover - the parse above never raises for content
         return Listing((), (f"attachments: {type(exc).__name__}",))
+    return tree_listing(tree)
+
+
+def tree_listing(tree: Tree) -> Listing:
+    """The attachment records of the leaves of ``tree`` (see :func:`list_attachments`)."""
     found: list[Attachment] = []
     defects = list(tree.defects)
     for path, part in tree.leaves:

@@ -26,6 +26,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from functools import lru_cache
 
 from sink.mail.html import html_to_text, tree_safe_html
+from sink.mail.mime import message_from_bytes
 from sink.mail.opaque import without_opaque_bodies
 from sink.mail.textnorm import fold_address
 from sink.mail.window import MAX_PARTS, parse_window
@@ -238,7 +239,7 @@ def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
         defects.append(f"parse: only the first {cut} of {len(lean)} bytes read ({reason})")
     window = lean[:cut] if cut < len(lean) else lean
     try:
-        msg = email.message_from_bytes(window, policy=_POLICY)
+        msg = message_from_bytes(window, _POLICY)
     except Exception as exc:
         # whatever defeats the MIME parser, the header block still says who, to whom and what
         defects.append(f"parse: {type(exc).__name__}; headers only")
@@ -247,6 +248,14 @@ def parse_message(raw: bytes, *, bcc: tuple[str, ...] = ()) -> ParsedMessage:
         except Exception as exc2:  # pragma: no cover - compat32 reads any header block
             return ParsedMessage(sender=None, sender_valid=False,
                                  defects=(*defects, f"headers: {exc2!r}"))
+    return message_facts(raw, msg, defects, bcc=bcc)
+
+
+def message_facts(raw: bytes, msg: Message, defects: list[str], *,
+                  bcc: tuple[str, ...] = ()) -> ParsedMessage:
+    """The facts the rules read from ``msg``, the parse of ``raw`` (``defects``: what the
+    parse itself found; this appends what the fields do). Shared by :func:`parse_message`
+    and the one-pass parse of :mod:`sink.mail.onepass`, so both read fields the same way."""
 
     def header(name: str) -> str:
         try:

@@ -1,0 +1,45 @@
+"""The stdlib MIME tree of a message, built without the line-by-line feed where that is exact.
+
+Python's feed parser reads a message a line at a time in Python. For a message that is one
+part (not ``multipart/*`` or ``message/*``: most mail), what it builds is the header block's
+parse with the rest of the text, unchanged, as the payload. :func:`message_from_bytes` builds
+just that: the header block goes through the same parser (``headersonly``), the body is set as
+the payload in one piece. Whenever the split could differ from the feed parser's - a bare CR
+in the header block, no blank line, a line the parser does not read as a header, a multipart
+or message type - the whole message goes through the feed parser instead. At 4 KB this halves
+the parse (86 -> 45 us); ``tests/test_parse_differential.py`` compares the trees.
+"""
+
+from __future__ import annotations
+
+import email
+import email.parser
+from email.message import Message
+from email.policy import Compat32
+
+_STRUCTURED = ("multipart", "message")     # the feed parser parses these bodies further
+
+
+def message_from_bytes(data: bytes, policy: Compat32) -> Message:
+    """``email.message_from_bytes(data, policy=policy)``, the same tree, often cheaper."""
+    split = _header_end(data)
+    if split is not None:
+        msg = email.parser.BytesParser(policy=policy).parsebytes(data[:split], headersonly=True)
+        if msg.get_payload() == "" and msg.get_content_maintype() not in _STRUCTURED:
+            msg.set_payload(data[split:].decode("ascii", "surrogateescape"))
+            return msg
+    return email.message_from_bytes(data, policy=policy)
+
+
+def _header_end(data: bytes) -> int | None:
+    """Offset just after the first blank line of ``data`` when the feed parser's lines there
+    are plain (no bare CR: it ends a line for the parser), else None."""
+    crlf, lf = data.find(b"\n\r\n"), data.find(b"\n\n")
+    ends = [at + n for at, n in ((crlf, 3), (lf, 2)) if at >= 0]
+    if not ends:
+        return None
+    end = min(ends)
+    head = data[:end]
+    if head.count(b"\r") != head.count(b"\r\n"):
+        return None
+    return end
