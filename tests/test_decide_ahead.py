@@ -204,3 +204,29 @@ def test_deciding_ahead_never_changes_what_is_stored(template, tmp_path, order, 
     result, decided = run(True, "ahead")
     assert result == reference
     assert decided.get("writer", 0) == 0        # every message was decided ahead first
+
+
+def test_a_read_ahead_leaves_no_snapshot_behind_for_the_next_write(tmp_path):
+    """A SELECT left half-read keeps a WAL snapshot after its rollback (Python 3.11 no longer
+    resets statements); that connection's next BEGIN IMMEDIATE, after another connection
+    wrote, failed with SQLITE_BUSY_SNAPSHOT - 451s under two storage workers."""
+    from sink.intake import rows
+    engine = seeded(f"sqlite:///{tmp_path}/snap.db")
+    other = seeded(f"sqlite:///{tmp_path}/snap.db")
+    intake = Intake(engine)
+    try:
+        [stored_one] = commit(intake, intake.prepare(make_mail(), LMTP))
+        (kind1, digest1), (kind2, digest2) = stored_one.decision.dedup_keys
+        with engine.connect() as conn:
+            conn.execution_options(sink_read_only=True)
+            # both keys found: two rows, and first() returns after the first of them
+            assert rows.SEEN_KEYS.first(conn, {"box": BOX.address, "kind1": kind1,
+                                               "digest1": digest1, "kind2": kind2,
+                                               "digest2": digest2})
+            conn.rollback()
+        Intake(other).deliver(make_mail(subject="meanwhile"), LMTP, [BOX])
+        [delivery] = commit(intake, intake.prepare(make_mail(subject="after"), LMTP))
+        assert delivery.status == "processed"
+    finally:
+        engine.dispose()
+        other.dispose()
