@@ -85,8 +85,13 @@ def _sqlite_connect(dbapi_conn, _record):
 
 def _sqlite_begin(conn):
     # Take the write lock up front: a read-then-write transaction upgraded later can fail with
-    # SQLITE_BUSY without waiting; IMMEDIATE waits for busy_timeout instead.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # SQLITE_BUSY without waiting; IMMEDIATE waits for busy_timeout instead. A connection that
+    # only reads (``execution_options(sink_read_only=True)``: the rules deciding ahead,
+    # sink.intake.ahead) takes a WAL snapshot instead and never waits for a writer.
+    if conn.get_execution_options().get("sink_read_only"):
+        conn.exec_driver_sql("BEGIN DEFERRED")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:

@@ -100,9 +100,15 @@ class Fast:
         self._run(conn, params)
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple | None:
-        """The first row of a SELECT, as a tuple, or None."""
+        """The first row of a SELECT, as a tuple, or None. The statement is read to its end:
+        since Python 3.11 a commit or rollback no longer resets it, and a SELECT left half-read
+        keeps its read transaction open on SQLite - the next BEGIN IMMEDIATE of that
+        connection then fails with SQLITE_BUSY_SNAPSHOT once another connection has written
+        (the rules deciding ahead end on a SELECT: sink.intake.ahead). Every such SELECT is by
+        a key, or limited to one row."""
         _, cursor = self._run(conn, params)
-        return cursor.fetchone()
+        rows = cursor.fetchall()
+        return rows[0] if rows else None
 
     def insert(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run an INSERT of one row; return its new integer primary key."""

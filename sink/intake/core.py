@@ -16,6 +16,7 @@ import hashlib
 import time
 import traceback
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
@@ -31,6 +32,7 @@ from sink.directory import Directory
 from sink.errors import classify
 from sink.executor import apply
 from sink.intake import rows
+from sink.intake.ahead import Ahead, Recorder, still_holds
 from sink.intake.directory_cache import DirectoryCache
 from sink.intake.model import UNWRAPPED, Delivery, Envelope, Prepared
 from sink.intake.races import retry_races, transient
@@ -63,6 +65,9 @@ class Intake:
         self.executor = executor
         self.clock = clock
         self.directory = DirectoryCache()
+        # how each decision was reached: "ahead" (made before the write lock and still true),
+        # "again" (made ahead, an answer moved: decided in the writer), "writer" (not ahead)
+        self.decided: Counter[str] = Counter()
 
     # ------------------------------------------------------------------------------ public
     def deliver(self, raw: bytes, envelope: Envelope, boxes: Iterable[BoxConfig]) -> list[Delivery]:
@@ -100,6 +105,48 @@ class Intake:
         return Prepared(raw, envelope, hashlib.sha256(raw).hexdigest(), parsed, unwrap(parsed),
                         started, dkim, listing)
 
+    def decide_ahead(self, items: list[tuple[Prepared, list[BoxConfig]]]) -> list[Prepared]:
+        """Each ``(prepared, boxes)`` with the rules' decision for each box made now, in a
+        read-only transaction, before the caller takes the write lock (sink.intake.ahead:
+        :meth:`store` uses a decision only when its every read still holds). Never fails: a
+        message it cannot decide ahead (or a database that does not answer) is decided by
+        the writer, as without it."""
+        decided: list[Prepared] = []
+        if any(self._ahead_possible(p) for p, _ in items):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(sink_read_only=True)
+                    try:
+                        directory = self.directory.get(conn)
+                        for prepared, boxes in items:
+                            decided.append(self._ahead_of(conn, prepared, boxes, directory))
+                    finally:
+                        conn.rollback()
+            except Exception as error:      # the writer decides what is left; say why once
+                log.warning("message.decide_ahead_failed", error=type(error).__name__,
+                            detail=str(error)[:200])
+        return decided + [p for p, _ in items[len(decided):]]
+
+    @staticmethod
+    def _ahead_possible(prepared: Prepared) -> bool:
+        return prepared.carried is None and not prepared.envelope.hold
+
+    def _ahead_of(self, conn: Connection, prepared: Prepared, boxes: list[BoxConfig],
+                  directory: Directory) -> Prepared:
+        if not self._ahead_possible(prepared):
+            return prepared
+        ahead = {}
+        for box in boxes:
+            parsed, _, _ = for_box(prepared.parsed, None, prepared.dkim, box, None,
+                                   prepared.envelope.mail_from)
+            asked = Recorder(rows.seen_in(conn, box.address), DbRecords(conn))
+            try:
+                decision = self.rules(parsed, box, directory, asked.seen, asked)
+            except Exception:               # the writer runs them again and stores that
+                continue
+            ahead[box.address] = Ahead(decision, directory.version, tuple(asked.calls))
+        return dataclasses.replace(prepared, ahead=ahead)
+
     def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
         bytes already stored for the box: that row, marked ``already_stored``). Raises
@@ -114,9 +161,10 @@ class Intake:
         if prepared.envelope.hold:
             return self._store_held(conn, prepared, parsed, box)
         if carried is None:
+            ahead = prepared.ahead.get(box.address) if prepared.ahead else None
             return self._store_new(conn, prepared.raw, prepared.sha256, parsed,
                                    prepared.envelope, box, note=note,
-                                   listing=prepared.attachments)
+                                   listing=prepared.attachments, ahead=ahead)
         outer_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
                                 prepared.envelope, box, outcome=self._pending(),
                                 attachments=False)    # what it carries has its own rows
@@ -193,18 +241,36 @@ class Intake:
 
     # ------------------------------------------------------------------------------ the body
     def _decide(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
-                write: WriteRow, note: dict | None = None) -> Delivery:
+                write: WriteRow, note: dict | None = None, ahead: Ahead | None = None
+                ) -> Delivery:
         """Decide, write the message row's outcome with ``write``, then the records.
-        ``note``: a trace entry before the rules' (why a carrier was not unwrapped)."""
+        ``note``: a trace entry before the rules' (why a carrier was not unwrapped);
+        ``ahead``: the decision made before the write lock, used if it still holds."""
         directory = self.directory.get(conn)
+        decision = self._still_true(conn, ahead, box, directory)
         try:
-            decision = self._evaluate(conn, parsed, box, directory)
+            if decision is None:
+                decision = self._evaluate(conn, parsed, box, directory)
         except Exception as error:
             outcome = self._failed("rules", error)
             return Delivery(box.address, write(outcome), "failed", None, None,
                             error=outcome["error"])
         message_id = write(self._processed(decision, note))
         return self._apply(conn, message_id, decision, box, directory)
+
+    def _still_true(self, conn: Connection, ahead: Ahead | None, box: BoxConfig,
+                    directory: Directory) -> Decision | None:
+        """``ahead``'s decision if every question it was made on has the same answer inside
+        this transaction (sink.intake.ahead), else None (the rules run here)."""
+        if ahead is None:
+            self.decided["writer"] += 1
+            return None
+        if still_holds(ahead, directory.version, rows.seen_in(conn, box.address),
+                       DbRecords(conn)):
+            self.decided["ahead"] += 1
+            return ahead.decision
+        self.decided["again"] += 1
+        return None
 
     def _evaluate(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
                   directory: Directory) -> Decision:
@@ -239,10 +305,11 @@ class Intake:
     # ------------------------------------------------------------------------------ rows
     def _store_new(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                    envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
-                   note: dict | None = None, listing=None) -> Delivery:
+                   note: dict | None = None, listing=None, ahead: Ahead | None = None
+                   ) -> Delivery:
         return self._decide(conn, parsed, box, lambda outcome: self._insert(
             conn, raw, sha256, parsed, envelope, box, outcome, parent_id, listing=listing),
-            note)
+            note, ahead)
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
                        envelope: Envelope, box: BoxConfig, note: dict | None = None) -> Delivery:

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
+from sink.intake.ahead import Ahead
 from sink.mail.parse import ParsedMessage
 from sink.mail.unwrap import Unwrapped
 from sink.pipeline.decision import Decision
@@ -53,3 +55,5 @@ class Prepared:
     dkim: str = "none"                # dkimpy's verdict on the message's own signatures
     attachments: object = None        # sink.mail.attachments.Listing of ``raw``, read before
                                       # the transaction (None: read when the row is written)
+    ahead: Mapping[str, Ahead] | None = None   # box address -> the rules' decision made
+                                      # before the write lock (sink.intake.ahead), or None

@@ -112,6 +112,10 @@ def _commit(intake, write_turn: WriteTurn, jobs: list, boxes: dict) -> tuple[lis
             continue
         items.append((job_id, prepared, [boxes[a] for a in addresses]))
     items = with_dkim(items)
+    # The rules run now, before the write turn, while another worker may hold it; the writer
+    # checks their reads and decides again only where one moved (sink.intake.ahead).
+    decided = intake.decide_ahead([(p, b) for _, p, b in items]) if items else []
+    items = [(job_id, p, b) for (job_id, _, b), p in zip(items, decided)]
     try:
         with write_turn:
             outcomes = commit_batch(intake, [(p, b) for _, p, b in items]) if items else []
@@ -168,6 +172,8 @@ def serve(sock: socket.socket, inbox: Inbox, config) -> int:
         if intake.directory.current is not frozen_with:
             frozen_with = intake.directory.current
             freeze_long_lived()
+    log.info("worker.stopped", pid=os.getpid(), decided_ahead=intake.decided["ahead"],
+             decided_again=intake.decided["again"], decided_in_writer=intake.decided["writer"])
     intake.engine.dispose()
     return 0
 
