@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from sink.db import schema as t
 from sink.intake import Intake
+from sink.metrics import Metrics
 from sink.sources.smtp_protocol import SinkLMTP, simple_path
 from tests.conftest import RunningServer, config_for, seeded
 from tests.support import MailClient, dot_stuff, make_mail
@@ -214,3 +215,32 @@ def _transaction(port: int, mail: str, subject: str, rcpt: str = "RCPT TO:<crm@f
         return replies
     finally:
         client.close()
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+class _Outcome:
+    def __init__(self, verdict, status="processed", already_stored=False, carried=()):
+        self.verdict, self.status = verdict, status
+        self.already_stored, self.carried = already_stored, carried
+
+
+def test_metrics_children_count_what_labels_counted():
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.count_outcome("lmtp", _Outcome("RELEVANT"))
+    metrics.count_outcome("smtp", _Outcome("RELEVANT"))
+    metrics.count_outcome("lmtp", _Outcome(None, status="failed"))
+    metrics.count_outcome("lmtp", _Outcome("UNWRAPPED", carried=[_Outcome("RELEVANT")]))
+    metrics.count_outcome("lmtp", _Outcome("RELEVANT", already_stored=True))
+    for reply in ("250 2.0.0 Ok: stored as #1", "250 2.0.0 Ok: stored as #2", "451 4.3.0 x"):
+        metrics.count_reply(reply, None)
+    value = metrics.registry.get_sample_value
+    assert value("sink_messages_total", {"channel": "lmtp", "verdict": "RELEVANT"}) == 4
+    assert value("sink_messages_total", {"channel": "smtp", "verdict": "RELEVANT"}) == 1
+    assert value("sink_messages_total", {"channel": "lmtp", "verdict": "FAILED"}) == 1
+    assert value("sink_messages_total", {"channel": "lmtp", "verdict": "UNWRAPPED"}) == 1
+    assert value("sink_replies_total", {"code": "250"}) == 2
+    assert value("sink_replies_total", {"code": "451"}) == 1
+    # bound once per label value, not per message
+    assert len(metrics._message_children) == 4 and len(metrics._reply_children) == 2
