@@ -13,15 +13,20 @@ with results identical to what they replace.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 
+import dkim as dkimpy
 import pytest
 from aiosmtpd.smtp import SMTP
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import select
 
 from sink.db import schema as t
 from sink.intake import Intake
+from sink.mail import dkim
 from sink.metrics import Metrics
 from sink.sources.smtp_protocol import SinkLMTP, simple_path
 from tests.conftest import RunningServer, config_for, seeded
@@ -244,3 +249,153 @@ def test_metrics_children_count_what_labels_counted():
     assert value("sink_replies_total", {"code": "451"}) == 1
     # bound once per label value, not per message
     assert len(metrics._message_children) == 4 and len(metrics._reply_children) == 2
+
+
+# -------------------------------------------------------------------------------------- DKIM
+
+@pytest.fixture(scope="module")
+def key():
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = private.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def sign(raw: bytes, pem: bytes, selector: bytes = b"sel", domain: bytes = b"acme.cz") -> bytes:
+    return dkimpy.sign(raw, selector, domain, pem, include_headers=[b"from", b"subject"]) + raw
+
+
+class Resolver:
+    """The DNS answers of a test: ``sel`` of acme.cz has the key, ``gone`` has none (an
+    empty answer), any selector ``down`` makes the lookup fail."""
+
+    def __init__(self, record: bytes):
+        self.record = record
+        self.asked: list[bytes] = []
+
+    def __call__(self, name, timeout):
+        self.asked.append(name)
+        if name.startswith(b"down."):
+            raise TimeoutError("DNS did not answer")
+        return self.record if name == b"sel._domainkey.acme.cz." else None
+
+
+def cached(record: bytes) -> dkim._KeyCache:
+    return dkim._KeyCache(Resolver(record))
+
+
+def without_shortcut(cache: dkim._KeyCache):
+    """The same answers as ``cache``, but not a _KeyCache: dkimpy does all the work."""
+    return lambda name, timeout=None: cache(name, timeout)
+
+
+def messages(pem: bytes) -> dict[str, bytes]:
+    mail = make_mail(sender="jan@acme.cz", subject="signed")
+    valid = sign(mail, pem)
+    gone, down = sign(mail, pem, b"gone"), sign(mail, pem, b"down")
+    return {
+        "valid": valid,
+        "altered": valid.replace(b"Subject: signed", b"Subject: changed"),
+        "no key": gone,
+        "lookup fails": down,
+        "no key, then valid": sign(valid, pem, b"gone"),
+        "fails, then valid": sign(valid, pem, b"down"),
+        "fails, then no key": sign(gone, pem, b"down"),
+        "malformed, then fails": b"DKIM-Signature: v=1; a=x; d=acme.cz; s=down\r\n" + down,
+        "expired": b"DKIM-Signature: v=1; a=rsa-sha256; d=acme.cz; s=down; h=from; "
+                   b"bh=AAAA; b=AAAA; t=1; x=2\r\n" + mail,
+        "header does not parse": b" folded first\r\n" + down,
+        "no header": b"\r\nDKIM-Signature: v=1; d=acme.cz; s=down\r\n" + mail,
+        "signature in the body": mail + b"\r\nDKIM-Signature: v=1; d=acme.cz; s=down\r\n",
+        "LF line ends": down.replace(b"\r\n", b"\n"),
+        "unsigned": mail,
+    }
+
+
+def test_dkim_verdicts_are_dkimpys_with_negative_keys_remembered(key):
+    pem, record = key
+    expected = {"valid": "pass", "altered": "fail", "no key": "fail",
+                "lookup fails": "temperror", "no key, then valid": "pass",
+                "fails, then valid": "pass", "fails, then no key": "temperror",
+                "malformed, then fails": "temperror", "expired": "fail",
+                "header does not parse": "fail", "no header": "fail",
+                "signature in the body": "none", "LF line ends": "temperror",
+                "unsigned": "none"}
+    cache = cached(record)
+    for _ in range(2):          # first with nothing remembered, then with the answers cached
+        for name, raw in messages(pem).items():
+            full = dkim.verify(raw, "acme.cz", dnsfunc=without_shortcut(cache))
+            assert full == expected[name], name
+            assert dkim.verify(raw, "acme.cz", dnsfunc=cache) == full, name
+    items = [(raw, "acme.cz") for raw in messages(pem).values()]
+    assert dkim.verify_many(items, dnsfunc=cache) == list(expected.values())
+
+
+def test_no_dkimpy_verification_for_a_key_known_unavailable(key):
+    """With the key remembered as missing or failed, the verdict is settled before any
+    thread or dkimpy.DKIM (``_plan`` returns it); a key that is there is still verified."""
+    pem, record = key
+    cache = cached(record)
+    mails = messages(pem)
+    for name in ("no key", "lookup fails", "fails, then no key"):
+        dkim.verify(mails[name], "acme.cz", dnsfunc=cache)        # the answers remembered
+        asked = len(cache.resolve.asked)
+        plan = dkim._plan(mails[name], cache, dkim.DNS_TIMEOUT)
+        assert plan == dkim.verify(mails[name], "acme.cz", dnsfunc=cache), name
+        assert plan in ("fail", "temperror") and len(cache.resolve.asked) == asked
+    dkim.verify(mails["valid"], "acme.cz", dnsfunc=cache)
+    lookup, indexes = dkim._plan(mails["fails, then valid"], cache, dkim.DNS_TIMEOUT)
+    assert indexes == [1] and lookup.failed          # the failed one counted, not verified
+
+
+def test_a_remembered_miss_expires(key):
+    pem, record = key
+    now = [0.0]
+    resolver = Resolver(record)
+    cache = dkim._KeyCache(resolver, clock=lambda: now[0])
+    raw = sign(make_mail(sender="jan@acme.cz"), pem, b"gone")
+    assert dkim.verify(raw, "acme.cz", dnsfunc=cache) == "fail"
+    assert cache.unavailable(b"gone._domainkey.acme.cz.") == dkim.NO_KEY
+    now[0] += dkim.MISS_TTL + 1
+    assert cache.unavailable(b"gone._domainkey.acme.cz.") is None
+    assert dkim.verify(raw, "acme.cz", dnsfunc=cache) == "fail"
+    assert resolver.asked.count(b"gone._domainkey.acme.cz.") == 2
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_dkim_shortcut_agrees_on_mangled_signed_mail(key, data):
+    """Cut, spliced and garbled signed messages: the shortcut and dkimpy's full verification
+    come to the same verdict, whatever the remembered answers."""
+    pem, record = key
+    mails = list(messages(pem).values())
+    raw = data.draw(st.sampled_from(mails))
+    cut = data.draw(st.integers(0, len(raw)))
+    insert = data.draw(st.sampled_from([b"", b"\r\n", b"\n", b" ", b"\r", b"DKIM-Signature:",
+                                        b"\r\nDKIM-Signature: s=down; d=acme.cz\r\n", b"\x00",
+                                        b";", b"=", b"\r\n\r\n", b"\n\r\n", b"\r\r\n"]))
+    raw = raw[:cut] + insert + raw[cut + data.draw(st.integers(0, 3)):]
+    cache = cached(record)
+    for _ in range(2):
+        assert dkim.verify(raw, "acme.cz", dnsfunc=cache) == dkim.verify(
+            raw, "acme.cz", dnsfunc=without_shortcut(cache))
+
+
+_PIECES = [b"\r", b"\n", b"\r\n", b" ", b"\t", b"A: b", b"DKIM-Signature: s=x", b":",
+           b"From x", b"x", b"\x00", b"\xff"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.lists(st.sampled_from(_PIECES), max_size=30).map(b"".join)))
+def test_head_is_where_dkimpy_stops_reading(raw):
+    """dkimpy's headers of the head alone are its headers of the whole message."""
+    try:
+        whole = dkimpy.rfc822_parse(raw)[0]
+    except Exception as error:          # noqa: BLE001
+        with pytest.raises(type(error)):
+            dkimpy.rfc822_parse(dkim._head(raw))
+        return
+    assert dkimpy.rfc822_parse(dkim._head(raw))[0] == whole
