@@ -58,16 +58,30 @@ class Metrics:
         self.reply_seconds = Histogram("sink_reply_seconds", "MAIL FROM to the final reply",
                                        buckets=REPLY_BUCKETS, registry=self.registry)
 
+        # The labelled children, bound once per label value: ``labels()`` validates, locks
+        # and builds a key on every call, and these are counted for every message. The label
+        # values are few (channels x verdicts, reply codes), so the dicts stay small.
+        self._message_children: dict[tuple[str, str], object] = {}
+        self._reply_children: dict[str, object] = {}
+
     def count_outcome(self, channel: str, outcome) -> None:
         """One box's outcome (Delivery or pool.Stored; an exception counts nothing)."""
         if isinstance(outcome, BaseException) or outcome.already_stored:
             return
-        self.messages.labels(channel, _verdict(outcome)).inc()
+        key = (channel, _verdict(outcome))
+        child = self._message_children.get(key)
+        if child is None:
+            child = self._message_children[key] = self.messages.labels(*key)
+        child.inc()
         for carried in getattr(outcome, "carried", ()) or ():
             self.count_outcome(channel, carried)
 
     def count_reply(self, reply: str, started: float | None) -> None:
-        self.replies.labels(reply[:3]).inc()
+        code = reply[:3]
+        child = self._reply_children.get(code)
+        if child is None:
+            child = self._reply_children[code] = self.replies.labels(code)
+        child.inc()
         if started is not None:
             self.reply_seconds.observe(max(0.0, time.perf_counter() - started))
 

@@ -2,9 +2,15 @@
 
 This is the one module that reaches into aiosmtpd's private attributes (``_reader``,
 ``_writer``, ``_timeout_handle``, ``_reset_timeout``, ``_set_post_data_state``,
-``_call_handler_hook``, ``_original_transport``) and asyncio's ``StreamReader._buffer`` and
-``._limit``; ``tests/test_door.py`` (:data:`AIOSMTPD_PRIVATES`) names them, so an aiosmtpd
-upgrade that changes them fails loudly (and pyproject pins aiosmtpd below 1.5).
+``_call_handler_hook``, ``_original_transport``, ``_getaddr``) and asyncio's
+``StreamReader._buffer`` and ``._limit``; keep it so: no other module of the sink may touch
+them. ``tests/test_door.py`` (:data:`AIOSMTPD_PRIVATES`) names them, so an aiosmtpd upgrade
+that changes them fails loudly (and pyproject pins aiosmtpd below 1.5).
+
+Issue 16 (CPU per message): aiosmtpd parses every MAIL FROM and RCPT TO path with the RFC 5322
+header parser and defines a class on every call (a quarter of the protocol process's CPU);
+:func:`simple_path` answers the common RFC 5321 forms itself, with exactly aiosmtpd's result,
+and hands every other path to aiosmtpd (``tests/test_edge_speed.py`` proves the agreement).
 
 Issue 13 (trust at the door): command lines are read with a 4,096-octet stream limit (only
 DATA raises it, to what the size limit needs), so eight unterminated lines cannot park 500 MB;
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, syntax
@@ -34,8 +41,39 @@ log = get_logger("sink.sources.smtp")
 _END_OF_DATA = b"\r\n.\r\n"
 COMMAND_LINE_LIMIT = 4096          # SPEC 2.1, whatever max_message_size is
 AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
-                     "_set_post_data_state", "_call_handler_hook", "_original_transport")
+                     "_set_post_data_state", "_call_handler_hook", "_original_transport",
+                     "_getaddr")
 STREAM_PRIVATES = ("_buffer", "_limit")
+
+# RFC 5321 Dot-string (= RFC 5322 dot-atom of ASCII atext), for both sides of the "@": the only
+# form whose parse by the header parser is the text itself. Anything else (quoted strings,
+# address literals, source routes, comments, non-ASCII, encoded words) goes to aiosmtpd.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_SIMPLE_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>")
+_WSP = " \t"
+
+
+def simple_path(arg: str) -> tuple[str, str] | None:
+    """``(address, rest)`` exactly as aiosmtpd's ``SMTP._getaddr`` (before its local-part
+    limit) returns it for ``<>`` and ``<dot-string@dot-string>`` followed by anything, or None
+    to let aiosmtpd parse. ``rest`` is what the header parser leaves after the path: after
+    ``<>`` everything as it is; after an angle-addr the folding white space is consumed
+    (``str.lstrip`` once it starts with a space or tab), and a comment there declines."""
+    if arg[:2] == "<>":
+        return "<>", arg[2:]
+    found = _SIMPLE_PATH.match(arg)
+    if found is None:
+        return None
+    address = found.group(1)
+    if "=?" in address:         # the header parser decodes RFC 2047 encoded words in atoms
+        return None
+    rest = arg[found.end():]
+    if rest and rest[0] in _WSP:
+        rest = rest.lstrip()
+    if rest[:1] == "(":         # a comment (CFWS): the header parser's business
+        return None
+    return address, rest
 
 
 def stuffed_bound(limit: int) -> int:
@@ -141,6 +179,16 @@ class _Guarded:
         await self.push(reply)
         if self.transport is not None:
             self.transport.close()
+
+    def _getaddr(self, arg: str):
+        """aiosmtpd's path parser (MAIL, RCPT, VRFY), with :func:`simple_path` first."""
+        found = simple_path(arg) if arg else None
+        if found is None:
+            return super()._getaddr(arg)
+        limit = self.local_part_limit
+        if limit and len(found[0].rpartition("@")[0]) > limit:
+            return None, None
+        return found
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg):
