@@ -14,6 +14,7 @@ from sink.mail.parse import ParsedMessage
 from sink.mail.textnorm import domain_of, fold
 from sink.pipeline import threads
 from sink.pipeline.bounce_report import Report, read_report
+from sink.pipeline.parts import OwnParts, read_own_parts
 from sink.pipeline.records import MemoryRecords, Records, ThreadState
 from sink.pipeline.references import KINDS, find_references, scope_token
 
@@ -120,12 +121,22 @@ class Context:
     def folded_list(self, name: str) -> tuple[str, ...]:
         return tuple(f for f in (fold(v) for v in self.box.rule_list(name)) if f)
 
-    # -- delivery report ---------------------------------------------------------------
+    # -- MIME parts and delivery report ------------------------------------------------
+    @cached_property
+    def own_parts(self) -> OwnParts:
+        """The message's own parts and their content types, read once for the bounce and
+        invitation rules (most mail has neither a report nor a calendar part)."""
+        return read_own_parts(self.msg.message)
+
     @cached_property
     def delivery_report(self) -> Report | None:
         """The delivery report (a bounce, a delay or a success: SPEC 5 step 8) this message
         is, or None; read once. A report is never SPAM for its sender nor an AUTO_REPLY."""
-        return read_report(self.msg)
+        try:
+            parts = self.own_parts
+        except Exception:    # hostile structure, as read_report says: no report
+            return None
+        return read_report(self.msg, parts)
 
     @cached_property
     def dedup_keys(self) -> tuple[tuple[str, str], ...]:
