@@ -11,12 +11,12 @@ from typing import Callable, Iterable
 from sink.config import BoxConfig
 from sink.directory import Directory, User
 from sink.mail.parse import ParsedMessage
-from sink.mail.textnorm import domain_of, fold
+from sink.mail.textnorm import domain_of, fold, may_fold_to_colon
 from sink.pipeline import threads
 from sink.pipeline.bounce_report import Report, read_report
 from sink.pipeline.parts import OwnParts, read_own_parts
 from sink.pipeline.records import MemoryRecords, Records, ThreadState
-from sink.pipeline.references import KINDS, find_references, scope_token
+from sink.pipeline.references import KINDS, folded_references, scope_token
 
 INCOMING, OUTGOING = "incoming", "outgoing"
 
@@ -156,8 +156,7 @@ class Context:
         the first reference that carries them. A TYPE that names no activity type does not
         hide the SCOPE after it (``Projekt: 2023-015 neznámý p2`` is level 2)."""
         keywords = {k: self.box.rule_list(f"{k}_keywords") for k in KINDS}
-        refs = find_references(self.msg.subject, keywords) + find_references(self.msg.body_text,
-                                                                             keywords)
+        refs = folded_references(self.subject, keywords) + self._body_references(keywords)
         tables = {"contract": self.directory.contracts, "order": self.directory.orders,
                   "task": self.directory.tasks}
         found: dict[str, str | None] = {"contract": None, "order": None, "task": None,
@@ -180,6 +179,13 @@ class Context:
             if rest and found["scope"] is None:
                 found["scope"] = scope_token(rest[0])
         return Links(**found)
+
+    def _body_references(self, keywords) -> list:
+        """The body's references; a body with no character folding to ':' has none, and is
+        not folded for them (the folded body is shared: :attr:`body`)."""
+        if not may_fold_to_colon(self.msg.body_text):
+            return []
+        return folded_references(self.body, keywords)
 
     @cached_property
     def links(self) -> Links:
