@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Callable, Iterable
 
 from sink.config import BoxConfig
@@ -32,6 +32,12 @@ def dedup_keys(msg: ParsedMessage) -> tuple[tuple[str, str], ...]:
         keys.append(("message-id", hashlib.sha256(
             msg.message_id.encode("utf-8", "surrogatepass")).hexdigest()))
     return tuple(keys)
+
+
+@lru_cache(maxsize=64)
+def _lowered(entries: tuple[str, ...]) -> frozenset[str]:
+    """A box's list as a set, lower-cased: the same for each of its messages."""
+    return frozenset(e.lower() for e in entries)
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class Context:
 
     @cached_property
     def free_mail(self) -> frozenset[str]:
-        return frozenset(d.lower() for d in self.box.rule_list("free_mail_domains"))
+        return _lowered(self.box.rule_list("free_mail_domains"))
 
     def is_exception_domain(self, address: str) -> bool:
         domain = domain_of(address)
@@ -217,12 +223,21 @@ class Context:
     @cached_property
     def thread(self) -> ThreadState | None:
         """The earlier stored message of the box this one replies to, if any."""
-        return self.records.thread(self.box.address, threads.followed_ids(self.msg.message))
+        return self.records.thread(self.box.address,
+                                   threads.followed_ids(self.msg.message, self.header_names))
+
+    @cached_property
+    def header_names(self) -> frozenset[str]:
+        """The message's header names, lower-cased, read once: the thread, auto-reply and
+        Precedence lookups ask for headers that most mail does not have."""
+        from sink.pipeline.automatic import header_names
+        return header_names(self.msg.message)
 
     @cached_property
     def auto_reply(self) -> str | None:
         from sink.pipeline.automatic import auto_reply_reason, is_bounce
-        reason = auto_reply_reason(self.msg, self.box)   # headers first: cheap, and rare
+        reason = auto_reply_reason(self.msg, self.box,   # headers first: cheap, and rare
+                                   self.header_names)
         return None if reason is None or is_bounce(self) else reason
 
     @cached_property
@@ -233,7 +248,7 @@ class Context:
             return self.auto_reply
         if is_bounce(self):
             return "a delivery report"
-        return automatic_reason(self.msg, self.box)
+        return automatic_reason(self.msg, self.box, self.header_names)
 
     @cached_property
     def admin_match(self):
