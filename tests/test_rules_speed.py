@@ -378,3 +378,31 @@ def test_keyword_text_finds_references():
     assert [(r.kind, r.number) for r in find_references("ZAKÁZKA:2023-015 e-mail p2",
                                                         KEYWORDS)] == [("contract", "2023-015")]
     assert find_references("xorder:5 and order :6", KEYWORDS) == []
+
+
+# ------------------------------------------------------------------ the transliteration
+
+def _unidecode(text: str) -> str:
+    from unidecode import unidecode
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return unidecode(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=())),          # surrogates too
+    st.text(alphabet=st.sampled_from("ěščřžýáíéúůťďň ĚŠČŘŽÝÁÍÉÚŮ ßæœ€ a\ufffe\U0001f600"
+                                     "\u0301北京")),
+    st.lists(st.characters(min_codepoint=0x80, max_codepoint=0x3000), min_size=100,
+             max_size=300).map("".join)))                              # > 128 distinct
+def test_transliteration_is_unidecode(text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert textnorm._transliterate(text) == _unidecode(text)
+
+
+def test_transliteration_of_a_czech_mail():
+    text = "Dobrý den,\n\nposíláme upravenou nabídku. Straße, Œuvre, 10 €.\n" * 40
+    assert textnorm._transliterate(text) == _unidecode(text)
+    assert textnorm._transliterate("x" * 10) == "x" * 10
