@@ -164,6 +164,9 @@ class ReferenceContext(context.Context):
     def free_mail(self):
         return frozenset(d.lower() for d in self.box.rule_list("free_mail_domains"))
 
+    def folded_list(self, name):
+        return tuple(f for f in (reference_fold(v) for v in self.box.rule_list(name)) if f)
+
     @cached_property
     def header_names(self):
         raise AssertionError("the plain code reads no shared header names")

@@ -40,6 +40,13 @@ def _lowered(entries: tuple[str, ...]) -> frozenset[str]:
     return frozenset(e.lower() for e in entries)
 
 
+@lru_cache(maxsize=256)
+def _folded_entries(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """A box's phrase list folded, without the entries that fold to nothing: the same for
+    each of its messages."""
+    return tuple(f for f in (fold(v) for v in entries) if f)
+
+
 @dataclass(frozen=True)
 class Links:
     contract: str | None = None
@@ -125,7 +132,7 @@ class Context:
         return fold(self.msg.body_text)
 
     def folded_list(self, name: str) -> tuple[str, ...]:
-        return tuple(f for f in (fold(v) for v in self.box.rule_list(name)) if f)
+        return _folded_entries(self.box.rule_list(name))
 
     # -- MIME parts and delivery report ------------------------------------------------
     @cached_property
