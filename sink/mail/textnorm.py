@@ -8,6 +8,7 @@ collapse to one space so that a line break inside a phrase still matches.
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from functools import lru_cache
@@ -43,11 +44,50 @@ _TABLE = [_TRANSLITERATION[codepoint] for codepoint in range(_TABLE_SIZE)]
 _BEYOND_TABLE = re.compile(f"[^\\x00-\\u{_TABLE_SIZE - 1:04x}]")
 
 
-def _transliterate(text: str) -> str:
+def _translate(text: str) -> str:
     """``unidecode(text)``: the same per-character replacements, the loop in C."""
     if _BEYOND_TABLE.search(text) is None:
         return text.translate(_TABLE)
     return text.translate(_TRANSLITERATION)
+
+
+_ASCII_BYTES = bytes(range(128))
+_ASCII_CHARS = "".join(map(chr, range(128)))
+_IDENTITY = bytes(range(256))
+_UNMAPPED = "\ufffe"       # what a charmap decoding table says for "no character here"
+
+
+def _replacement(codepoint: int) -> str:
+    return _TABLE[codepoint] if codepoint < _TABLE_SIZE else _TRANSLITERATION[codepoint]
+
+
+def _transliterate(text: str) -> str:
+    """``unidecode(text)``, three times faster than :func:`_translate` on real text.
+
+    str.translate looks every character up, ASCII ones too (nineteen in twenty of a Czech
+    mail). Here a charmap codec, built for the few distinct non-ASCII characters the text has
+    (UTF-8 bytes with the ASCII ones deleted), encodes the text in C: ASCII as itself, the
+    i-th of those characters as byte 0x80 + i; bytes.translate and bytes.replace then put each
+    one's replacement in."""
+    distinct = sorted(set(text.encode("utf-8", "surrogatepass").translate(None, _ASCII_BYTES)
+                          .decode("utf-8", "surrogatepass")))
+    if not distinct:
+        return text
+    if len(distinct) > 128 or _UNMAPPED in distinct:
+        return _translate(text)           # more than one byte can tell apart
+    codec = codecs.charmap_build(_ASCII_CHARS + "".join(distinct)
+                                 + _UNMAPPED * (128 - len(distinct)))
+    data = codecs.charmap_encode(text, "strict", codec)[0]
+    table = bytearray(_IDENTITY)
+    for byte, char in enumerate(distinct, start=0x80):
+        replacement = _replacement(ord(char))
+        if not replacement.isascii():
+            return _translate(text)       # unidecode's output is ASCII: not reached
+        if len(replacement) == 1:
+            table[byte] = ord(replacement)
+        else:                             # "ß" -> "ss", "€" -> "EUR", a mark -> ""
+            data = data.replace(bytes((byte,)), replacement.encode("ascii"))
+    return data.translate(table).decode("ascii")
 
 
 def _collapse_spaces(text: str) -> str:
@@ -78,6 +118,22 @@ def fold(text: str) -> str:
     if not text:
         return ""
     return _fold_short(text) if len(text) <= 256 else _fold_long(text)
+
+
+# Every character whose fold holds a colon (NFKC, then unidecode: the fullwidth and small
+# colons, the ratio sign, IPA's length mark, ...); tests/test_rules_speed.py derives the list
+# again from all of Unicode. A text with none of them folds to a text without ':'.
+_COLON_LIKE = tuple(chr(c) for c in (
+    0x3a, 0x2d0, 0x589, 0xfbf, 0x1038, 0x1365, 0x1366, 0x16ec, 0x17d6, 0x1804, 0x2236, 0x2831,
+    0x2a74, 0x2e2c, 0xfe13, 0xfe55, 0xff1a, 0x10781))
+
+
+def may_fold_to_colon(text: str) -> bool:
+    """Whether ``fold(text)`` can contain ':' - without folding ``text``. Exact: False means
+    it does not; True that it does."""
+    if text.isascii():
+        return ":" in text
+    return any(c in text for c in _COLON_LIKE)
 
 
 def fold_address(address: str) -> str:

@@ -76,10 +76,12 @@ def is_bounce(ctx) -> bool:
             or ctx.sender.partition("@")[0] in SYSTEM_LOCAL_PARTS)
 
 
-def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
+def auto_reply_reason(msg: ParsedMessage, box: BoxConfig,
+                      present: frozenset[str] | None = None) -> str | None:
     """Why ``msg`` is an auto-reply, or None when it is not one (a bounce: see
-    :func:`is_bounce`, which the context asks first)."""
-    present = header_names(msg.message)
+    :func:`is_bounce`, which the context asks first). ``present``: its
+    :func:`header_names`, when known."""
+    present = header_names(msg.message) if present is None else present
     submitted = _header(msg.message, "Auto-Submitted", present)
     if submitted and submitted.split(";")[0].strip().lower() != "no":
         return f"Auto-Submitted: {submitted[:60]}"
@@ -87,8 +89,10 @@ def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
     if found:
         return f"header {found}"
     subject = fold(msg.subject[:_HEADER_TEXT])
-    prefix = next((p for p in _folded(box.rule_list("auto_reply_subject_prefixes"))
-                   if subject.startswith(p)), None)
+    prefixes = _folded(box.rule_list("auto_reply_subject_prefixes"))
+    # one C-level test for the common "no prefix", then which prefix it was
+    prefix = next((p for p in prefixes if subject.startswith(p)), None) \
+        if subject.startswith(prefixes) else None
     if prefix:
         ms_header = _listed_header(msg.message, box.rule_list("auto_reply_ms_headers"),
                                    present)
@@ -97,9 +101,11 @@ def auto_reply_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
     return None
 
 
-def automatic_reason(msg: ParsedMessage, box: BoxConfig) -> str | None:
+def automatic_reason(msg: ParsedMessage, box: BoxConfig,
+                     present: frozenset[str] | None = None) -> str | None:
     """Why ``msg`` is automatic mail (no ticket from it), or None."""
-    precedence = (_header(msg.message, "Precedence", header_names(msg.message)) or "").lower()
+    present = header_names(msg.message) if present is None else present
+    precedence = (_header(msg.message, "Precedence", present) or "").lower()
     if precedence and precedence in box.rule_list("automatic_precedence"):
         return f"Precedence: {precedence}"
     return None

@@ -30,9 +30,10 @@ from email.utils import collapse_rfc2231_value
 
 import flufl.bounce
 
-from sink.mail.parse import ParsedMessage, is_valid_address, own_parts, part_text
+from sink.mail.parse import ParsedMessage, is_valid_address, part_text
 from sink.mail.textnorm import fold, fold_address
 from sink.pipeline import bounce_text
+from sink.pipeline.parts import OwnParts, read_own_parts
 
 STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 REPORT_TYPES = ("delivery-status", "global-delivery-status")
@@ -103,15 +104,17 @@ def refine(status: str | None, diagnostic: str) -> str | None:
     return status
 
 
-def read_report(msg: ParsedMessage) -> Report | None:
-    """The delivery report ``msg`` is, or None. Never raises."""
+def read_report(msg: ParsedMessage, parts: OwnParts | None = None) -> Report | None:
+    """The delivery report ``msg`` is, or None. Never raises. ``parts``: its own parts when
+    already read (:attr:`sink.pipeline.context.Context.own_parts`)."""
     try:
-        report = rfc3464(msg.message)
+        parts = parts if parts is not None else read_own_parts(msg.message)
+        report = rfc3464(msg.message, parts)
         if report is None or not report.recipients:
             # no report, or one whose blocks we cannot read: its text may still say
-            return plain_report(msg, report is not None) or report
+            return plain_report(msg, report is not None, parts) or report
         if any(f.action == "failed" for f in report.recipients):
-            report = replace(report, notice=message_notice(msg))
+            report = replace(report, notice=message_notice(msg, parts))
         return report
     except Exception:        # hostile structure: a message we cannot read is no report
         return None
@@ -182,25 +185,23 @@ def _failure(block: Message) -> Failure | None:
     return Failure(recipient, _action(block, status), status, diagnostic)
 
 
-def _status_parts(msg: Message | None):
-    """Delivery-status parts: those of a multipart/report of report-type delivery-status, and
-    a delivery-status part wherever a broken MTA put it."""
-    for part in own_parts(msg):
-        if part.get_content_type() in STATUS_TYPES:
-            yield part
+def is_rfc3464(msg: Message | None, parts: OwnParts | None = None) -> bool:
+    parts = parts if parts is not None else read_own_parts(msg)
+    return any(_param(part, "report-type") in REPORT_TYPES
+               for part in parts.of_types(("multipart/report",)))
 
 
-def is_rfc3464(msg: Message | None) -> bool:
-    return any(part.get_content_type() == "multipart/report" and
-               _param(part, "report-type") in REPORT_TYPES for part in own_parts(msg))
-
-
-def rfc3464(msg: Message | None) -> Report | None:
+def rfc3464(msg: Message | None, parts: OwnParts | None = None) -> Report | None:
+    """The RFC 3464 report ``msg`` is, or None. Its delivery-status parts are those of a
+    multipart/report of report-type delivery-status, and one wherever a broken MTA put it."""
     found: list[Failure] = []
-    parts = list(_status_parts(msg))
-    if not parts and not is_rfc3464(msg):
+    parts = parts if parts is not None else read_own_parts(msg)
+    if not parts.has_any((*STATUS_TYPES, "multipart/report")):
+        return None          # most mail: known from the part types, no part read
+    status_parts = list(parts.of_types(STATUS_TYPES))
+    if not status_parts and not is_rfc3464(msg, parts):
         return None
-    for part in parts:
+    for part in status_parts:
         for block in _split_merged(_status_blocks(part)[: MAX_RECIPIENTS + 1]):
             failure = _failure(block)
             if failure is not None and len(found) < MAX_RECIPIENTS:
@@ -227,18 +228,17 @@ def _flufl_addresses(message: Message | None) -> tuple[str, ...]:
     return tuple(found)
 
 
-def message_notice(msg: ParsedMessage) -> str:
+def message_notice(msg: ParsedMessage, parts: OwnParts | None = None) -> str:
     """The notice of a report: its own text/plain parts (WorkMail and Exchange put the
     details in a second one), before the returned original starts."""
-    return notice_text("\n\n".join(t for t in _texts(msg) if t) or msg.body_text)
+    return notice_text("\n\n".join(t for t in _texts(msg, parts) if t) or msg.body_text)
 
 
-def _texts(msg: ParsedMessage) -> list[str]:
+def _texts(msg: ParsedMessage, parts: OwnParts | None = None) -> list[str]:
     """The report's own texts: its text/plain parts, and the body of a multipart whose
     boundary is not where its header says (a broken MTA: the parts stay one text)."""
     texts = []
-    for part in own_parts(msg.message):
-        kind = part.get_content_type()
+    for part, kind in (parts if parts is not None else read_own_parts(msg.message)).parts:
         # "text/plain   charset=..." (a missing ';') is still text
         if kind.split()[0] == "text/plain" and not part.get_filename():
             texts.append(part_text(part, MAX_SCAN))
@@ -301,7 +301,8 @@ def clip(text: str, limit: int = MAX_DIAGNOSTIC) -> str:
     return text[:limit].rsplit(" ", 1)[0]
 
 
-def plain_report(msg: ParsedMessage, reported: bool = False) -> Report | None:
+def plain_report(msg: ParsedMessage, reported: bool = False,
+                 parts: OwnParts | None = None) -> Report | None:
     """A plain-text bounce (``reported``: the message is an RFC 3464 report whose blocks could
     not be read, so its notice is read as a bounce whatever its words)."""
     subject, system = fold(msg.subject), _system_sender(msg)
@@ -314,12 +315,12 @@ def plain_report(msg: ParsedMessage, reported: bool = False) -> Report | None:
         return None
     if dialect == "delay":
         return Report("delay warning", ())
-    notice = message_notice(msg)
+    notice = message_notice(msg, parts)
     # sendmail puts the reason into the subject: "Returned mail: User unknown"
     reason = _SUBJECT_REASON.match(msg.subject or "")
     if reason:
         notice = f"{notice}\n{reason.group(1).strip()}"
-    embedded = _embedded_failures(msg)
+    embedded = _embedded_failures(msg, parts)
     if embedded:
         return Report(f"{dialect} bounce", embedded, notice)
     ours = body_addresses(notice)
@@ -334,11 +335,12 @@ def plain_report(msg: ParsedMessage, reported: bool = False) -> Report | None:
     return Report(f"{dialect} bounce", tuple(failures), notice)
 
 
-def _embedded_failures(msg: ParsedMessage) -> tuple[Failure, ...]:
+def _embedded_failures(msg: ParsedMessage, parts: OwnParts | None = None
+                       ) -> tuple[Failure, ...]:
     """Recipient blocks of a delivery report flattened into the text (a relay, WorkMail's
     "Technical report:"): read as RFC 3464 blocks are."""
     found = []
-    for text in _texts(msg) or [msg.body_text]:
+    for text in _texts(msg, parts) or [msg.body_text]:
         if "final-recipient" not in text.lower():
             continue
         for block in re.split(r"\r?\n[ \t]*\r?\n", text)[: 2 * MAX_RECIPIENTS]:

@@ -23,7 +23,7 @@ from sink.pipeline import (activities, automatic, bounces, filters, helpdesk, in
 from sink.pipeline.context import Context, Seen
 from sink.pipeline.decision import RECORD_KINDS, Decision, TraceEntry, Verdict
 from sink.pipeline.records import MemoryRecords, Records
-from sink.pipeline.result import Result
+from sink.pipeline.result import PASS, Result
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,23 @@ def own_rules(box: BoxConfig) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+# Trace entries without a detail, shared by every message (a TraceEntry is an immutable value;
+# building one costs more than finding it). Bounded: names come from the chain and the config.
+_BARE_ENTRIES: dict[tuple[str, str], TraceEntry] = {}
+_BARE_LIMIT = 4096
+
+
+def _trace_entry(name: str, outcome: str, detail: str) -> TraceEntry:
+    if detail:
+        return TraceEntry(name, outcome, detail)
+    entry = _BARE_ENTRIES.get((name, outcome))
+    if entry is None:
+        entry = TraceEntry(name, outcome, detail)
+        if len(_BARE_ENTRIES) < _BARE_LIMIT:
+            _BARE_ENTRIES[name, outcome] = entry
+    return entry
+
+
 def evaluate(msg: ParsedMessage, box: BoxConfig, directory: Directory, seen: Seen,
              records: Records | None = None, chain: Sequence[Rule] | None = None) -> Decision:
     """Run ``chain`` (default: the box's) on ``msg``; pure - ``directory`` is a snapshot,
@@ -86,13 +103,17 @@ def evaluate(msg: ParsedMessage, box: BoxConfig, directory: Directory, seen: See
     verdict = Verdict.NOT_PROCESSED
     for rule in chain_for(box, own_rules(box)) if chain is None else chain:
         result = rule.run(ctx)
-        trace.append(TraceEntry(rule.name, result.outcome, result.detail))
+        trace.append(_trace_entry(rule.name, result.outcome, result.detail))
+        if result is PASS:
+            continue         # most rules: nothing handed over, recorded or decided
         if result.direction is not None:
             ctx.direction = result.direction
         if result.completed is not None:
             ctx.completed = result.completed
         for kind in RECORD_KINDS:
-            found[kind].extend(getattr(result, kind))
+            items = getattr(result, kind)
+            if items:
+                found[kind].extend(items)
         if result.verdict:
             verdict = result.verdict
             break

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Callable, Iterable
 
 from sink.config import BoxConfig
 from sink.directory import Directory, User
 from sink.mail.parse import ParsedMessage
-from sink.mail.textnorm import domain_of, fold
+from sink.mail.textnorm import domain_of, fold, may_fold_to_colon
 from sink.pipeline import threads
 from sink.pipeline.bounce_report import Report, read_report
+from sink.pipeline.parts import OwnParts, read_own_parts
 from sink.pipeline.records import MemoryRecords, Records, ThreadState
-from sink.pipeline.references import KINDS, find_references, scope_token
+from sink.pipeline.references import KINDS, folded_references, scope_token
 
 INCOMING, OUTGOING = "incoming", "outgoing"
 
@@ -31,6 +32,19 @@ def dedup_keys(msg: ParsedMessage) -> tuple[tuple[str, str], ...]:
         keys.append(("message-id", hashlib.sha256(
             msg.message_id.encode("utf-8", "surrogatepass")).hexdigest()))
     return tuple(keys)
+
+
+@lru_cache(maxsize=64)
+def _lowered(entries: tuple[str, ...]) -> frozenset[str]:
+    """A box's list as a set, lower-cased: the same for each of its messages."""
+    return frozenset(e.lower() for e in entries)
+
+
+@lru_cache(maxsize=256)
+def _folded_entries(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """A box's phrase list folded, without the entries that fold to nothing: the same for
+    each of its messages."""
+    return tuple(f for f in (fold(v) for v in entries) if f)
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,7 @@ class Context:
 
     @cached_property
     def free_mail(self) -> frozenset[str]:
-        return frozenset(d.lower() for d in self.box.rule_list("free_mail_domains"))
+        return _lowered(self.box.rule_list("free_mail_domains"))
 
     def is_exception_domain(self, address: str) -> bool:
         domain = domain_of(address)
@@ -118,14 +132,24 @@ class Context:
         return fold(self.msg.body_text)
 
     def folded_list(self, name: str) -> tuple[str, ...]:
-        return tuple(f for f in (fold(v) for v in self.box.rule_list(name)) if f)
+        return _folded_entries(self.box.rule_list(name))
 
-    # -- delivery report ---------------------------------------------------------------
+    # -- MIME parts and delivery report ------------------------------------------------
+    @cached_property
+    def own_parts(self) -> OwnParts:
+        """The message's own parts and their content types, read once for the bounce and
+        invitation rules (most mail has neither a report nor a calendar part)."""
+        return read_own_parts(self.msg.message)
+
     @cached_property
     def delivery_report(self) -> Report | None:
         """The delivery report (a bounce, a delay or a success: SPEC 5 step 8) this message
         is, or None; read once. A report is never SPAM for its sender nor an AUTO_REPLY."""
-        return read_report(self.msg)
+        try:
+            parts = self.own_parts
+        except Exception:    # hostile structure, as read_report says: no report
+            return None
+        return read_report(self.msg, parts)
 
     @cached_property
     def dedup_keys(self) -> tuple[tuple[str, str], ...]:
@@ -145,8 +169,7 @@ class Context:
         the first reference that carries them. A TYPE that names no activity type does not
         hide the SCOPE after it (``Projekt: 2023-015 neznámý p2`` is level 2)."""
         keywords = {k: self.box.rule_list(f"{k}_keywords") for k in KINDS}
-        refs = find_references(self.msg.subject, keywords) + find_references(self.msg.body_text,
-                                                                             keywords)
+        refs = folded_references(self.subject, keywords) + self._body_references(keywords)
         tables = {"contract": self.directory.contracts, "order": self.directory.orders,
                   "task": self.directory.tasks}
         found: dict[str, str | None] = {"contract": None, "order": None, "task": None,
@@ -169,6 +192,13 @@ class Context:
             if rest and found["scope"] is None:
                 found["scope"] = scope_token(rest[0])
         return Links(**found)
+
+    def _body_references(self, keywords) -> list:
+        """The body's references; a body with no character folding to ':' has none, and is
+        not folded for them (the folded body is shared: :attr:`body`)."""
+        if not may_fold_to_colon(self.msg.body_text):
+            return []
+        return folded_references(self.body, keywords)
 
     @cached_property
     def links(self) -> Links:
@@ -200,12 +230,21 @@ class Context:
     @cached_property
     def thread(self) -> ThreadState | None:
         """The earlier stored message of the box this one replies to, if any."""
-        return self.records.thread(self.box.address, threads.followed_ids(self.msg.message))
+        return self.records.thread(self.box.address,
+                                   threads.followed_ids(self.msg.message, self.header_names))
+
+    @cached_property
+    def header_names(self) -> frozenset[str]:
+        """The message's header names, lower-cased, read once: the thread, auto-reply and
+        Precedence lookups ask for headers that most mail does not have."""
+        from sink.pipeline.automatic import header_names
+        return header_names(self.msg.message)
 
     @cached_property
     def auto_reply(self) -> str | None:
         from sink.pipeline.automatic import auto_reply_reason, is_bounce
-        reason = auto_reply_reason(self.msg, self.box)   # headers first: cheap, and rare
+        reason = auto_reply_reason(self.msg, self.box,   # headers first: cheap, and rare
+                                   self.header_names)
         return None if reason is None or is_bounce(self) else reason
 
     @cached_property
@@ -216,7 +255,7 @@ class Context:
             return self.auto_reply
         if is_bounce(self):
             return "a delivery report"
-        return automatic_reason(self.msg, self.box)
+        return automatic_reason(self.msg, self.box, self.header_names)
 
     @cached_property
     def admin_match(self):

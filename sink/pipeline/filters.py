@@ -41,7 +41,7 @@ def system_sender(ctx: Context) -> Result:
 
 def inform_other_users(ctx: Context) -> Result:
     subject_matches = (
-        any(ctx.subject.startswith(p) for p in ctx.folded_list("inform_subject_prefixes"))
+        ctx.subject.startswith(ctx.folded_list("inform_subject_prefixes"))
         or any(p in ctx.subject for p in ctx.folded_list("inform_subject_contains")))
     if subject_matches and any(p in ctx.body for p in ctx.folded_list("inform_body_phrases")):
         return hit(Verdict.INFORM_OTHER_USERS)

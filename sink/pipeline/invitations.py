@@ -18,9 +18,10 @@ from datetime import date, datetime, timezone
 
 import icalendar
 
-from sink.mail.parse import own_parts, part_text
+from sink.mail.parse import part_text
 from sink.pipeline.context import Context
 from sink.pipeline.decision import InvitationAction
+from sink.pipeline.parts import OwnParts, read_own_parts
 from sink.pipeline.result import PASS, Result
 from sink.mail.textnorm import fold_address
 
@@ -154,12 +155,12 @@ def _calendar_events(text: str, method_param: str) -> list[CalendarEvent]:
     return events
 
 
-def calendar_events(msg) -> tuple[CalendarEvent, ...]:
-    """The events of every calendar part, one per (method, UID): the newest revision."""
+def calendar_events(msg, parts: OwnParts | None = None) -> tuple[CalendarEvent, ...]:
+    """The events of every calendar part, one per (method, UID): the newest revision.
+    ``parts``: the message's own parts when already read (:attr:`Context.own_parts`)."""
     newest: dict[tuple[str, str], CalendarEvent] = {}
-    for part in own_parts(msg):
-        if part.get_content_type() not in CALENDAR_TYPES:
-            continue
+    parts = parts if parts is not None else read_own_parts(msg)
+    for part in parts.of_types(CALENDAR_TYPES):
         try:
             method_param = str(part.get_param("method") or "").strip()
             events = _calendar_events(part_text(part, MAX_CALENDAR), method_param)
@@ -200,7 +201,9 @@ def _reply(ctx: Context, event: CalendarEvent, notes: list[str]):
 
 
 def invitations(ctx: Context) -> Result:
-    events = calendar_events(ctx.msg.message)
+    if not ctx.own_parts.has_any(CALENDAR_TYPES):
+        return PASS          # nearly all mail: decided from the part types read once
+    events = calendar_events(ctx.msg.message, ctx.own_parts)
     if not events:
         return PASS
     actions: list[InvitationAction] = []

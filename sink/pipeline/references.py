@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sink.mail.textnorm import fold
+from sink.mail.textnorm import fold, may_fold_to_colon
 
 KINDS = ("contract", "order", "task")
 _TRAILING = ".,;:!?)]}>\"'"
@@ -26,28 +26,48 @@ class Reference:
     words: tuple[str, ...]    # folded words after the number: candidates for TYPE and SCOPE
 
 
+@dataclass(frozen=True)
+class _Matcher:
+    pattern: re.Pattern
+    # each alternative of the pattern with its colon ("contract:", "zakazka:", ...): the
+    # pattern matches only where one of these stands, so their absence decides without it
+    literals: tuple[str, ...]
+
+    def may_match(self, folded: str) -> bool:
+        return any(literal in folded for literal in self.literals)
+
+
 @lru_cache(maxsize=64)
-def _pattern(keywords: tuple[tuple[str, tuple[str, ...]], ...]) -> re.Pattern:
+def _matcher(keywords: tuple[tuple[str, tuple[str, ...]], ...]) -> _Matcher:
     alternatives = []
+    literals: list[str] = []
     for kind, words in keywords:
         folded = sorted({fold(w).rstrip(":").strip() for w in words} - {""}, key=len, reverse=True)
         if folded:
             alternatives.append(f"(?P<{kind}>{'|'.join(re.escape(w) for w in folded)})")
+            literals.extend(f"{w}:" for w in folded)
     if not alternatives:
-        return re.compile(r"(?!x)x")
+        return _Matcher(re.compile(r"(?!x)x"), ())
     # The keyword stands on its own (no letter or digit before it), the colon follows it
     # directly, one optional space, then the number up to the next space.
-    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(alternatives) + r"): ?(?P<number>[^ ]+)")
+    return _Matcher(re.compile(r"(?<![a-z0-9])(?:" + "|".join(alternatives)
+                               + r"): ?(?P<number>[^ ]+)"), tuple(literals))
 
 
 def find_references(text: str, keywords: dict[str, tuple[str, ...]]) -> list[Reference]:
     """All references in ``text`` in order of appearance. ``keywords`` maps kind -> words."""
-    folded = fold(text)
-    if ":" not in folded:
-        return []
-    pattern = _pattern(tuple((k, tuple(keywords.get(k, ()))) for k in KINDS))
+    if not may_fold_to_colon(text):
+        return []            # no reference without a colon: not even folded
+    return folded_references(fold(text), keywords)
+
+
+def folded_references(folded: str, keywords: dict[str, tuple[str, ...]]) -> list[Reference]:
+    """:func:`find_references` of a text already folded (``folded == fold(text)``)."""
+    matcher = _matcher(tuple((k, tuple(keywords.get(k, ()))) for k in KINDS))
+    if not matcher.may_match(folded):
+        return []            # most text: a few substring searches instead of the regex
     found = []
-    for match in pattern.finditer(folded):
+    for match in matcher.pattern.finditer(folded):
         kind = next(k for k in KINDS if match.groupdict().get(k))
         token = match.group("number")
         number = token.rstrip(_TRAILING)

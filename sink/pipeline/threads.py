@@ -25,10 +25,12 @@ def _header(msg: Message | None, name: str) -> str:
         return ""
 
 
-def followed_ids(msg: Message | None) -> tuple[str, ...]:
+def followed_ids(msg: Message | None, names: frozenset[str] | None = None) -> tuple[str, ...]:
     """Message-IDs this message replies to, most wanted first: In-Reply-To, then References
-    from the newest (the last) to the oldest."""
-    if msg is None or not _THREAD_HEADERS.intersection(k.lower() for k in msg.keys()):
+    from the newest (the last) to the oldest. ``names``: its lower-cased header names, when
+    known."""
+    if msg is None or _THREAD_HEADERS.isdisjoint(
+            (k.lower() for k in msg.keys()) if names is None else names):
         return ()                                  # most mail: one pass over the names
     parent = _ID.findall(_header(msg, "In-Reply-To"))
     refs = _ID.findall(_header(msg, "References"))
