@@ -253,3 +253,15 @@ def test_a_rolled_back_directory_change_never_leaves_a_stale_snapshot(engine):
         assert snapshot.version == directory_version(conn)
     assert snapshot.user("real@firma.cz") is not None
     assert snapshot.user("phantom@firma.cz") is None
+
+
+def test_sqlite_reads_pages_through_a_memory_map(tmp_path):
+    """Every connection maps the file (sink.db.engine.SQLITE_MMAP_BYTES): a second storage
+    worker's commits no longer cost the other a page-cache refill."""
+    from sink.db.engine import SQLITE_MMAP_BYTES, make_engine
+    engine = make_engine(f"sqlite:///{tmp_path}/mapped.db")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == SQLITE_MMAP_BYTES > 0
+    finally:
+        engine.dispose()

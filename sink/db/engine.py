@@ -72,6 +72,9 @@ def check_database_file(engine: Engine) -> None:
                                     f"restart the sink")
 
 
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+
+
 def _sqlite_connect(dbapi_conn, _record):
     # Let SQLAlchemy, not pysqlite, decide when transactions begin, so BEGIN IMMEDIATE works.
     dbapi_conn.isolation_level = None
@@ -80,6 +83,11 @@ def _sqlite_connect(dbapi_conn, _record):
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    # Read pages through a memory map instead of copying them into each connection's page
+    # cache: every COMMIT of another connection (a second storage worker, the rules deciding
+    # ahead) empties that cache, and re-reading it cost the next batch more than its writes.
+    # Writes still go through the WAL and its fsync; a crash loses nothing.
+    cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cur.close()
 
 
