@@ -184,3 +184,24 @@ def test_the_benchmark_corpus_parses_the_same_with_and_without_opaque_bodies():
         assert _summary(lean) == _summary(whole)
         shrunk = len(without_opaque_bodies(mail.raw)) < len(mail.raw)
         assert shrunk == (b"message/rfc822" not in mail.raw)   # bounces carry the original
+
+
+def test_the_thread_lookup_goes_by_the_message_id_index(tmp_path):
+    """A reply's thread question must not walk every processed message (SQLite's planner
+    preferred the (status, id) index for the ORDER BY: a scan of the whole table per reply)."""
+    from sink.db.engine import make_engine
+    from sink.db.migrate import upgrade
+    from sink.db.records import _THREAD_MESSAGE
+    engine = make_engine(f"sqlite:///{tmp_path}/plan.db")
+    try:
+        upgrade(engine)
+        with engine.connect() as conn:
+            compiled = _THREAD_MESSAGE._compiled(conn)
+            params = compiled.names and tuple(
+                {"message_id": "<x@y>", "box": "crm@firma.cz"}.get(n, compiled.defaults.get(n))
+                for n in compiled.names)
+            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + compiled.sql, params))
+        assert "ix_messages_message_id" in plan, plan
+    finally:
+        engine.dispose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Mapping
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
@@ -108,6 +108,11 @@ class DbRecords:
 # DBAPI cursor (sink.db.fastpath).
 _SPAM_LISTED = Fast(select(t.spam_list.c.email).where(
     t.spam_list.c.box == bindparam("box"), t.spam_list.c.email == bindparam("email")))
+# ``status || ''`` is the same test, one SQLite's planner cannot answer from the (status, id)
+# index: with a plain ``status =`` it chose that index for the ORDER BY and walked it backwards
+# over every processed message of the database looking for the Message-ID - 4.9 ms per reply
+# at 20,000 messages, growing with the database; by the Message-ID index 1.8 us.
 _THREAD_MESSAGE = Fast(select(t.messages.c.id).where(
     t.messages.c.message_id == bindparam("message_id"), t.messages.c.box == bindparam("box"),
-    t.messages.c.status == "processed").order_by(t.messages.c.id.desc()).limit(1))
+    t.messages.c.status.concat(literal_column("''")) == "processed")
+    .order_by(t.messages.c.id.desc()).limit(1))
