@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
+from sink.db.fastpath import Fast
 from sink.directory import Company, Contact, Directory, Numbered, User
 from sink.mail.textnorm import fold, fold_address
 
@@ -21,6 +22,18 @@ class DirectoryImportError(Exception):
 def directory_version(conn: Connection) -> int:
     return conn.execute(select(t.directory_meta.c.version).where(
         t.directory_meta.c.id == 1)).scalar() or 0
+
+
+_VERSION = Fast(select(t.directory_meta.c.version).where(t.directory_meta.c.id == 1))
+
+
+def current_version(conn: Connection) -> int:
+    """:func:`directory_version` on the DBAPI cursor (sink.db.fastpath), for the check every
+    batch makes twice (deciding ahead, then writing): through ``Connection.execute`` it cost
+    ~0.3 ms, a quarter of a one-message batch. Inside the caller's transaction when there is
+    one; outside one (a connection only reading) it reads the latest committed version."""
+    row = _VERSION.first(conn, {})
+    return (row[0] if row else None) or 0
 
 
 def bump_version(conn: Connection) -> None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.engine import Connection
 
-from sink.db.directory_store import directory_version, load_directory
+from sink.db.directory_store import current_version, load_directory
 from sink.directory import Directory
 
 
@@ -29,7 +29,7 @@ class DirectoryCache:
         pinned = getattr(self._pinned, "snapshot", None)
         if pinned is not None:
             return pinned
-        version = directory_version(conn)
+        version = current_version(conn)
         snapshot = self._snapshot
         if snapshot is not None and snapshot.version == version:
             return snapshot

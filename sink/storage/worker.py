@@ -162,17 +162,20 @@ def serve(sock: socket.socket, inbox: Inbox, config) -> int:
     log.debug("worker.ready", pid=os.getpid())
     closing = False
     frozen_with = None
+    batches = messages = 0
     while not closing:
         jobs, closing = _take_batch(inbox)
         if not jobs:
             break
+        batches, messages = batches + 1, messages + len(jobs)
         done, prepared, outcomes = _commit(intake, write_turn, jobs, boxes)
         sock.sendall(frame(("done", done)))         # answer first, then write the log lines
         log_batch(intake, prepared, outcomes)
         if intake.directory.current is not frozen_with:
             frozen_with = intake.directory.current
             freeze_long_lived()
-    log.info("worker.stopped", pid=os.getpid(), decided_ahead=intake.decided["ahead"],
+    log.info("worker.stopped", pid=os.getpid(), batches=batches, messages=messages,
+             decided_ahead=intake.decided["ahead"],
              decided_again=intake.decided["again"], decided_in_writer=intake.decided["writer"])
     intake.engine.dispose()
     return 0
