@@ -266,3 +266,34 @@ def test_workers_exit_when_the_protocol_process_is_killed(served, engine):
     assert wait_for(lambda: all(process_gone(pid) for pid in workers), 10), workers
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.messages)).scalar() == 1
+
+
+def test_two_workers_deciding_ahead_record_each_copy_once(engine, start_server):
+    """Forwarded copies of one message (same date, sender, recipients, subject: one dedup
+    key) sent at the same moment over different sessions land in both workers, each deciding
+    ahead while the other commits: per key exactly one PROCESSED, the rest DUPLICATE."""
+    server = start_server(workers=2)
+    pairs = 24
+    date = "Mon, 02 Nov 2026 10:00:00 +0000"
+
+    def session(copy: int):
+        client = MailClient(server.lmtp_port)
+        client.hello()
+        for i in range(pairs):
+            raw = make_mail(subject=f"Offer {i}", date=date, body=f"copy {copy}\n",
+                            message_id=f"<offer-{i}-{copy}@test>")
+            assert client.send(raw)[-1][0] == 250
+        client.close()
+    threads = [threading.Thread(target=session, args=(c,)) for c in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.messages.c.subject, t.messages.c.verdict)).all()
+    assert len(rows) == 3 * pairs
+    for i in range(pairs):
+        verdicts = sorted(v for s, v in rows if s == f"Offer {i}")
+        assert verdicts == ["DUPLICATE", "DUPLICATE", "PROCESSED"], (i, verdicts)
+    answered = [w.answered for w in server.server.storage.workers]
+    assert all(answered), answered            # both workers took part

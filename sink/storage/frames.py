@@ -2,7 +2,7 @@
 and :mod:`sink.storage.worker`), one format both ways.
 
 A frame is ``!II`` (length of a pickled header, length of a raw payload), the header, the
-payload. To the worker: first ``("init", config)``, then ``(job_id, envelope, box addresses,
+payload. To the worker: first ``("init", config, number of workers)``, then ``(job_id, envelope, box addresses,
 started)`` with the message as payload. From the worker: ``("ready", pid)`` or ``("failed",
 reason)``, then ``("done", [(job_id, [result per box]), ...])`` where a result is ``("stored",
 message_id, status, already_stored, verdict, error, [(id, status, already_stored, verdict,

@@ -138,7 +138,7 @@ class WorkerPool:
         finally:
             theirs.close()
         worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
-        worker.writer.write(frame(("init", self.config)))
+        worker.writer.write(frame(("init", self.config, len(self.workers))))
         try:
             kind, detail = await self._read_header(worker.reader)
         except (asyncio.IncompleteReadError, ConnectionError) as error:
