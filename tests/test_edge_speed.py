@@ -399,3 +399,29 @@ def test_head_is_where_dkimpy_stops_reading(raw):
             dkimpy.rfc822_parse(dkim._head(raw))
         return
     assert dkimpy.rfc822_parse(dkim._head(raw))[0] == whole
+
+
+def test_a_message_over_the_verification_bound_is_temperror_not_verified(key, monkeypatch):
+    """dkimpy holds a message 3-4 times over: above MAX_VERIFY_BYTES nothing is verified (a
+    40 MB message must stay below 3 times its size in the worker)."""
+    pem, record = key
+    raw = messages(pem)["valid"]
+    resolver = Resolver(record)
+    assert dkim.verify(raw, "acme.cz", dnsfunc=without_shortcut(dkim._KeyCache(resolver))) \
+        == "pass"
+    monkeypatch.setattr(dkim, "MAX_VERIFY_BYTES", len(raw) - 1)
+    asked = len(resolver.asked)
+    assert dkim.verify(raw, "acme.cz", dnsfunc=without_shortcut(dkim._KeyCache(resolver))) \
+        == "temperror"
+    assert len(resolver.asked) == asked           # not even the key was looked up
+    assert dkim.verify(make_mail(), "acme.cz") == "none"    # unsigned stays none
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"DKIM-Signature: v=1", b"dkim-signature:x", b"From: a",
+                                 b"\r\n", b"\n", b"\r", b" ", b"", b"body"]), max_size=30))
+def test_signature_count_is_the_split_definition(pieces):
+    raw = b"".join(pieces)
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    expected = sum(1 for line in head.splitlines() if line[:15].lower() == b"dkim-signature:")
+    assert dkim._signature_count(raw) == expected

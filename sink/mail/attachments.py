@@ -27,6 +27,7 @@ itself, with the same email package and policy, and bounded the same way:
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.parser
 import hashlib
@@ -200,6 +201,15 @@ class Tree:
                 return part
         return None
 
+    def digest(self, part: Message) -> tuple[int, str] | None:
+        """Size and sha256 of a leaf's decoded content, without holding it whole, for a big
+        base64 body the parse left out; None when it must be decoded whole (:meth:`content`)."""
+        payload = part.get_payload()
+        if not self._extents or not isinstance(payload, str):
+            return None
+        extent = self._extents.get(payload.strip())
+        return base64_digest(self.raw, *extent) if extent is not None else None
+
     def content(self, part: Message) -> bytes:
         """The decoded bytes of a leaf: transfer encoding undone; a nested message as the email
         package writes it back (CRLF line ends, like a carried message's stored bytes)."""
@@ -213,6 +223,34 @@ class Tree:
                 return decode_b(self.raw[start:end].translate(None, b"\r\n"))[0]
         data = part.get_payload(decode=True)
         return data if isinstance(data, bytes) else b""
+
+
+def base64_digest(raw: bytes, start: int, end: int, chunk: int = 1 << 20
+                  ) -> tuple[int, str] | None:
+    """``(size, sha256)`` of the base64 body ``raw[start:end]`` decoded, a chunk at a time:
+    decoding a 30 MB attachment whole held its text, the text without line ends and the
+    decoded bytes at once (twice the message's size). The same bytes as ``decode_b`` of the
+    whole (what ``get_payload(decode=True)`` does) wherever that decodes it strictly - base64
+    characters and line ends only (the parse checked), padding only at the very end; anything
+    else is None and decoded whole, with decode_b's own leniency."""
+    pad = raw.find(b"=", start, end)
+    if pad >= 0 and raw[pad:end].translate(None, b"\r\n") not in (b"=", b"=="):
+        return None
+    digest, size, carry = hashlib.sha256(), 0, b""
+    for pos in range(start, end, chunk):
+        text = carry + raw[pos:min(pos + chunk, end)].translate(None, b"\r\n")
+        whole = len(text) - len(text) % 4
+        data = binascii.a2b_base64(text[:whole])
+        digest.update(data)
+        size += len(data)
+        carry = text[whole:]
+    if carry:
+        if pad >= 0 or len(carry) == 1:     # decode_b's fallbacks decide these: whole
+            return None
+        data = decode_b(carry)[0]           # 2 or 3 characters: decode_b pads them
+        digest.update(data)
+        size += len(data)
+    return size, digest.hexdigest()
 
 
 def _nested_bytes(part: Message) -> bytes:
@@ -279,8 +317,17 @@ def _records(tree: Tree, path: str, part: Message) -> list[Attachment]:
     if _is_body(part, name, disposition):
         return []
     ctype = _text(part.get_content_type(), MAX_FIELD)
-    data = tree.content(part)
     content_id = _text(str(part.get("Content-ID") or ""), MAX_FIELD).strip("<>") or None
+    inline = disposition != "attachment" and (disposition == "inline" or bool(content_id))
+    streamed = None if tnef.is_tnef(ctype, name) or part.get_content_maintype() == "message" \
+        else tree.digest(part)
+    if streamed is not None:                # a big base64 file: its size and digest suffice
+        size, sha256 = streamed
+        return [Attachment(part=path, name=name or _fallback_name(path, ctype, None),
+                           content_type=ctype, size=size, sha256=sha256,
+                           content_id=content_id, inline=inline, nested_subject=None,
+                           defect=None)]
+    data = tree.content(part)
     nested = _nested_subject(part, data)
     defect = None
     if tnef.is_tnef(ctype, name):
@@ -291,8 +338,7 @@ def _records(tree: Tree, path: str, part: Message) -> list[Attachment]:
     return [Attachment(
         part=path, name=name or _fallback_name(path, ctype, nested), content_type=ctype,
         size=len(data), sha256=hashlib.sha256(data).hexdigest(), content_id=content_id,
-        inline=disposition != "attachment" and (disposition == "inline" or bool(content_id)),
-        nested_subject=nested, defect=defect)]
+        inline=inline, nested_subject=nested, defect=defect)]
 
 
 def _tnef_file(path: str, number: int, carried: tnef.TnefFile) -> Attachment:
@@ -310,6 +356,7 @@ _CONTENT_TYPE_VALUE = re.compile(rb"\ncontent-type:[ \t]*(?:\r?\n[ \t]+)?([^;\s]
 _NAMED = (b"content-disposition", b"name=", b"name*=", b"content-id", b"ms-tnef", b"winmail")
 # What a message that has nothing but its body is made of: one text, or text and HTML as
 # alternatives (each at most once).
+MAX_BODY_ONLY = 1024 * 1024
 _BODY_ONLY = {b"text/plain": 1, b"text/html": 1, b"multipart/alternative": 1}
 
 
@@ -318,7 +365,11 @@ def body_only(raw: bytes) -> bool:
     alone or as alternatives; nothing named, disposed or with a content-id): then there is
     nothing to list and the message is not parsed a second time - most mail, where the
     listing cost as much as the rules' own parse. Any doubt (a quoted header in a body, say)
-    is answered False: the message is listed the long way."""
+    is answered False: the message is listed the long way. So is a message over
+    ``MAX_BODY_ONLY`` bytes: its lower-cased copy would cost its whole size again (a 40 MB
+    message peaked at twice its size here), and the long way leaves big bodies out."""
+    if len(raw) > MAX_BODY_ONLY:
+        return False
     low = raw.lower()
     if any(word in low for word in _NAMED):
         return False
