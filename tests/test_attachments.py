@@ -346,3 +346,27 @@ def test_a_message_that_is_only_its_body_is_not_parsed_again_and_loses_nothing()
     for raw in skipped:
         assert list_attachments(raw, shortcut=False).attachments == ()
     assert body_only(make_mail()) and body_only(make_mail(html="<p>hi</p>"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=3000), width=st.integers(4, 100), chunk=st.integers(1, 700),
+       cut=st.integers(0, 3), junk=st.sampled_from([b"", b"=", b"==", b"A", b"AB", b"A=B"]))
+def test_a_streamed_base64_digest_is_that_of_the_whole_decode(data, width, chunk, cut, junk):
+    """sink.mail.attachments.base64_digest (a chunk at a time) against decode_b of the whole
+    body, as get_payload(decode=True) does: equal wherever it answers; it answers for every
+    body the email package itself would write."""
+    import base64
+    import hashlib
+    from email._encoded_words import decode_b
+    from sink.mail.attachments import base64_digest
+    text = base64.b64encode(data)
+    text = text[:len(text) - cut] + junk
+    body = b"\r\n".join(text[i:i + width] for i in range(0, len(text), width)) + b"\r\n"
+    raw = b"head\r\n\r\n" + body + b"--b--\r\n"
+    start = raw.index(b"\r\n\r\n") + 4
+    got = base64_digest(raw, start, start + len(body), chunk=chunk)
+    whole = decode_b(b"".join(body.split()))[0]
+    if got is not None:
+        assert got == (len(whole), hashlib.sha256(whole).hexdigest())
+    if not cut and not junk:
+        assert got is not None
