@@ -40,7 +40,7 @@ class SecondMessageMeet:
     to store its second - the moment two batches holding the same messages in opposite order
     would each wait for the other's row."""
 
-    def __init__(self, patience: float = 3.0):
+    def __init__(self, patience: float = 1.0):
         import threading
         self.barrier = threading.Barrier(2, timeout=patience)
         self.local = threading.local()
@@ -53,7 +53,7 @@ class SecondMessageMeet:
             try:
                 self.barrier.wait()
             except threading.BrokenBarrierError:
-                pass                # the other batch waits on our row: ordered, no deadlock
+                pass                # the other batch waits for our locks: no deadlock
         return evaluate(msg, box, directory, seen, records)
 
 
@@ -105,3 +105,110 @@ def test_two_workers_storing_copies_with_the_same_dedup_keys_do_not_deadlock(eng
     (x1, y1), (y2, x2) = ([o[0] for o in r] for r in results)
     assert sorted([x1.verdict, x2.verdict]) == ["DUPLICATE", "PROCESSED"], (x1, x2)
     assert sorted([y1.verdict, y2.verdict]) == ["DUPLICATE", "PROCESSED"], (y1, y2)
+
+
+# ------------------------------------------------------------------ deferred rows
+
+def _count(conn, table) -> int:
+    return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+def test_deferred_rows_are_sent_at_the_flush_sorted_and_undone_with_their_savepoint(engine):
+    """fastpath.deferring: nothing reaches the database before flush; a row deferred inside a
+    savepoint that is rolled back is never sent (nor one deferred after a nested savepoint
+    that is rolled back to); released savepoints keep theirs; an ``ordered`` statement's
+    rows go in sorted order (PostgreSQL: insertion order is physical order, ctid)."""
+    from sqlalchemy import insert
+    from sink.db import fastpath
+    from sink.intake import rows
+    row = lambda digest, mid: {"box": "b", "kind": "key", "digest": digest, "message_id": mid}
+    with engine.begin() as conn, fastpath.deferring(conn):
+        mid = conn.execute(insert(t.messages), {
+            "uuid": "u1", "received_at": __import__("datetime").datetime.now(),
+            "channel": "lmtp", "box": "b", "rcpt_to": [], "to_addrs": [], "cc_addrs": [],
+            "size": 1, "sha256": "0" * 64, "status": "pending", "trace": []}
+        ).inserted_primary_key[0]
+        rows.INSERT_DEDUP_KEYS.defer_many(conn, [row("d9", mid), row("d1", mid)])
+        outer = fastpath.savepoint(conn, "m")
+        rows.INSERT_DEDUP_KEYS.defer(conn, row("d5", mid))
+        inner = fastpath.savepoint(conn, "r")
+        rows.INSERT_DEDUP_KEYS.defer(conn, row("gone-r", mid))
+        fastpath.rollback_to(conn, "r", inner)           # kept open, its row dropped
+        rows.INSERT_DEDUP_KEYS.defer(conn, row("d7", mid))
+        fastpath.release(conn, "r")
+        fastpath.release(conn, "m")                      # d5, d7 now the transaction's
+        fastpath.savepoint(conn, "m")
+        rows.INSERT_DEDUP_KEYS.defer(conn, row("gone-m", mid))
+        fastpath.savepoint(conn, "r")
+        rows.INSERT_DEDUP_KEYS.defer(conn, row("gone-mr", mid))
+        fastpath.release(conn, "r")
+        fastpath.rollback_to(conn, "m", outer, release=True)
+        assert _count(conn, "dedup_keys") == 0
+        assert [p["digest"] for p in fastpath.pending(conn, rows.INSERT_DEDUP_KEYS)] == \
+            ["d9", "d1", "d5", "d7"]
+        fastpath.flush(conn)
+        assert fastpath.pending(conn, rows.INSERT_DEDUP_KEYS) == []
+    order = "ctid" if engine.dialect.name == "postgresql" else "rowid"
+    with engine.connect() as conn:
+        sent = conn.execute(text(f"SELECT digest FROM dedup_keys ORDER BY {order}")).scalars()
+        assert list(sent) == ["d1", "d5", "d7", "d9"]
+
+
+class FailingOnce:
+    """An executor that writes a message's records, then fails: the first time as a lost
+    unique race (IntegrityError: the message's savepoint is rolled back and it is stored
+    again), for ``subject`` always as a bug of ours (its records' savepoint is rolled back,
+    the message stays ``failed``)."""
+
+    def __init__(self, subject_of):
+        self.calls = 0
+        self.subject_of = subject_of
+
+    def __call__(self, conn, message_id, decision, directory):
+        from sqlalchemy import exc as sa_exc
+        from sink.executor import apply
+        stored = apply(conn, message_id, decision, directory)
+        self.calls += 1
+        if self.calls == 1:
+            raise sa_exc.IntegrityError("INSERT", {}, Exception("another worker won"))
+        if self.subject_of(message_id) == "broken":
+            raise ValueError("a bug in a writer")
+        return stored
+
+
+def test_no_deferred_row_outlives_its_message_savepoint_in_a_batch(engine):
+    """A PostgreSQL batch defers raw bytes, attachments, activity links and dedup keys: the
+    rows of an attempt that lost a race, and the records of a message whose executor failed,
+    are not flushed with the batch (a raw row or a link of a rolled-back message would fail
+    the batch at COMMIT on its foreign key, a dedup key would make the message DUPLICATE
+    for ever)."""
+    from sink.storage.batching import commit_batch
+    subjects = {}                            # message row id -> subject, as inserted
+    intake = Intake(engine, executor=FailingOnce(subjects.get))
+    raws = [make_mail(subject="first", attachments=[("application", "pdf", b"%PDF" * 50,
+                                                     "a.pdf")]),
+            make_mail(subject="broken"), make_mail(subject="third")]
+    items = [(intake.prepare(raw, LMTP), (BOX,)) for raw in raws]
+    original = intake._insert
+
+    def remember(conn, raw, sha256, parsed, *args, **kwargs):
+        message_id = original(conn, raw, sha256, parsed, *args, **kwargs)
+        subjects[message_id] = parsed.subject
+        return message_id
+    intake._insert = remember
+    outcomes = commit_batch(intake, items)
+    first, broken, third = (o[0] for o in outcomes)
+    assert (first.status, broken.status, third.status) == ("processed", "failed", "processed")
+    with engine.connect() as conn:
+        assert _count(conn, "messages") == 3 and _count(conn, "raw_messages") == 3
+        assert conn.execute(text("SELECT count(*) FROM raw_messages r JOIN messages m "
+                                 "ON m.id = r.message_id")).scalar() == 3
+        keyed = set(conn.execute(text("SELECT DISTINCT message_id FROM dedup_keys")).scalars())
+        assert keyed == {first.message_id, third.message_id}
+        linked = set(conn.execute(text(
+            "SELECT DISTINCT a.message_id FROM activity_contacts l "
+            "JOIN activities a ON a.id = l.activity_id")).scalars())
+        assert linked == {first.message_id, third.message_id}
+        assert _count(conn, "activities") == 2
+        attached = set(conn.execute(text("SELECT message_id FROM attachments")).scalars())
+        assert attached == {first.message_id}

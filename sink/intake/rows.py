@@ -10,6 +10,7 @@ from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
+from sink.db import fastpath
 from sink.db.fastpath import Fast
 from sink.mail.parse import storable
 
@@ -29,8 +30,9 @@ INSERT_MESSAGE = Fast(insert(t.messages), (
     "cc_addrs", "date_header", "subject", "message_id", "size", "sha256", "status", "trace",
     "parent_id", "verdict", "direction", "processed_at", "error", "dkim"))
 INSERT_RAW = Fast(insert(t.raw_messages), ("message_id", "content"))
+# Deferred in a PostgreSQL batch and sent sorted: two workers lock the same keys in one order.
 INSERT_DEDUP_KEYS = Fast(insert(t.dedup_keys), ("box", "kind", "digest", "message_id"),
-                         many=True)
+                         many=True, ordered=True)
 # A message's outcome: what the rules decided, or that they failed (error).
 OUTCOME_COLUMNS = ("status", "verdict", "direction", "trace", "processed_at", "error")
 UPDATE_OUTCOME = Fast(update(t.messages).where(t.messages.c.id == bindparam("message_pk")),
@@ -38,8 +40,13 @@ UPDATE_OUTCOME = Fast(update(t.messages).where(t.messages.c.id == bindparam("mes
 
 
 def seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]], bool]:
+    """Whether a dedup key of ``box`` is stored - or deferred by an earlier message of the
+    same batch (:func:`sink.db.fastpath.deferring`), which the database does not know yet."""
     def seen(keys: Iterable[tuple[str, str]]) -> bool:
         keys = list(keys)
+        return _deferred_key(conn, box, keys) or stored(keys)
+
+    def stored(keys: list[tuple[str, str]]) -> bool:
         while len(keys) >= 2:
             (kind1, digest1), (kind2, digest2) = keys[:2]
             if SEEN_KEYS.first(conn, {"box": box, "kind1": kind1, "digest1": digest1,
@@ -49,6 +56,12 @@ def seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]],
         return bool(keys) and SEEN_KEY.first(
             conn, {"box": box, "kind": keys[0][0], "digest": keys[0][1]}) is not None
     return seen
+
+
+def _deferred_key(conn: Connection, box: str, keys: list[tuple[str, str]]) -> bool:
+    wanted = set(keys)
+    return any(row["box"] == box and (row["kind"], row["digest"]) in wanted
+               for row in fastpath.pending(conn, INSERT_DEDUP_KEYS))
 
 
 def storable_row(table, values: dict) -> dict:
