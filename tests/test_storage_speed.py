@@ -4,7 +4,11 @@ locks taken in one order across workers, the fast path around the DBAPI cursor."
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from sink.config import parse_config
@@ -124,7 +128,7 @@ def test_deferred_rows_are_sent_at_the_flush_sorted_and_undone_with_their_savepo
     row = lambda digest, mid: {"box": "b", "kind": "key", "digest": digest, "message_id": mid}
     with engine.begin() as conn, fastpath.deferring(conn):
         mid = conn.execute(insert(t.messages), {
-            "uuid": "u1", "received_at": __import__("datetime").datetime.now(),
+            "uuid": "u1", "received_at": datetime.now(timezone.utc),
             "channel": "lmtp", "box": "b", "rcpt_to": [], "to_addrs": [], "cc_addrs": [],
             "size": 1, "sha256": "0" * 64, "status": "pending", "trace": []}
         ).inserted_primary_key[0]
@@ -212,3 +216,31 @@ def test_no_deferred_row_outlives_its_message_savepoint_in_a_batch(engine):
         assert _count(conn, "activities") == 2
         attached = set(conn.execute(text("SELECT message_id FROM attachments")).scalars())
         assert attached == {first.message_id}
+
+
+# ------------------------------------------------------------------ the Python around them
+
+def _reference_storable_row(table, values):
+    """storable_row's definition: every text storable and cut to its column's length."""
+    from sink.mail.parse import storable
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            value = storable(value)[:getattr(table.c[key].type, "length", None) or None]
+        elif isinstance(value, list):
+            value = [storable(v) if isinstance(v, str) else v for v in value]
+        out[key] = value
+    return out
+
+
+_TEXT = st.text(alphabet=st.characters(), max_size=600)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sender=_TEXT, subject=_TEXT, message_id=_TEXT | st.none(),
+       to=st.lists(_TEXT, max_size=3))
+def test_storable_row_is_its_definition(sender, subject, message_id, to):
+    from sink.intake.rows import storable_row
+    values = {"sender": sender, "subject": subject, "message_id": message_id, "to_addrs": to,
+              "size": len(subject), "box": sender}
+    assert storable_row(t.messages, values) == _reference_storable_row(t.messages, values)

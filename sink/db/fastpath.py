@@ -26,6 +26,7 @@ message it was written for.
 
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -39,8 +40,8 @@ from sqlalchemy.sql.dml import Insert
 class _Compiled:
     sql: str
     names: tuple[str, ...]                          # bind names, in statement order
-    processors: tuple[Callable | None, ...]
-    defaults: Mapping[str, Any]                     # insert: scalar column defaults
+    take: Callable[[Mapping[str, Any]], tuple]      # params -> their values, in names order
+    processed: tuple[tuple[int, Callable], ...]     # (index in names, bind processor)
     positional: bool
     returns_id: bool                                # PostgreSQL: INSERT ... RETURNING id
     error: type                                     # the DBAPI's base Error
@@ -71,35 +72,47 @@ class Fast:
         if getattr(compiled, "escaped_bind_names", None):
             raise ValueError("parameter names that need escaping are not supported")
         names = tuple(compiled.positiontup) if dialect.positional else tuple(compiled.binds)
-        processors = tuple(dialect.type_descriptor(compiled.binds[n].type)
-                           .bind_processor(dialect) for n in names)
-        # Values the statement itself carries (e.g. a LIMIT), then column defaults.
-        defaults = {name: bind.effective_value for name, bind in compiled.binds.items()
-                    if bind.value is not None or bind.callable is not None}
-        if isinstance(self.statement, Insert):
-            for column in self.statement.table.columns:
-                default = column.default
-                if default is None or column.key not in compiled.binds:
-                    continue
-                if not getattr(default, "is_scalar", False):
-                    raise ValueError(f"{column}: only scalar column defaults are supported")
-                defaults[column.key] = default.arg
-        found = _Compiled(compiled.string, names, processors, defaults, dialect.positional,
+        processors = (dialect.type_descriptor(compiled.binds[n].type).bind_processor(dialect)
+                      for n in names)
+        processed = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+        # Values the statement itself carries (e.g. a LIMIT); a required bind is the caller's.
+        fixed = {name: bind.effective_value for name, bind in compiled.binds.items()
+                 if not bind.required and (bind.value is not None or bind.callable is not None)}
+        found = _Compiled(compiled.string, names,
+                          _taker(names, fixed, self._column_defaults(compiled)), processed,
+                          dialect.positional,
                           bool(getattr(compiled, "effective_returning", None)),
                           dialect.loaded_dbapi.Error)
         self._by_dialect[dialect.name] = found
         return found
 
+    def _column_defaults(self, compiled) -> dict[str, Any]:
+        """An INSERT's scalar column defaults, for the columns a caller may leave out."""
+        if not isinstance(self.statement, Insert):
+            return {}
+        defaults = {}
+        for column in self.statement.table.columns:
+            default = column.default
+            if default is None or column.key not in compiled.binds:
+                continue
+            if not getattr(default, "is_scalar", False):
+                raise ValueError(f"{column}: only scalar column defaults are supported")
+            defaults[column.key] = default.arg
+        return defaults
+
     # ------------------------------------------------------------------------------ run
     def _bind(self, c: _Compiled, params: Mapping[str, Any]):
-        values = []
-        for name, processor in zip(c.names, c.processors):
-            value = params[name] if name in params else c.defaults.get(name)
-            values.append(processor(value) if processor is not None else value)
+        # the per-row cost of every statement: one C-level lookup of all values, then only
+        # the processors there are (JSON, DateTime on SQLite, ...)
+        values = c.take(params)
+        if c.processed:
+            values = list(values)
+            for i, processor in c.processed:
+                values[i] = processor(values[i])
         return tuple(values) if c.positional else dict(zip(c.names, values))
 
     def _run(self, conn: Connection, params: Mapping[str, Any]):
-        c = self._compiled(conn)
+        c = self._by_dialect.get(conn.dialect.name) or self._compiled(conn)
         bound = self._bind(c, params)
         cursor = _cursor(conn)
         try:
@@ -157,6 +170,37 @@ class Fast:
         if self.ordered:
             bound.sort(key=tuple if c.positional else lambda row: tuple(row.values()))
         _send(conn, c, bound, pipeline=len(bound) > 1)   # a pipeline of one costs a sync more
+
+
+def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[str, Any]
+           ) -> Callable[[Mapping[str, Any]], tuple]:
+    """``params -> values in names order``: an itemgetter when the caller gives every value
+    (the hot path); otherwise the statement's own values, then column defaults, fill in."""
+    def fill(params: Mapping[str, Any]) -> tuple:
+        values = []
+        for name in names:
+            if name in params:
+                values.append(params[name])
+            elif name in fixed:
+                values.append(fixed[name])
+            elif name in defaults:
+                values.append(defaults[name])
+            else:
+                raise sa_exc.InvalidRequestError(
+                    f"A value is required for bind parameter {name!r}")
+        return tuple(values)
+    if fixed or not names:
+        return fill
+    get = operator.itemgetter(*names)
+    single = len(names) == 1
+
+    def take(params: Mapping[str, Any]) -> tuple:
+        try:
+            found = get(params)
+        except KeyError:
+            return fill(params)
+        return (found,) if single else found
+    return take
 
 
 def _send(conn: Connection, c: _Compiled, bound: list, *, pipeline: bool) -> None:

@@ -70,14 +70,28 @@ def storable_row(table, values: dict) -> dict:
     string longer than its column (PostgreSQL refuses a 400-character From address). The raw
     bytes, stored beside it, stay exact; a summary that could not be stored would defer the
     message for ever."""
+    lengths = _lengths(table)
     row = {}
     for key, value in values.items():
         if isinstance(value, str):
             value = storable(value)
-            length = getattr(table.c[key].type, "length", None)
+            length = lengths[key]
             if length and len(value) > length:
                 value = value[:length]
         elif isinstance(value, list):
             value = [storable(v) if isinstance(v, str) else v for v in value]
         row[key] = value
     return row
+
+
+_LENGTHS: dict[str, dict[str, int | None]] = {}
+
+
+def _lengths(table) -> dict[str, int | None]:
+    """Each column's string length limit (None: unlimited), looked up once per table: finding
+    a column by key costs more than cutting the value (every message, every text column)."""
+    found = _LENGTHS.get(table.name)
+    if found is None:
+        found = _LENGTHS[table.name] = {c.key: getattr(c.type, "length", None)
+                                        for c in table.columns}
+    return found
