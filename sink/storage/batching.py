@@ -131,7 +131,7 @@ def _store_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxCon
     """One transaction: the batch's messages locked in one order, every delivery in arrival
     order, the deferred rows flushed, COMMIT."""
     with intake.engine.begin() as conn, intake.directory.pinned(conn), _deferring(conn):
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql" and _rows_to_order(items):
             _lock_in_order(conn, items)
         outcomes = [[store_one(intake, conn, prepared, box) for box in boxes]
                     for prepared, boxes in items]
@@ -145,6 +145,12 @@ def _deferring(conn: Connection):
     if conn.dialect.name == "postgresql":
         return fastpath.deferring(conn)
     return contextlib.nullcontext()
+
+
+def _rows_to_order(items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]) -> bool:
+    """More than one message row to write: one row alone (the commonest batch when the load is
+    light) takes no other lock before its dedup keys, which the flush sends in order."""
+    return sum(len(boxes) for _, boxes in items) > 1
 
 
 _LOCK_MESSAGES = ("SELECT count(pg_advisory_xact_lock(k)) "
