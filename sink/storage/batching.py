@@ -26,7 +26,14 @@ many sessions deliver. :class:`GroupCommitter` keeps every guarantee of
   nothing of the batch was committed.
 
 SQLite gets one writer (it has one write lock anyway); PostgreSQL may use several, each with its
-own batches and connection.
+own batches and connection. There, per batch (issue 16):
+
+- the rows nobody reads back in the transaction (raw bytes, attachments, activity links, dedup
+  keys) are deferred and sent as one executemany per table just before COMMIT
+  (:func:`sink.db.fastpath.deferring`); a message's savepoint rolled back drops its rows too;
+- two workers never wait for each other in a circle: a batch first locks its messages in one
+  order (:func:`_lock_in_order`), and the dedup keys are sent sorted; a flush that still loses
+  a key to another worker stores the batch again, which then sees the winner's rows.
 """
 
 from __future__ import annotations
