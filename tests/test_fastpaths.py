@@ -219,9 +219,8 @@ def test_the_thread_lookup_goes_by_the_message_id_index(tmp_path):
         upgrade(engine)
         with engine.connect() as conn:
             compiled = _THREAD_MESSAGE._compiled(conn)
-            params = compiled.names and tuple(
-                {"message_id": "<x@y>", "box": "crm@firma.cz"}.get(n, compiled.defaults.get(n))
-                for n in compiled.names)
+            params = _THREAD_MESSAGE._bind(compiled, {"message_id": "<x@y>",
+                                                      "box": "crm@firma.cz"})
             plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN " + compiled.sql, params))
         assert "ix_messages_message_id" in plan, plan
