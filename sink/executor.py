@@ -23,7 +23,8 @@ from sink.pipeline.decision import (RECORD_KINDS, ActivityAction, BounceAction, 
 from sink.mail.textnorm import fold
 
 ORIGINAL_FILENAME = "Original.eml"
-# The inserts nearly every message makes, on the DBAPI cursor (sink.db.fastpath).
+# The inserts nearly every message makes, on the DBAPI cursor (sink.db.fastpath); the links,
+# which nothing reads back in the transaction, deferred to the batch's flush on PostgreSQL.
 _INSERT_ACTIVITY = Fast(insert(t.activities), (
     "message_id", "direction", "responsible_id", "type_id", "type_name", "scope", "subject",
     "text", "date", "contract_id", "order_id", "task_id", "ticket_id", "completed", "due",
@@ -74,11 +75,11 @@ def _store_activity(conn: Connection, message_id: int, action: ActivityAction,
     activity_id = _INSERT_ACTIVITY.insert(conn, row)
     contact_ids = {c.id for email in action.contacts for c in directory.contacts.get(email, ())}
     if contact_ids:
-        _INSERT_ACTIVITY_CONTACTS.execute_many(conn, [
+        _INSERT_ACTIVITY_CONTACTS.defer_many(conn, [
             {"activity_id": activity_id, "contact_id": cid} for cid in sorted(contact_ids)])
     company_ids = _company_ids(directory, action.companies)
     if company_ids:
-        _INSERT_ACTIVITY_COMPANIES.execute_many(conn, [
+        _INSERT_ACTIVITY_COMPANIES.defer_many(conn, [
             {"activity_id": activity_id, "company_id": cid} for cid in sorted(company_ids)])
     return action
 

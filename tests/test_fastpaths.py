@@ -118,6 +118,28 @@ def test_fast_statement_errors_are_sqlalchemy_errors_and_savepoints_undo(engine)
         assert conn.execute(select(func.count()).select_from(t.messages)).scalar() == 2
 
 
+def test_fast_statements_with_their_own_values_and_missing_ones(engine):
+    """A statement's own values (a literal, a LIMIT) are bound as Core binds them; a value the
+    caller must give and did not is an error naming it, never a NULL."""
+    import pytest
+    from sqlalchemy import bindparam, exc as sa_exc, insert, select
+    from sink.db import schema as t
+    from sink.db.fastpath import Fast
+    insert_fast = Fast(insert(t.messages), tuple(_message_row()))
+    newest = select(t.messages.c.id).where(t.messages.c.box == bindparam("box"),
+                                           t.messages.c.status == "processed"
+                                           ).order_by(t.messages.c.id.desc()).limit(1)
+    with engine.begin() as conn:
+        ids = [insert_fast.insert(conn, _message_row(sha256=f"{i}" * 64, status=status))
+               for i, status in enumerate(("processed", "processed", "pending"))]
+        core = conn.execute(newest, {"box": "crm@firma.cz"}).first()
+        assert Fast(newest).first(conn, {"box": "crm@firma.cz"}) == tuple(core) == (ids[1],)
+        incomplete = _message_row(sha256="9" * 64)
+        del incomplete["channel"]
+        with pytest.raises(sa_exc.InvalidRequestError, match="channel"):
+            insert_fast.insert(conn, incomplete)
+
+
 # ------------------------------------------------------------------ sink.mail.opaque
 
 def _summary(parsed):
@@ -197,9 +219,8 @@ def test_the_thread_lookup_goes_by_the_message_id_index(tmp_path):
         upgrade(engine)
         with engine.connect() as conn:
             compiled = _THREAD_MESSAGE._compiled(conn)
-            params = compiled.names and tuple(
-                {"message_id": "<x@y>", "box": "crm@firma.cz"}.get(n, compiled.defaults.get(n))
-                for n in compiled.names)
+            params = _THREAD_MESSAGE._bind(compiled, {"message_id": "<x@y>",
+                                                      "box": "crm@firma.cz"})
             plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN " + compiled.sql, params))
         assert "ix_messages_message_id" in plan, plan

@@ -16,7 +16,8 @@ from sink.mail.attachments import Listing, list_attachments
 log = get_logger("sink.db.attachments")
 _COLUMNS = ("message_id", "position", "part", "name", "content_type", "size", "sha256",
             "content_id", "inline", "nested_subject", "defect")
-# compiled once, run on the DBAPI cursor like the message's own INSERTs (sink.db.fastpath)
+# compiled once, run on the DBAPI cursor like the message's own INSERTs (sink.db.fastpath);
+# deferred to the batch's flush on PostgreSQL
 _INSERT = Fast(insert(t.attachments), _COLUMNS, many=True)
 
 
@@ -31,7 +32,7 @@ def store_attachments(conn: Connection, message_id: int, raw: bytes,
     if listing.defects:
         log.info("attachments.defects", id=message_id, defects=list(listing.defects[:10]))
     if listing.attachments:
-        _INSERT.execute_many(conn, [
+        _INSERT.defer_many(conn, [
             {"message_id": message_id, "position": position, "part": a.part, "name": a.name,
              "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
              "content_id": a.content_id, "inline": a.inline,

@@ -15,10 +15,19 @@ is exactly what ``Connection.execute`` would send; only the per-call machinery i
   ``sink.errors.classify`` and the unique-race handling see what they always saw.
 
 Only for the hot path of storage; everything else goes through ``Connection.execute``.
+
+Deferred rows (:func:`deferring`, PostgreSQL batches): an INSERT nobody in the transaction
+reads back and whose id nobody needs (raw bytes, attachments, dedup keys, activity links) is
+kept in memory and sent at :func:`flush` - one ``executemany`` (a psycopg pipeline: one round
+trip) per statement per batch instead of one round trip per row. A deferred row belongs to the
+savepoints open when it was asked for: rolling one back drops it too, so it never outlives the
+message it was written for.
 """
 
 from __future__ import annotations
 
+import operator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -31,8 +40,8 @@ from sqlalchemy.sql.dml import Insert
 class _Compiled:
     sql: str
     names: tuple[str, ...]                          # bind names, in statement order
-    processors: tuple[Callable | None, ...]
-    defaults: Mapping[str, Any]                     # insert: scalar column defaults
+    take: Callable[[Mapping[str, Any]], tuple]      # params -> their values, in names order
+    processed: tuple[tuple[int, Callable], ...]     # (index in names, bind processor)
     positional: bool
     returns_id: bool                                # PostgreSQL: INSERT ... RETURNING id
     error: type                                     # the DBAPI's base Error
@@ -42,10 +51,14 @@ class Fast:
     """A Core statement run on the DBAPI cursor; ``keys`` are the parameter names of an
     INSERT or UPDATE (the columns it sets), as ``compile(column_keys=...)`` takes them."""
 
-    def __init__(self, statement, keys: Sequence[str] | None = None, *, many: bool = False):
+    def __init__(self, statement, keys: Sequence[str] | None = None, *, many: bool = False,
+                 ordered: bool = False):
         self.statement = statement
         self.keys = list(keys) if keys is not None else None
         self.many = many
+        # Deferred rows are sent sorted by their values (in ``keys`` order): two transactions
+        # inserting the same unique keys then lock them in one order and cannot deadlock.
+        self.ordered = ordered
         self._by_dialect: dict[str, _Compiled] = {}
 
     # ------------------------------------------------------------------------------ compile
@@ -59,35 +72,47 @@ class Fast:
         if getattr(compiled, "escaped_bind_names", None):
             raise ValueError("parameter names that need escaping are not supported")
         names = tuple(compiled.positiontup) if dialect.positional else tuple(compiled.binds)
-        processors = tuple(dialect.type_descriptor(compiled.binds[n].type)
-                           .bind_processor(dialect) for n in names)
-        # Values the statement itself carries (e.g. a LIMIT), then column defaults.
-        defaults = {name: bind.effective_value for name, bind in compiled.binds.items()
-                    if bind.value is not None or bind.callable is not None}
-        if isinstance(self.statement, Insert):
-            for column in self.statement.table.columns:
-                default = column.default
-                if default is None or column.key not in compiled.binds:
-                    continue
-                if not getattr(default, "is_scalar", False):
-                    raise ValueError(f"{column}: only scalar column defaults are supported")
-                defaults[column.key] = default.arg
-        found = _Compiled(compiled.string, names, processors, defaults, dialect.positional,
+        processors = (dialect.type_descriptor(compiled.binds[n].type).bind_processor(dialect)
+                      for n in names)
+        processed = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+        # Values the statement itself carries (e.g. a LIMIT); a required bind is the caller's.
+        fixed = {name: bind.effective_value for name, bind in compiled.binds.items()
+                 if not bind.required and (bind.value is not None or bind.callable is not None)}
+        found = _Compiled(compiled.string, names,
+                          _taker(names, fixed, self._column_defaults(compiled)), processed,
+                          dialect.positional,
                           bool(getattr(compiled, "effective_returning", None)),
                           dialect.loaded_dbapi.Error)
         self._by_dialect[dialect.name] = found
         return found
 
+    def _column_defaults(self, compiled) -> dict[str, Any]:
+        """An INSERT's scalar column defaults, for the columns a caller may leave out."""
+        if not isinstance(self.statement, Insert):
+            return {}
+        defaults = {}
+        for column in self.statement.table.columns:
+            default = column.default
+            if default is None or column.key not in compiled.binds:
+                continue
+            if not getattr(default, "is_scalar", False):
+                raise ValueError(f"{column}: only scalar column defaults are supported")
+            defaults[column.key] = default.arg
+        return defaults
+
     # ------------------------------------------------------------------------------ run
     def _bind(self, c: _Compiled, params: Mapping[str, Any]):
-        values = []
-        for name, processor in zip(c.names, c.processors):
-            value = params[name] if name in params else c.defaults.get(name)
-            values.append(processor(value) if processor is not None else value)
+        # the per-row cost of every statement: one C-level lookup of all values, then only
+        # the processors there are (JSON, DateTime on SQLite, ...)
+        values = c.take(params)
+        if c.processed:
+            values = list(values)
+            for i, processor in c.processed:
+                values[i] = processor(values[i])
         return tuple(values) if c.positional else dict(zip(c.names, values))
 
     def _run(self, conn: Connection, params: Mapping[str, Any]):
-        c = self._compiled(conn)
+        c = self._by_dialect.get(conn.dialect.name) or self._compiled(conn)
         bound = self._bind(c, params)
         cursor = _cursor(conn)
         try:
@@ -120,26 +145,159 @@ class Fast:
         bound = [self._bind(c, row) for row in rows]
         if not bound:
             return
-        cursor = _cursor(conn)
+        # psycopg's executemany (a pipeline) costs more CPU than a few executes
+        _send(conn, c, bound, pipeline=c.positional or len(bound) > 8)
+
+    def defer(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Insert this row at the batch's :func:`flush` when rows are being deferred on
+        ``conn``, else now."""
+        state = _deferred(conn)
+        if state is None:
+            self.execute(conn, params)
+        else:
+            state.rows.append((self, params))
+
+    def defer_many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+        state = _deferred(conn)
+        if state is None:
+            self.execute_many(conn, rows)
+        else:
+            state.rows.extend((self, row) for row in rows)
+
+    def _send_deferred(self, conn: Connection, rows: list[Mapping[str, Any]]) -> None:
+        c = self._compiled(conn)
+        bound = [self._bind(c, row) for row in rows]
+        if self.ordered:
+            bound.sort(key=tuple if c.positional else lambda row: tuple(row.values()))
+        _send(conn, c, bound, pipeline=len(bound) > 1)   # a pipeline of one costs a sync more
+
+
+def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[str, Any]
+           ) -> Callable[[Mapping[str, Any]], tuple]:
+    """``params -> values in names order``: an itemgetter when the caller gives every value
+    (the hot path); otherwise the statement's own values, then column defaults, fill in."""
+    def fill(params: Mapping[str, Any]) -> tuple:
+        values = []
+        for name in names:
+            if name in params:
+                values.append(params[name])
+            elif name in fixed:
+                values.append(fixed[name])
+            elif name in defaults:
+                values.append(defaults[name])
+            else:
+                raise sa_exc.InvalidRequestError(
+                    f"A value is required for bind parameter {name!r}")
+        return tuple(values)
+    if fixed or not names:
+        return fill
+    get = operator.itemgetter(*names)
+    single = len(names) == 1
+
+    def take(params: Mapping[str, Any]) -> tuple:
         try:
-            if c.positional or len(bound) > 8:
-                cursor.executemany(c.sql, bound)
-            else:       # psycopg's executemany (a pipeline) costs more than a few executes
-                for row in bound:
-                    cursor.execute(c.sql, row)
-        except c.error as error:
-            _raise(conn, c.sql, bound, error)
+            found = get(params)
+        except KeyError:
+            return fill(params)
+        return (found,) if single else found
+    return take
+
+
+def _send(conn: Connection, c: _Compiled, bound: list, *, pipeline: bool) -> None:
+    cursor = _cursor(conn)
+    try:
+        if pipeline:
+            cursor.executemany(c.sql, bound)
+        else:
+            for row in bound:
+                cursor.execute(c.sql, row)
+    except c.error as error:
+        _raise(conn, c.sql, bound, error)
+
+
+# ---------------------------------------------------------------------------- deferred rows
+_DEFERRED = "sink.fastpath.deferred"
+
+
+class _Deferred:
+    """The deferred rows of one transaction, in the order they were asked for, and for each
+    open savepoint how many rows came before it."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Fast, Mapping[str, Any]]] = []
+        self.marks: list[tuple[str, int]] = []
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, len(self.rows)))
+
+    def undo_to(self, name: str, *, drop: bool) -> None:
+        """Forget the rows asked for since savepoint ``name`` (and, with ``drop``, the
+        savepoint and every one opened after it)."""
+        for i in range(len(self.marks) - 1, -1, -1):
+            if self.marks[i][0] == name:
+                del self.rows[self.marks[i][1]:]
+                del self.marks[i + (0 if drop else 1):]
+                return
+
+    def forget(self, name: str) -> None:
+        """RELEASE ``name``: its rows now belong to the savepoint (or transaction) around it."""
+        for i in range(len(self.marks) - 1, -1, -1):
+            if self.marks[i][0] == name:
+                del self.marks[i:]
+                return
+
+
+@contextmanager
+def deferring(conn: Connection):
+    """Within the block, ``Fast.defer``/``defer_many`` on ``conn`` keep their rows until
+    :func:`flush`; the caller flushes before it commits (rows not flushed are dropped)."""
+    info = conn.connection.info
+    info[_DEFERRED] = _Deferred()
+    try:
+        yield
+    finally:
+        info.pop(_DEFERRED, None)
+
+
+def flush(conn: Connection) -> None:
+    """Send every deferred row: one executemany per statement, statements in the order they
+    were first asked for (a row is never sent before one it refers to)."""
+    state = _deferred(conn)
+    if state is None or not state.rows:
+        return
+    by_statement: dict[Fast, list[Mapping[str, Any]]] = {}
+    for fast, params in state.rows:
+        by_statement.setdefault(fast, []).append(params)
+    state.rows.clear()
+    for fast, rows in by_statement.items():
+        fast._send_deferred(conn, rows)
+
+
+def pending(conn: Connection, fast: Fast) -> list[Mapping[str, Any]]:
+    """The parameters of ``fast``'s rows deferred on ``conn`` and not yet sent."""
+    state = _deferred(conn)
+    return [] if state is None else [params for f, params in state.rows if f is fast]
+
+
+def _deferred(conn: Connection) -> _Deferred | None:
+    return conn.connection.info.get(_DEFERRED)
 
 
 def savepoint(conn: Connection, name: str):
     """SAVEPOINT ``name``; returns what :func:`rollback_to` needs to undo to it."""
     outer = conn.get_nested_transaction()
     _raw(conn, f"SAVEPOINT {name}")
+    state = _deferred(conn)
+    if state is not None:
+        state.mark(name)
     return outer
 
 
 def release(conn: Connection, name: str) -> None:
     _raw(conn, f"RELEASE SAVEPOINT {name}")
+    state = _deferred(conn)
+    if state is not None:
+        state.forget(name)
 
 
 def rollback_to(conn: Connection, name: str, outer=None, *, release: bool = False) -> None:
@@ -153,15 +311,26 @@ def rollback_to(conn: Connection, name: str, outer=None, *, release: bool = Fals
         inner.rollback()
         inner = conn.get_nested_transaction()
     _raw(conn, f"ROLLBACK TO SAVEPOINT {name}")
+    state = _deferred(conn)
+    if state is not None:
+        state.undo_to(name, drop=release)
     if release:
         _raw(conn, f"RELEASE SAVEPOINT {name}")
 
 
-def _raw(conn: Connection, sql: str) -> None:
+def run(conn: Connection, sql: str, params=None) -> None:
+    """Driver-level SQL (the DBAPI's own parameter style) on the fast path's cursor."""
+    _raw(conn, sql, params)
+
+
+def _raw(conn: Connection, sql: str, params=None) -> None:
     try:
-        _cursor(conn).execute(sql)
+        if params is None:
+            _cursor(conn).execute(sql)
+        else:
+            _cursor(conn).execute(sql, params)
     except conn.dialect.loaded_dbapi.Error as error:
-        _raise(conn, sql, (), error)
+        _raise(conn, sql, params or (), error)
 
 
 def _raise(conn: Connection, sql: str, params, error: Exception):

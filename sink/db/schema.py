@@ -145,6 +145,9 @@ messages = Table(
     Index(None, "verdict", "id"),
 )
 
+# On PostgreSQL the content is compressed with lz4, not the default pglz (migration 0010: pglz
+# cost 2-2.5 ms of server CPU per 100 KB message and saved nothing; lz4 costs what storing it
+# uncompressed does).
 raw_messages = Table(
     "raw_messages", metadata,
     Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"),

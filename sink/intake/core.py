@@ -286,7 +286,7 @@ class Intake:
         try:
             stored = self.executor(conn, message_id, decision, directory)
             if decision.verdict != "DUPLICATE" and decision.dedup_keys:
-                rows.INSERT_DEDUP_KEYS.execute_many(conn, [
+                rows.INSERT_DEDUP_KEYS.defer_many(conn, [
                     {"box": box.address, "kind": kind, "digest": digest,
                      "message_id": message_id} for kind, digest in decision.dedup_keys])
             fastpath.release(conn, RECORDS_SAVEPOINT)
@@ -350,7 +350,7 @@ class Intake:
             date_header=parsed.date_header, subject=parsed.subject,
             message_id=parsed.message_id, size=len(raw), sha256=sha256, parent_id=parent_id,
             dkim=parsed.dkim, **outcome)))
-        rows.INSERT_RAW.execute(conn, {"message_id": message_id, "content": raw})
+        rows.INSERT_RAW.defer(conn, {"message_id": message_id, "content": raw})
         if attachments:
             store_attachments(conn, message_id, raw, listing)
         return message_id

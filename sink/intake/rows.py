@@ -10,6 +10,7 @@ from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
+from sink.db import fastpath
 from sink.db.fastpath import Fast
 from sink.mail.parse import storable
 
@@ -29,8 +30,9 @@ INSERT_MESSAGE = Fast(insert(t.messages), (
     "cc_addrs", "date_header", "subject", "message_id", "size", "sha256", "status", "trace",
     "parent_id", "verdict", "direction", "processed_at", "error", "dkim"))
 INSERT_RAW = Fast(insert(t.raw_messages), ("message_id", "content"))
+# Deferred in a PostgreSQL batch and sent sorted: two workers lock the same keys in one order.
 INSERT_DEDUP_KEYS = Fast(insert(t.dedup_keys), ("box", "kind", "digest", "message_id"),
-                         many=True)
+                         many=True, ordered=True)
 # A message's outcome: what the rules decided, or that they failed (error).
 OUTCOME_COLUMNS = ("status", "verdict", "direction", "trace", "processed_at", "error")
 UPDATE_OUTCOME = Fast(update(t.messages).where(t.messages.c.id == bindparam("message_pk")),
@@ -38,8 +40,13 @@ UPDATE_OUTCOME = Fast(update(t.messages).where(t.messages.c.id == bindparam("mes
 
 
 def seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]], bool]:
+    """Whether a dedup key of ``box`` is stored - or deferred by an earlier message of the
+    same batch (:func:`sink.db.fastpath.deferring`), which the database does not know yet."""
     def seen(keys: Iterable[tuple[str, str]]) -> bool:
         keys = list(keys)
+        return _deferred_key(conn, box, keys) or stored(keys)
+
+    def stored(keys: list[tuple[str, str]]) -> bool:
         while len(keys) >= 2:
             (kind1, digest1), (kind2, digest2) = keys[:2]
             if SEEN_KEYS.first(conn, {"box": box, "kind1": kind1, "digest1": digest1,
@@ -51,20 +58,40 @@ def seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]],
     return seen
 
 
+def _deferred_key(conn: Connection, box: str, keys: list[tuple[str, str]]) -> bool:
+    wanted = set(keys)
+    return any(row["box"] == box and (row["kind"], row["digest"]) in wanted
+               for row in fastpath.pending(conn, INSERT_DEDUP_KEYS))
+
+
 def storable_row(table, values: dict) -> dict:
     """The summary of a message as the database accepts it, whatever the message held: no NUL
     or lone surrogate in any text (an envelope address in Latin-1 arrives as surrogates), and no
     string longer than its column (PostgreSQL refuses a 400-character From address). The raw
     bytes, stored beside it, stay exact; a summary that could not be stored would defer the
     message for ever."""
+    lengths = _lengths(table)
     row = {}
     for key, value in values.items():
         if isinstance(value, str):
             value = storable(value)
-            length = getattr(table.c[key].type, "length", None)
+            length = lengths[key]
             if length and len(value) > length:
                 value = value[:length]
         elif isinstance(value, list):
             value = [storable(v) if isinstance(v, str) else v for v in value]
         row[key] = value
     return row
+
+
+_LENGTHS: dict[str, dict[str, int | None]] = {}
+
+
+def _lengths(table) -> dict[str, int | None]:
+    """Each column's string length limit (None: unlimited), looked up once per table: finding
+    a column by key costs more than cutting the value (every message, every text column)."""
+    found = _LENGTHS.get(table.name)
+    if found is None:
+        found = _LENGTHS[table.name] = {c.key: getattr(c.type, "length", None)
+                                        for c in table.columns}
+    return found

@@ -26,11 +26,19 @@ many sessions deliver. :class:`GroupCommitter` keeps every guarantee of
   nothing of the batch was committed.
 
 SQLite gets one writer (it has one write lock anyway); PostgreSQL may use several, each with its
-own batches and connection.
+own batches and connection. There, per batch (issue 16):
+
+- the rows nobody reads back in the transaction (raw bytes, attachments, activity links, dedup
+  keys) are deferred and sent as one executemany per table just before COMMIT
+  (:func:`sink.db.fastpath.deferring`); a message's savepoint rolled back drops its rows too;
+- two workers never wait for each other in a circle: a batch first locks its messages in one
+  order (:func:`_lock_in_order`), and the dedup keys are sent sorted; a flush that still loses
+  a key to another worker stores the batch again, which then sees the winner's rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -104,12 +112,11 @@ def commit_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxCon
     one list of outcomes per item, once committed. Raises TransientStorageError when the whole
     batch was rolled back (a transient error, a failing COMMIT, or an error of our own outside
     any one message): every message of it must be answered 4xx."""
-    outcomes: list[list[Outcome]] = []
     try:
         check_database_file(intake.engine)      # never 250 into a deleted or replaced file
-        with intake.engine.begin() as conn, intake.directory.pinned(conn):
-            for prepared, boxes in items:
-                outcomes.append([store_one(intake, conn, prepared, box) for box in boxes])
+        # A flush that lost a unique key to another worker (IntegrityError) undoes the whole
+        # transaction; the batch is stored again and now sees the winner's rows.
+        outcomes = retry_races(lambda: _store_batch(intake, items))
         check_database_file(intake.engine)      # (and not when it went during the batch)
     except Exception as error:
         transient = classify(error)
@@ -124,6 +131,52 @@ def commit_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxCon
                         reason=str(transient), no_space=transient.no_space)
         raise transient from error
     return outcomes
+
+
+def _store_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]
+                 ) -> list[list[Outcome]]:
+    """One transaction: the batch's messages locked in one order, every delivery in arrival
+    order, the deferred rows flushed, COMMIT."""
+    with intake.engine.begin() as conn, intake.directory.pinned(conn), _deferring(conn):
+        if conn.dialect.name == "postgresql" and _rows_to_order(items):
+            _lock_in_order(conn, items)
+        outcomes = [[store_one(intake, conn, prepared, box) for box in boxes]
+                    for prepared, boxes in items]
+        fastpath.flush(conn)
+    return outcomes
+
+
+def _deferring(conn: Connection):
+    """PostgreSQL: the rows nobody reads back in the batch go in one executemany per table at
+    its end (a round trip each otherwise). SQLite runs in-process, a round trip costs nothing."""
+    if conn.dialect.name == "postgresql":
+        return fastpath.deferring(conn)
+    return contextlib.nullcontext()
+
+
+def _rows_to_order(items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]) -> bool:
+    """More than one message row to write: one row alone (the commonest batch when the load is
+    light) takes no other lock before its dedup keys, which the flush sends in order."""
+    return sum(len(boxes) for _, boxes in items) > 1
+
+
+_LOCK_MESSAGES = ("SELECT count(pg_advisory_xact_lock(k)) "
+                  "FROM unnest(CAST(%(keys)s AS bigint[])) AS k")
+
+
+def _lock_in_order(conn: Connection, items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]
+                   ) -> None:
+    """Take a transaction lock per distinct message of the batch (its sha256), smallest first,
+    before writing anything. Two workers whose batches hold the same messages (an MTA retrying
+    while its first try is still being stored) in different orders would otherwise each insert
+    one row and wait for the other's uncommitted (box, sha256): a deadlock PostgreSQL breaks by
+    failing one whole batch (451). Now the second waits before its first write and then finds
+    the rows stored. Locks, not a sorted batch: arrival order decides which copy is processed
+    and lets a reply find the message it answers in the same batch. The dedup keys are
+    ordered at the flush (``INSERT_DEDUP_KEYS`` is ``ordered``)."""
+    keys = sorted({int.from_bytes(bytes.fromhex(prepared.sha256[:16]), "big", signed=True)
+                   for prepared, _ in items})
+    fastpath.run(conn, _LOCK_MESSAGES, {"keys": keys})
 
 
 def log_batch(intake: Intake, prepared: Sequence[Prepared],
