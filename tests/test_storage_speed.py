@@ -14,19 +14,31 @@ from sqlalchemy import select, text
 from sink.config import parse_config
 from sink.db import schema as t
 from sink.intake import Envelope, Intake
-from tests.support import make_mail
+from tests.support import make_mail, require
 
 BOX = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+
+
+@pytest.fixture
+def pg_engine(pg_available):
+    """A fresh PostgreSQL database with the schema and the test directory (these tests are
+    about PostgreSQL alone: column compression, two writers at once)."""
+    import uuid
+    from tests.conftest import create_pg_database, drop_pg_database, seeded
+    require(pg_available, "PostgreSQL at 127.0.0.1:5432")
+    name = f"sink_test_{uuid.uuid4().hex[:12]}"
+    engine = seeded(create_pg_database(name))
+    yield engine
+    engine.dispose()
+    drop_pg_database(name)
 LMTP = Envelope("lmtp", "mta@firma.cz", ("crm@firma.cz",))
 
 
-def test_raw_bytes_are_stored_with_lz4_on_postgresql(engine):
+def test_raw_bytes_are_stored_with_lz4_on_postgresql(pg_engine):
     """Migration 0010: new raw bytes are lz4-compressed on PostgreSQL, and read back exact."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL only (SQLite has no column compression)")
     raw = make_mail(body="Dobrý den, " * 400)           # > 2 KB: PostgreSQL compresses it
-    [delivery] = Intake(engine).deliver(raw, LMTP, [BOX])
-    with engine.connect() as conn:
+    [delivery] = Intake(pg_engine).deliver(raw, LMTP, [BOX])
+    with pg_engine.connect() as conn:
         method = conn.execute(text(
             "SELECT pg_column_compression(content) FROM raw_messages WHERE message_id = :id"),
             {"id": delivery.message_id}).scalar()
@@ -79,32 +91,28 @@ def _two_batches_at_once(engine, first, second):
         return [f.result(timeout=60) for f in [pool.submit(run, first), pool.submit(run, second)]]
 
 
-def test_two_workers_storing_the_same_messages_in_opposite_order_do_not_deadlock(engine):
+def test_two_workers_storing_the_same_messages_in_opposite_order_do_not_deadlock(pg_engine):
     """Batches [a, b] and [b, a] at once (an MTA retrying while the first try is still being
     stored, on two workers): both commit; each message is stored once; outcomes stay in the
     caller's order."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL: SQLite has one writer")
     a, b = make_mail(subject="first"), make_mail(subject="second")
-    results = _two_batches_at_once(engine, [a, b], [b, a])
+    results = _two_batches_at_once(pg_engine, [a, b], [b, a])
     assert not [r for r in results if isinstance(r, Exception)], results
     (a1, b1), (b2, a2) = ([o[0] for o in r] for r in results)
     assert a1.message_id == a2.message_id and b1.message_id == b2.message_id
     assert {a1.already_stored, a2.already_stored} == {False, True}
-    with engine.connect() as conn:
+    with pg_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM messages")).scalar() == 2
 
 
-def test_two_workers_storing_copies_with_the_same_dedup_keys_do_not_deadlock(engine):
+def test_two_workers_storing_copies_with_the_same_dedup_keys_do_not_deadlock(pg_engine):
     """Batches [x, y] and [y', x'] at once, x' a copy of x with other bytes (another Received
     line, the same Message-ID: the same dedup keys), y' likewise: both commit, and of each
     pair one is processed and the other DUPLICATE."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL: SQLite has one writer")
     x = make_mail(subject="x", message_id="<x@test>")
     y = make_mail(subject="y", message_id="<y@test>")
     copy = lambda raw: b"Received: from relay2 by mx; Mon, 2 Nov 2026 10:00:01 +0000\r\n" + raw
-    results = _two_batches_at_once(engine, [x, y], [copy(y), copy(x)])
+    results = _two_batches_at_once(pg_engine, [x, y], [copy(y), copy(x)])
     assert not [r for r in results if isinstance(r, Exception)], results
     (x1, y1), (y2, x2) = ([o[0] for o in r] for r in results)
     assert sorted([x1.verdict, x2.verdict]) == ["DUPLICATE", "PROCESSED"], (x1, x2)
