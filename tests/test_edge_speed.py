@@ -425,3 +425,11 @@ def test_signature_count_is_the_split_definition(pieces):
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     expected = sum(1 for line in head.splitlines() if line[:15].lower() == b"dkim-signature:")
     assert dkim._signature_count(raw) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"A: b", b"\r\n", b"\n", b"\r", b" x", b""]), max_size=30))
+def test_the_head_dkim_reads_is_the_unbounded_definition(pieces):
+    raw = b"".join(pieces)
+    ends = [at for at in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if at >= 0]
+    assert dkim._head(raw) == (raw[:min(ends) + 1] if ends else raw)

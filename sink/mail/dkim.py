@@ -250,7 +250,11 @@ def _head(raw: bytes) -> bytes:
     further than that line, so its headers of this are its headers of the whole message,
     without splitting the body. Its line end is "\r?\n", so an empty line follows a "\n"
     that is followed by another line end (an empty first line stays the first line here)."""
-    ends = [at for at in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if at >= 0]
+    crlf = raw.find(b"\n\r\n")
+    # the bare-LF search stops there: CRLF mail has no "\n\n", and an unbounded search read
+    # the whole body for nothing (4 % of the worker's time at 100 KB)
+    lf = raw.find(b"\n\n", 0, crlf + 2) if crlf >= 0 else raw.find(b"\n\n")
+    ends = [at for at in (lf, crlf) if at >= 0]
     return raw[:min(ends) + 1] if ends else raw
 
 
