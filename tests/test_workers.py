@@ -297,3 +297,9 @@ def test_two_workers_deciding_ahead_record_each_copy_once(engine, start_server):
         assert verdicts == ["DUPLICATE", "DUPLICATE", "PROCESSED"], (i, verdicts)
     answered = [w.answered for w in server.server.storage.workers]
     assert all(answered), answered            # both workers took part
+
+
+def test_the_default_number_of_workers_follows_the_cores():
+    from sink.storage import default_workers
+    assert [default_workers("sqlite", n) for n in (1, 2, 4, 8)] == [1, 2, 4, 4]
+    assert [default_workers("postgresql", n) for n in (1, 2, 4, 8)] == [2, 2, 4, 4]

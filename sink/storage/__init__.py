@@ -7,9 +7,12 @@ commit, to one outcome per box (an object with ``message_id``, ``status`` and
 source keeps the message and tries again). :func:`make_storage` holds every rule about what
 runs behind that promise:
 
-- ``[storage] workers`` storage worker processes (:mod:`sink.storage.pool`, the default:
-  SQLite 1 - one write lock, and on two cores a second worker only adds overhead; PostgreSQL 2 -
-  one parses and decides while the other waits for its commit; docs/PERFORMANCE.md);
+- ``[storage] workers`` storage worker processes (:mod:`sink.storage.pool`; the default: one
+  per core, at least two on PostgreSQL - one parses and decides while the other waits for its
+  commit - and at most four: SQLite's writes take turns on one lock, and beyond four workers
+  the lock, not the parsing, is what they wait for; docs/PERFORMANCE.md). On SQLite the
+  workers decide ahead of their turn (:mod:`sink.intake.ahead`), so more cores are more
+  throughput there too;
 - with ``workers = 0`` a group committer in this process's threads
   (:mod:`sink.storage.inprocess`): SQLite one writer, PostgreSQL ``[storage] threads`` writers
   (default 2; more cost more CPU than they save in waiting).
@@ -20,6 +23,7 @@ Group commit (:mod:`sink.storage.batching`) is the same code in both.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Protocol, Sequence
 
 from sink.config import BoxConfig, Config
@@ -38,8 +42,9 @@ class Storage(Protocol):
         """Answer everything in hand, then stop."""
 
 
-def default_workers(dialect: str) -> int:
-    return 1 if dialect == "sqlite" else 2
+def default_workers(dialect: str, cores: int | None = None) -> int:
+    cores = cores or os.cpu_count() or 1
+    return min(4, cores if dialect == "sqlite" else max(2, cores))
 
 
 def make_storage(config: Config, engine=None, *, intake: Intake | None = None,
