@@ -433,3 +433,27 @@ def test_the_head_dkim_reads_is_the_unbounded_definition(pieces):
     raw = b"".join(pieces)
     ends = [at for at in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if at >= 0]
     assert dkim._head(raw) == (raw[:min(ends) + 1] if ends else raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(st.sampled_from([b"", b".", b"..", b".x", b"a.b", b"text", b"\r", b"\n"]),
+                      max_size=12),
+       cuts=st.lists(st.integers(1, 60), max_size=6))
+def test_data_read_in_pieces_is_the_message_read_whole(lines, cuts):
+    """sink.sources.smtp_protocol._content (the pieces DATA is now read in) against the
+    definition it replaced: CRLF + the stuffed lines + CRLF.CRLF, un-stuffed in one piece."""
+    from sink.sources.smtp_protocol import _content
+    stuffed = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
+                       for line in lines)
+    data = b"\r\n" + stuffed + b".\r\n"
+    if data.find(b"\r\n.", 0, len(data) - 3) < 0:
+        expected = data[2:-3]
+    else:
+        expected = data.replace(b"\r\n.", b"\r\n")[2:-2]
+    pieces, start = [], 0
+    for cut in cuts:
+        if start + cut < len(data) - 5:       # the last piece holds the whole end mark
+            pieces.append(data[start:start + cut])
+            start += cut
+    pieces.append(data[start:])
+    assert _content(pieces) == expected and pieces == []

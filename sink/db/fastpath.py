@@ -333,6 +333,12 @@ def _raw(conn: Connection, sql: str, params=None) -> None:
         _raise(conn, sql, params or (), error)
 
 
+def raise_dbapi(conn: Connection, what: str, params, error: Exception):
+    """Raise a DBAPI error of work done on the DBAPI connection (a blob write, ...) as
+    SQLAlchemy's, as :class:`Fast` does, so that it is classified as ever."""
+    _raise(conn, what, params, error)
+
+
 def _raise(conn: Connection, sql: str, params, error: Exception):
     raise sa_exc.DBAPIError.instance(sql, params, error, conn.dialect.loaded_dbapi.Error,
                                      dialect=conn.dialect) from error

@@ -350,7 +350,7 @@ class Intake:
             date_header=parsed.date_header, subject=parsed.subject,
             message_id=parsed.message_id, size=len(raw), sha256=sha256, parent_id=parent_id,
             dkim=parsed.dkim, **outcome)))
-        rows.INSERT_RAW.defer(conn, {"message_id": message_id, "content": raw})
+        rows.insert_raw(conn, message_id, raw)
         if attachments:
             store_attachments(conn, message_id, raw, listing)
         return message_id

@@ -40,6 +40,7 @@ log = get_logger("sink.sources.smtp")
 
 _END_OF_DATA = b"\r\n.\r\n"
 COMMAND_LINE_LIMIT = 4096          # SPEC 2.1, whatever max_message_size is
+DATA_PIECE = 1024 * 1024           # DATA is read in pieces of at most this (memory)
 AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
                      "_set_post_data_state", "_call_handler_hook", "_original_transport",
                      "_getaddr")
@@ -248,7 +249,10 @@ class _Guarded:
         wire_limit = stuffed_bound(limit) if limit else 0
         chunks: list[bytes] = []
         self._receiving_data = True         # the session timeout now measures silence
-        reader._limit = (wire_limit or 2 ** 31) + 1024
+        # Read in pieces of at most DATA_PIECE: the stream's readuntil copies what it returns
+        # twice over (a slice of its buffer, then bytes of that), which for a 40 MB message in
+        # one piece held three copies at once.
+        reader._limit = DATA_PIECE
         try:
             async with asyncio.timeout(self.state.listener.data_deadline):
                 too_much = await self._read_data(reader, chunks, wire_limit)
@@ -263,15 +267,7 @@ class _Guarded:
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
             return
-        data = b"".join(chunks)
-        chunks.clear()
-        # At most one copy beside ``data`` (a 40 MB message must not cost five): with no
-        # line to un-stuff, the content is one slice.
-        if data.find(b"\r\n.", 0, len(data) - 3) < 0:
-            original_content = data[2:-3]
-        else:
-            original_content = data.replace(b"\r\n.", b"\r\n")[2:-2]
-        del data
+        original_content = _content(chunks)
         if limit and len(original_content) > limit:     # the size as stored (RFC 1870)
             del original_content
             await self.push("552 Error: Too much mail data")
@@ -329,6 +325,22 @@ class _Guarded:
         if self._receiving_data:
             self._reset_timeout()
         super().data_received(data)
+
+
+def _content(chunks: list[bytes]) -> bytes:
+    """The message from the pieces read: ``CRLF`` + the dot-stuffed lines + ``CRLF . CRLF``,
+    un-stuffed (a line's leading dot removed). The pieces are emptied. With nothing to
+    un-stuff (most mail) the message is their join alone - the one copy a message costs here
+    beside its pieces, which are let go at once."""
+    if len(chunks) > 1 and len(chunks[0]) >= 2 and len(chunks[-1]) >= 3:
+        chunks[0], chunks[-1] = chunks[0][2:], chunks[-1][:-3]
+        content = b"".join(chunks)
+    else:                               # one piece, or pieces cut inside CRLF / the end mark
+        content = b"".join(chunks)[2:-3]
+    chunks.clear()
+    if content.startswith(b".") or content.find(b"\r\n.") >= 0:
+        content = (b"\r\n" + content).replace(b"\r\n.", b"\r\n")[2:]
+    return content
 
 
 class SinkSMTP(_Guarded, SMTP):

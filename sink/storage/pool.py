@@ -33,6 +33,7 @@ from sink.storage.frames import HEADER, frame, frame_head
 log = get_logger("sink.storage.pool")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _RESTART_DELAYS = (0.5, 1, 2, 5, 10, 30)
+PIECE = 1024 * 1024             # a message bigger than this is written to a worker in pieces
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class _Worker:
         self.progress = 0.0             # monotonic time of its last answer, or of new work
                                         # given to it while it had none
         self.answered = 0               # messages it has answered, over its replacements
+        self.sending: asyncio.Task | None = None    # a big message being written to it
 
 
 class WorkerPool:
@@ -103,8 +105,13 @@ class WorkerPool:
         if not worker.pending:
             worker.progress = time.monotonic()
         worker.pending[job_id] = (future, addresses)
-        worker.writer.write(frame_head((job_id, envelope, addresses, started), len(raw)))
-        worker.writer.write(raw)        # as it is: no second copy of a big message
+        head = frame_head((job_id, envelope, addresses, started), len(raw))
+        if len(raw) <= PIECE and (worker.sending is None or worker.sending.done()):
+            worker.writer.write(head)
+            worker.writer.write(raw)
+        else:   # in pieces, after what is being written to this worker: frames stay whole
+            worker.sending = asyncio.ensure_future(
+                _send(worker.writer, worker.sending, head, raw))
         return future
 
     def healthy(self) -> bool:
@@ -117,6 +124,9 @@ class WorkerPool:
         for task in list(self._restarts) + [self._watchdog]:
             if task is not None:
                 task.cancel()
+        sending = [w.sending for w in self.workers if w.sending is not None]
+        if sending:
+            await asyncio.wait(sending, timeout=timeout)
         for worker in self.workers:
             if worker.alive and worker.writer is not None:
                 worker.writer.write_eof()       # the worker answers what it has, then exits
@@ -226,6 +236,23 @@ class WorkerPool:
         except subprocess.TimeoutExpired:
             proc.kill()
             await loop.run_in_executor(None, proc.wait)
+
+
+async def _send(writer: asyncio.StreamWriter, before: asyncio.Task | None, head: bytes,
+                raw: bytes) -> None:
+    """A big message to a worker a piece at a time, each written once the socket has taken
+    the one before: written whole, what the socket could not take at once was copied into the
+    transport's buffer - a 40 MB message was held three times in the protocol process."""
+    if before is not None:
+        await asyncio.wait([before])
+    try:
+        writer.write(head)
+        view = memoryview(raw)
+        for start in range(0, len(raw), PIECE):
+            writer.write(view[start:start + PIECE])
+            await writer.drain()
+    except (ConnectionError, RuntimeError):
+        pass        # the worker is gone: its read loop answers what it had in hand (451)
 
 
 def _outcome(result: tuple, address: str):
