@@ -350,21 +350,10 @@ def _f(v) -> str:
 
 def cmd_pipeline(args, workdir: Path) -> dict:
     """parse_message + evaluate over the corpus in this process, pinned to one core."""
-    from sink.config import parse_config
-    from sink.db.directory_store import load_directory
-    from sink.db.engine import make_engine
     from sink.mail.parse import parse_message
     from sink.pipeline import evaluate
-    from bench.servers import prepare_database
-    url = f"sqlite:///{workdir}/pipeline.db"
-    prepare_database(url)
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        directory = load_directory(conn)
-    engine.dispose()
-    config = parse_config({"database": {"url": url}, "listeners": [],
-                           "boxes": [{"address": b} for b in corpus.BOXES]})
-    box = config.boxes[0]
+    from bench.rules_profile import setup
+    box, directory = setup(workdir)
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     except (AttributeError, OSError):

@@ -92,6 +92,18 @@ def seeded(url: str):
 
 
 @pytest.fixture
+def pg_engine(pg_available):
+    """A fresh PostgreSQL database with the schema and the test directory, for what is about
+    PostgreSQL alone (two instances, column compression, two writers at once)."""
+    require(pg_available, "PostgreSQL at 127.0.0.1:5432")
+    name = f"sink_test_{uuid.uuid4().hex[:12]}"
+    engine = seeded(create_pg_database(name))
+    yield engine
+    engine.dispose()
+    drop_pg_database(name)
+
+
+@pytest.fixture
 def engine(db_url):
     engine = seeded(db_url)
     yield engine

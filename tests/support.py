@@ -255,3 +255,16 @@ def write_config(path, db_url: str, port: int, protocol: str = "lmtp", **box) ->
         lines.append(f"{key} = {value!r}".replace("'", '"').replace("True", "true")
                      .replace("False", "false"))
     path.write_text("\n".join(lines) + "\n")
+
+
+def dkim_test_key() -> tuple[bytes, bytes]:
+    """A fresh RSA key for DKIM tests: (private key PEM, its DNS TXT record)."""
+    import base64
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = private.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)

@@ -13,14 +13,11 @@ with results identical to what they replace.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 
 import dkim as dkimpy
 import pytest
 from aiosmtpd.smtp import SMTP
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import select
 
@@ -30,7 +27,7 @@ from sink.mail import dkim
 from sink.metrics import Metrics
 from sink.sources.smtp_protocol import SinkLMTP, simple_path
 from tests.conftest import RunningServer, config_for, seeded
-from tests.support import MailClient, dot_stuff, make_mail
+from tests.support import dkim_test_key, MailClient, dot_stuff, make_mail
 
 
 # ------------------------------------------------------------------------ paths (MAIL, RCPT)
@@ -255,12 +252,7 @@ def test_metrics_children_count_what_labels_counted():
 
 @pytest.fixture(scope="module")
 def key():
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = private.public_key().public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    return dkim_test_key()
 
 
 def sign(raw: bytes, pem: bytes, selector: bytes = b"sel", domain: bytes = b"acme.cz") -> bytes:

@@ -10,20 +10,8 @@ from sqlalchemy import func, select
 from sink.db import schema as t
 from sink.db.engine import make_engine
 from sink.db.migrate import upgrade
-from tests.support import (MailClient, SinkProcess, free_port, make_mail, require,
+from tests.support import (MailClient, SinkProcess, free_port, make_mail,
                            write_config)
-
-
-@pytest.fixture
-def pg_engine(pg_available):
-    require(pg_available, "PostgreSQL at 127.0.0.1:5432")
-    import uuid
-    from tests.conftest import create_pg_database, drop_pg_database, seeded
-    name = f"sink_test_{uuid.uuid4().hex[:12]}"
-    engine = seeded(create_pg_database(name))
-    yield engine
-    engine.dispose()
-    drop_pg_database(name)
 
 
 @pytest.mark.postgres

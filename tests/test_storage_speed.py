@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
@@ -14,23 +13,9 @@ from sqlalchemy import select, text
 from sink.config import parse_config
 from sink.db import schema as t
 from sink.intake import Envelope, Intake
-from tests.support import make_mail, require
+from tests.support import make_mail
 
 BOX = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
-
-
-@pytest.fixture
-def pg_engine(pg_available):
-    """A fresh PostgreSQL database with the schema and the test directory (these tests are
-    about PostgreSQL alone: column compression, two writers at once)."""
-    import uuid
-    from tests.conftest import create_pg_database, drop_pg_database, seeded
-    require(pg_available, "PostgreSQL at 127.0.0.1:5432")
-    name = f"sink_test_{uuid.uuid4().hex[:12]}"
-    engine = seeded(create_pg_database(name))
-    yield engine
-    engine.dispose()
-    drop_pg_database(name)
 LMTP = Envelope("lmtp", "mta@firma.cz", ("crm@firma.cz",))
 
 

@@ -3,15 +3,12 @@ dkimpy (keys made here, DNS injected) and from trusted Authentication-Results on
 
 from __future__ import annotations
 
-import base64
 import email
 import email.policy
 from email.message import EmailMessage
 
 import dkim as dkimpy
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings, strategies as st
 from sqlalchemy import select
 
@@ -23,7 +20,7 @@ from sink.mail.parse import parse_message
 from sink.mail.trust import for_box, trusted
 from sink.mail.unwrap import unwrap
 from tests.conftest import config_for
-from tests.support import MailClient, make_mail
+from tests.support import dkim_test_key, MailClient, make_mail
 
 
 def carrier(sender: str, subject: str, inner: list[bytes], headers=None) -> bytes:
@@ -158,12 +155,7 @@ def test_optout_needs_authentication_when_the_box_says_so(engine):
 
 @pytest.fixture(scope="module")
 def key():
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = private.public_key().public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    return dkim_test_key()
 
 
 def signed(pem: bytes, domain: bytes = b"acme.cz", sender="jan@acme.cz") -> bytes:
