@@ -148,7 +148,6 @@ def test_pending_carrier_is_unwrapped_on_resume(engine, db_url):
 
 
 # ------------------------------------------------------------- real instances on PostgreSQL
-from tests.test_instances import pg_engine  # noqa: E402,F401 - the fixture
 from tests.support import SinkProcess, free_port  # noqa: E402
 
 
