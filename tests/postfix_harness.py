@@ -31,7 +31,9 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -371,6 +373,31 @@ class PostfixInstance:
         return (f"--- Postfix log ({self.log_file}), last lines:\n{tail(self.log_file)}\n"
                 f"--- Postfix queue:\n{queue}\n"
                 f"--- postfix start-fg output:\n{tail(self.out_file, 20)}")
+
+
+@contextmanager
+def running_postfix(cls: type = None, prefix: str = "crm-sink-postfix-",
+                    keep: Callable[[], bool] = lambda: False):
+    """A built and started private Postfix (``cls``: PostfixInstance or a subclass), stopped
+    and removed afterwards - its directory kept when ``keep()`` says so (for inspection). Not
+    under pytest's tmp_path: that is private to root (0700), and Postfix's daemons, which run
+    as the postfix user, must reach their data directory."""
+    from tests.support import require
+    reason = postfix_missing()
+    require(reason is None, f"Debian postfix ({reason})")
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    instance = (cls or PostfixInstance)(root, sink_port=free_port())
+    try:
+        instance.build()
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+        if keep():
+            print(f"\nPostfix test instance kept for inspection: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _kill(pid: int, sig: int) -> None:

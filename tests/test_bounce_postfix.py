@@ -8,19 +8,16 @@ always_bcc copy), so they reach the sink over LMTP as a bounce to the box does i
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
 
 from sink.db import schema as t
-from tests.postfix_harness import (PostfixInstance, SinkProcess, _run, free_port,
-                                   postfix_missing, tool, wait_until)
-from tests.support import DIRECTORY, make_mail, require
+from tests.postfix_harness import (PostfixInstance, SinkProcess, _run,
+                                   running_postfix, tool, wait_until)
+from tests.support import DIRECTORY, make_mail
 
 TIMEOUT = 60
 REFUSALS = {
@@ -48,18 +45,8 @@ class RefusingPostfix(PostfixInstance):
 
 @pytest.fixture(scope="module")
 def postfix(request):
-    reason = postfix_missing()
-    require(reason is None, f"Debian postfix ({reason})")
-    root = Path(tempfile.mkdtemp(prefix="crm-sink-bounces-"))
-    root.chmod(0o755)
-    instance = RefusingPostfix(root, sink_port=free_port())
-    try:
-        instance.build()
-        instance.start()
+    with running_postfix(RefusingPostfix, prefix="crm-sink-bounces-") as instance:
         yield instance
-    finally:
-        instance.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,41 +9,23 @@ started here and stopped in a fixture finalizer, also when a test fails; all tra
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from sink.sources import replies as sink_replies
-from tests.postfix_harness import (DEPLOY, SNIPPET, PostfixInstance, SinkProcess, free_port,
-                                   postfix_missing, read_main_cf, wait_until)
-from tests.support import DIRECTORY, make_mail, require
+from tests.postfix_harness import (DEPLOY, SNIPPET, PostfixInstance, SinkProcess,
+                                   read_main_cf, running_postfix, wait_until)
+from tests.support import DIRECTORY, make_mail
 
 DELIVERY_TIMEOUT = 60
 
 
 @pytest.fixture(scope="session")
 def postfix(request):
-    reason = postfix_missing()
-    require(reason is None, f"Debian postfix ({reason})")
-    # Not under pytest's tmp_path: that is private to root (0700), and Postfix's daemons, which
-    # run as the postfix user, must reach their data directory.
-    root = Path(tempfile.mkdtemp(prefix="crm-sink-postfix-"))
-    root.chmod(0o755)
-    instance = PostfixInstance(root, sink_port=free_port())
-    try:
-        instance.build()
-        instance.start()
+    with running_postfix(keep=lambda: request.session.testsfailed) as instance:
         yield instance
-    finally:
-        instance.stop()
-        if request.session.testsfailed:
-            print(f"\nPostfix test instance kept for inspection: {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
