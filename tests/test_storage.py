@@ -265,3 +265,30 @@ def test_sqlite_reads_pages_through_a_memory_map(tmp_path):
             assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == SQLITE_MMAP_BYTES > 0
     finally:
         engine.dispose()
+
+
+def test_a_big_message_is_stored_byte_for_byte_and_rolled_back_with_its_savepoint(engine):
+    """Over rows.STREAM_RAW_FROM, SQLite gets the raw bytes through the incremental blob API
+    (PostgreSQL as one value): read back exact; a batch that fails leaves no blob behind."""
+    import os
+    from sink.intake import rows
+    box = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+    raw = make_mail(body="big\n", attachments=[(
+        "application", "octet-stream", os.urandom(rows.STREAM_RAW_FROM * 2 + 12345), "x.bin")])
+    assert len(raw) > rows.STREAM_RAW_FROM
+    [delivery] = Intake(engine).deliver(raw, Envelope("lmtp"), [box])
+    with engine.connect() as conn:
+        stored = conn.execute(select(t.raw_messages.c.content).where(
+            t.raw_messages.c.message_id == delivery.message_id)).scalar_one()
+    assert stored == raw
+    other = make_mail(subject="rolled back", body="b\n", attachments=[(
+        "application", "octet-stream", os.urandom(rows.STREAM_RAW_FROM + 1), "y.bin")])
+    intake = Intake(engine)
+    prepared = intake.prepare(other, Envelope("lmtp"))
+    with pytest.raises(RuntimeError):
+        with engine.begin() as conn:
+            intake.store(conn, prepared, box)
+            raise RuntimeError("the batch fails after the message was written")
+    with engine.connect() as conn:
+        assert conn.execute(select(t.raw_messages.c.message_id)).scalars().all() == \
+            [delivery.message_id]
