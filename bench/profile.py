@@ -73,12 +73,18 @@ def _frame(frame: str) -> tuple[str, str]:
     return function, where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
 
 
+def _named(func: str, function: str) -> bool:
+    """Whether py-spy's name of a frame is ``function``: py-spy 0.4 qualifies a method with its
+    class (``Intake.prepare``) and a nested function with its parents (``f.<locals>.g``)."""
+    return func == function or func.endswith("." + function)
+
+
 def part_of(frames: list[str]) -> str:
     """The part of :data:`PARTS` a stack of py-spy frames (root first) belongs to."""
     parsed = [_frame(f) for f in frames]
     for name, markers in PARTS:
         for path, function in markers:
-            if any((path is None or path in file) and (function is None or function == func)
+            if any((path is None or path in file) and (function is None or _named(func, function))
                    for func, file in parsed):
                 return name
     return "other"

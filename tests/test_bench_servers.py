@@ -178,6 +178,14 @@ STORE = ROOT + "commit_batch (sink/storage/batching.py:112);store_one (sink/stor
      "smtp_RCPT (aiosmtpd/smtp.py:1363);addr_spec (email/_header_value_parser.py:438)",
      "protocol"),
     ("value (email/_header_value_parser.py:134)", "parse"),
+    # py-spy 0.4 names a method with its class and a nested function with its parents
+    (ROOT + "Intake.prepare (sink/intake/core.py:96);parse_and_list (sink/mail/onepass.py:37)",
+     "parse"),
+    (ROOT + "Intake.log_delivery (sink/intake/core.py:172);Intake.log_one (sink/intake/core.py:186)",
+     "log lines"),
+    (ROOT + "_commit (sink/storage/worker.py:117);with_dkim (sink/storage/worker.py:134)", "DKIM"),
+    (ROOT + "store_one.<locals>.attempt (sink/storage/batching.py:85);"
+     "Intake.store (sink/intake/core.py:150)", "storage: the Python"),
 ])
 def test_profile_parts_follow_the_code_layout(stack, part):
     assert part_of(stack.split(";")).startswith(part)
