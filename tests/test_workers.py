@@ -303,3 +303,60 @@ def test_the_default_number_of_workers_follows_the_cores():
     from sink.storage import default_workers
     assert [default_workers("sqlite", n) for n in (1, 2, 4, 8)] == [1, 2, 4, 4]
     assert [default_workers("postgresql", n) for n in (1, 2, 4, 8)] == [2, 2, 4, 4]
+
+
+def test_a_worker_waiting_for_its_write_turn_takes_what_arrives_into_its_batch(tmp_path):
+    """SQLite workers take turns on one write lock. While another worker holds it, a worker
+    with its batch decided prepares the messages arriving meanwhile and commits them in the
+    same transaction (one commit for more messages); each is answered stored, once."""
+    import fcntl
+    from sqlalchemy import event
+    from sink.intake import Envelope, Intake
+    from sink.storage.worker import WriteTurn, _commit
+    from tests.conftest import seeded
+    db_url = f"sqlite:///{tmp_path}/sink.db"       # only SQLite has write turns
+    engine = seeded(db_url)
+    intake = Intake(engine)
+    boxes = {"crm@firma.cz": config_for(db_url).boxes[0]}
+    turn = WriteTurn.for_database(engine)
+    assert turn.fd is not None                       # SQLite: turns on a file beside it
+    other = os.open(engine.url.database + "-writeturn", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)                # the other worker is writing
+
+    def job(n: int):
+        envelope = Envelope("lmtp", "jan.novak@firma.cz", ("crm@firma.cz",))
+        raw = make_mail(subject=f"waiting {n}", message_id=f"<wait-{n}@firma.cz>")
+        return (n, envelope, ("crm@firma.cz",), None), raw
+
+    ours, theirs = socket.socketpair()
+    inbox = Inbox(ours)
+    commits = []
+
+    def count_commit(conn):
+        commits.append(1)
+    event.listen(engine, "commit", count_commit)
+
+    def arrive_then_release():
+        time.sleep(0.3)
+        for n in (2, 3, 4):
+            (head, raw) = job(n)
+            theirs.sendall(frame(head, raw))
+        time.sleep(0.5)                               # taken while the turn is still held
+        fcntl.flock(other, fcntl.LOCK_UN)
+    helper = threading.Thread(target=arrive_then_release)
+    helper.start()
+    try:
+        done, prepared, outcomes, closing = _commit(intake, turn, [job(1)], boxes,
+                                                    ahead=True, inbox=inbox)
+    finally:
+        helper.join()
+        event.remove(engine, "commit", count_commit)
+        engine.dispose()
+        os.close(other)
+        ours.close()
+        theirs.close()
+    assert sorted(job_id for job_id, _ in done) == [1, 2, 3, 4]
+    assert all(result[0][0] == "stored" for _, result in done)
+    assert len(commits) == 1 and len(prepared) == 4 and not closing
+    assert sorted(stored_message_ids(engine)) == [f"<wait-{n}@firma.cz>" for n in (1, 2, 3, 4)]
+    assert intake.decided["ahead"] == 4               # all decided before the turn

@@ -44,6 +44,10 @@ class Inbox:
     def __init__(self, sock: socket.socket):
         self.sock = sock
 
+    def readable(self, timeout: float) -> bool:
+        """Whether a frame (or the end) is waiting, after at most ``timeout`` seconds."""
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
     def next(self, *, block: bool = True):
         if not block and not select.select([self.sock], [], [], 0)[0]:
             return None
