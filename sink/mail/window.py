@@ -23,6 +23,8 @@ def _after_lines(raw: bytes, count: int, start: int = 0, end: int | None = None)
     """Offset just after the ``count``-th line end in ``raw[start:end]``; None when it has
     fewer lines. Counts in C, chunk by chunk."""
     end = len(raw) if end is None else end
+    if end - start < count:
+        return None             # every line end is a byte: fewer bytes, fewer lines
     pos, chunk = start, 1 << 16
     while pos < end:
         stop = min(pos + chunk, end)
@@ -38,7 +40,7 @@ def _after_lines(raw: bytes, count: int, start: int = 0, end: int | None = None)
 
 def _nth(raw: bytes, needle: bytes, count: int, end: int) -> int | None:
     """Offset of the ``count``-th occurrence of ``needle`` before ``end``, or None."""
-    if raw.count(needle, 0, end) < count:
+    if end < count * len(needle) or raw.count(needle, 0, end) < count:
         return None
     pos = -1
     for _ in range(count):
