@@ -41,7 +41,9 @@ def parse_and_list(raw: bytes, *, bcc: tuple[str, ...] = ()) -> tuple[ParsedMess
     if shared is None:
         return parse_message(raw, bcc=bcc), list_attachments(raw)
     msg, tree = shared
-    if body_only(raw):
+    # A message with an opaque body (a tree) has a part that is not text: never body_only,
+    # whose lower-cased copy of the message would cost as much as a scan of it again.
+    if tree is None and body_only(raw):
         listing = Listing((), ())           # what list_attachments answers without a parse
     else:
         tree = tree or Tree(raw, (msg, {}))
