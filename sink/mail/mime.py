@@ -17,6 +17,8 @@ import email.parser
 from email.message import Message
 from email.policy import Compat32
 
+from sink.mail import multipart
+
 _STRUCTURED = ("multipart", "message")     # the feed parser parses these bodies further
 
 
@@ -25,9 +27,14 @@ def message_from_bytes(data: bytes, policy: Compat32) -> Message:
     split = _header_end(data)
     if split is not None:
         msg = email.parser.BytesParser(policy=policy).parsebytes(data[:split], headersonly=True)
-        if msg.get_payload() == "" and msg.get_content_maintype() not in _STRUCTURED:
-            msg.set_payload(data[split:].decode("ascii", "surrogateescape"))
-            return msg
+        if msg.get_payload() == "":
+            body = data[split:].decode("ascii", "surrogateescape")   # as the feed parser reads
+            maintype = msg.get_content_maintype()
+            if maintype not in _STRUCTURED:
+                msg.set_payload(body)
+                return msg
+            if maintype == "multipart" and multipart.parse_body(msg, body, policy):
+                return msg
     return email.message_from_bytes(data, policy=policy)
 
 

@@ -1,0 +1,175 @@
+"""The body of a ``multipart/*`` message split as the stdlib feed parser splits it, without its
+line-by-line loop.
+
+The feed parser reads a multipart body a line at a time in Python and matches each line against
+the boundary's regular expression (compiled anew for each new boundary) and those of every
+enclosing multipart. Only a line starting with ``--`` can match any of them, so here one regex
+pass finds those lines, and the parts are the slices of text between them. What the feed parser
+does with the slices is reproduced, not its code:
+
+- a part ends at the first line that is a boundary line of its own multipart *or of any
+  enclosing one* (RFC 2046); the line ending before that line belongs to the boundary (it is cut
+  from the part's payload, or from a nested multipart's epilogue, which becomes None if empty);
+- the preamble is the text before the first boundary line less its last line ending, None when
+  there is no text; the epilogue is the text after the close boundary line up to the end of the
+  enclosing part, unchanged;
+- a part of ``multipart/digest`` defaults to ``message/rfc822``; a multipart with a
+  Content-Transfer-Encoding other than 7bit/8bit/binary gets the defect the feed parser records.
+
+Each part's header block goes through the stdlib parser (``headersonly``), the same header code
+the feed parser runs. :func:`parse_body` answers False - the caller then runs the feed parser -
+wherever the result could differ: a bare CR (it ends a line for the feed parser), no boundary
+parameter, no start or close boundary, a boundary line right after a boundary line, a part
+whose header block has no blank line before the next boundary or holds a line that is not a
+header, an enclosing multipart's boundary where the inner one has not closed, ``message/*``
+parts. ``tests/test_parse_differential.py`` compares the trees with the feed parser's.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import re
+from bisect import bisect_left
+from email import errors
+from email.message import Message
+from email.policy import Compat32
+
+_DASH_LINE = re.compile(r"^--[^\n]*", re.M)   # the only lines a boundary expression can match
+_SEP, _CLOSE = 1, 2
+_PLAIN_CTE = ("7bit", "8bit", "binary")        # what RFC 2045 6.4 allows on a multipart
+_MAX_DEPTH = 50     # nesting deeper is hostile: every dash line is matched against each level
+
+
+class _Differs(Exception):
+    """The feed parser's tree could differ from the one built here."""
+
+
+def parse_body(msg: Message, body: str, policy: Compat32) -> bool:
+    """Give ``msg`` (a multipart whose header block is parsed, payload still empty) the parts,
+    preamble and epilogue the feed parser would give it from ``body`` (the text after the
+    header block, as the feed parser decodes it); False, with ``msg`` to be discarded, where
+    the result could differ."""
+    if body.count("\r") != body.count("\r\n"):
+        return False
+    try:
+        _Body(body, policy).multipart(msg, 0, [])
+    except _Differs:
+        return False
+    return True
+
+
+def _kind(line: str, sep: str) -> int:
+    """What the feed parser's expression for ``sep`` (``--`` + boundary) reads ``line`` (a line
+    without its ending) as: a separator, the close boundary, or neither (0). The expression is
+    ``sep(--)?[ \\t]*(linesep)?$``."""
+    if not line.startswith(sep):
+        return 0
+    rest = line[len(sep):]
+    if rest.startswith("--") and not rest[2:].strip(" \t"):
+        return _CLOSE
+    return 0 if rest.strip(" \t") else _SEP
+
+
+def _chomp(text: str) -> str:
+    """``text`` less one line ending at its end (the one a following boundary line owns)."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith(("\n", "\r")) else text
+
+
+class _Body:
+    def __init__(self, text: str, policy: Compat32):
+        self.text, self.policy = text, policy
+        # (start, line without its ending, start of the next line) of every line opening '--'
+        self.lines = [(m.start(), m.group().removesuffix("\r"), min(m.end() + 1, len(text)))
+                      for m in _DASH_LINE.finditer(text)]
+        self.starts = [start for start, _, _ in self.lines]
+
+    def _first(self, i: int, seps: list[str], stop: int | None = None) -> int:
+        """Index of the first dash line from index ``i`` (to ``stop``) that is a boundary line
+        of any of ``seps``, or ``stop`` (default ``len(self.lines)``)."""
+        lines = self.lines
+        stop = len(lines) if stop is None else stop
+        for j in range(i, stop):
+            line = lines[j][1]
+            if any(_kind(line, sep) for sep in seps):
+                return j
+        return stop
+
+    def _is(self, i: int, seps: list[str]) -> bool:
+        """Whether dash line ``i`` is a boundary line of any of ``seps``."""
+        return i < len(self.lines) and self._first(i, seps, i + 1) == i
+
+    def _start(self, i: int) -> int:
+        return self.lines[i][0] if i < len(self.lines) else len(self.text)
+
+    def multipart(self, msg: Message, pos: int, outers: list[str]) -> int:
+        """Parse the body of ``msg`` from ``pos`` (a line start) inside the multiparts whose
+        separators are ``outers``; the index of the dash line that ends it (one of ``outers``'
+        boundary lines), or ``len(self.lines)`` at the end of the text."""
+        boundary = msg.get_boundary()
+        if boundary is None or len(outers) >= _MAX_DEPTH:
+            raise _Differs
+        if str(msg.get("content-transfer-encoding", "8bit")).lower() not in _PLAIN_CTE:
+            self.policy.handle_defect(msg, errors.InvalidMultipartContentTransferEncodingDefect())
+        sep = "--" + boundary
+        inner = outers + [sep]
+        lines, text = self.lines, self.text
+        i = self._first(bisect_left(self.starts, pos), inner)
+        # no start boundary (or an enclosing one first), or a close boundary first
+        if i == len(lines) or self._is(i, outers) or _kind(lines[i][1], sep) != _SEP:
+            raise _Differs
+        if lines[i][0] > pos:
+            msg.preamble = _chomp(text[pos:lines[i][0]])
+        digest = msg.get_content_type() == "multipart/digest"
+        parts = []
+        while True:
+            after = lines[i][2]
+            # the feed parser skips a boundary line that follows one, and at the end of the
+            # text or an enclosing boundary it reads on from a pushed-back empty line
+            if after == len(text) or (i + 1 < len(lines) and lines[i + 1][0] == after
+                                      and self._is(i + 1, inner)):
+                raise _Differs
+            part, i = self._part(after, inner, digest)
+            parts.append(part)
+            if i == len(lines) or self._is(i, outers):
+                raise _Differs                  # no close boundary: the defect's path
+            if _kind(lines[i][1], sep) == _CLOSE:
+                break
+        msg.set_payload(parts)
+        end = self._first(i + 1, outers)
+        msg.epilogue = text[lines[i][2]:self._start(end)]
+        return end
+
+    def _part(self, pos: int, seps: list[str], digest: bool) -> tuple[Message, int]:
+        """The part from ``pos`` (the line after a separator) inside the multiparts whose
+        separators are ``seps``, with the line ending before its end cut as the feed parser
+        cuts it; and the index of the dash line that ends it."""
+        text = self.text
+        if text.startswith("\n", pos) or text.startswith("\r\n", pos):
+            blank = pos                                 # a part without headers
+        else:
+            ends = [at + 1 for at in (text.find("\n\n", pos), text.find("\n\r\n", pos))
+                    if at >= 0]
+            if not ends:
+                raise _Differs
+            blank = min(ends)
+        body = blank + (2 if text.startswith("\r\n", blank) else 1)
+        i, j = bisect_left(self.starts, pos), bisect_left(self.starts, blank)
+        if self._first(i, seps, j) < j:
+            raise _Differs                  # a boundary line ends the header block
+        part = email.parser.Parser(policy=self.policy).parsestr(text[pos:body], headersonly=True)
+        if part.get_payload() != "":
+            raise _Differs                  # a line that is not a header, a 'From ' line last
+        if digest:
+            part.set_default_type("message/rfc822")
+        maintype = part.get_content_maintype()
+        if maintype == "message":
+            raise _Differs
+        if maintype == "multipart":
+            end = self.multipart(part, body, seps)
+            part.epilogue = None if part.epilogue == "" else _chomp(part.epilogue)
+            return part, end
+        end = self._first(j, seps)          # no dash line between the blank line and body
+        part.set_payload(_chomp(text[body:self._start(end)]))
+        return part, end
