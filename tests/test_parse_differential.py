@@ -302,9 +302,9 @@ def _multipart_mail(draw):
     """(raw, well_formed): multipart mail of every shape the multipart path reads or must leave
     to the feed parser; well_formed when no damage was drawn (then the fast path must be taken).
     Damage: a bare CR, a missing boundary parameter, no parts, no close boundary, a non-header
-    line or a 'From ' line in a part's header block, no blank line after one, a boundary line
-    right after another, an enclosing boundary inside a part, an inner boundary equal to an
-    outer one."""
+    line or a 'From ' line in a part's header block (or a delivery-status block), no blank line
+    after one, a boundary line right after another, an enclosing boundary inside a part, an
+    inner boundary equal to an outer one."""
     eol = draw(st.sampled_from(["\r\n", "\n"]))
     damage: list[str] = []
 
@@ -331,11 +331,35 @@ def _multipart_mail(draw):
             lines.insert(draw(st.integers(0, len(lines))), f"--{b}")
         return lines
 
+    def enclosed(outers: list[str], depth: int) -> list[str]:
+        """A message/rfc822 body: a message, sometimes with an envelope line."""
+        envelope = ["From nobody Mon Jan  1 00:00:00 2024"] if draw(st.booleans()) else []
+        return envelope + ["From: a@b.cz"] + part(outers, depth + 1)
+
+    def status(outers: list[str]) -> list[str]:
+        """A message/delivery-status body: header blocks, blank lines between (extra ones
+        too), or none at all."""
+        lines: list[str] = []
+        for _ in range(draw(st.integers(0, 3))):
+            block = draw(st.lists(st.sampled_from(
+                ["Reporting-MTA: dns; mx.acme.cz", "Final-Recipient: rfc822; a@b.cz",
+                 "Status: 5.1.1", " (folded)", "Diagnostic-Code: smtp; 550"]),
+                min_size=1, max_size=3))
+            if hurt("not a header in a status block", 4):
+                block.append("not a header")
+            lines += block + [""] * draw(st.integers(0, 2))
+        return lines
+
     def part(outers: list[str], depth: int) -> list[str]:
-        kind = draw(st.sampled_from(["text", "text", "empty", "noheaders"]
-                                    + (["multipart"] * 2 if depth < 3 else [])))
+        kind = draw(st.sampled_from(["text", "text", "empty", "noheaders", "status"]
+                                    + (["multipart", "multipart", "rfc822"] if depth < 3
+                                       else [])))
         if kind == "multipart":
             return multipart(outers, depth + 1)
+        if kind == "rfc822":
+            return ["Content-Type: message/rfc822", ""] + enclosed(outers, depth)
+        if kind == "status":
+            return ["Content-Type: message/delivery-status", ""] + status(outers)
         headers = [] if kind == "noheaders" else draw(st.lists(st.sampled_from(
             ["Content-Type: text/plain; charset=utf-8", "Content-Type: text/html",
              "X-Folded: a", " continued", "Content-Disposition: inline",
@@ -368,8 +392,9 @@ def _multipart_mail(draw):
             if hurt("boundary after a boundary", 3):
                 lines.append(f"--{b}")
             if sub == "digest":
-                # a digest part without a Content-Type is message/rfc822: left to the feed parser
-                lines += ["Content-Type: text/plain", ""] + leaf_body(outers + [b])
+                # a digest part without a Content-Type is message/rfc822
+                lines += ([""] + enclosed(outers + [b], min(depth, 3)) if draw(st.booleans())
+                          else ["Content-Type: text/plain", ""] + leaf_body(outers + [b]))
             else:
                 lines += part(outers + [b], depth)
         if not hurt("no close boundary", 5):

@@ -14,15 +14,18 @@ does with the slices is reproduced, not its code:
   there is no text; the epilogue is the text after the close boundary line up to the end of the
   enclosing part, unchanged;
 - a part of ``multipart/digest`` defaults to ``message/rfc822``; a multipart with a
-  Content-Transfer-Encoding other than 7bit/8bit/binary gets the defect the feed parser records.
+  Content-Transfer-Encoding other than 7bit/8bit/binary gets the defect the feed parser records;
+- a ``message/*`` part holds the message that runs to the part's end (its last entity loses the
+  line ending), a ``message/delivery-status`` part one header block per blank-line-ended run.
 
 Each part's header block goes through the stdlib parser (``headersonly``), the same header code
 the feed parser runs. :func:`parse_body` answers False - the caller then runs the feed parser -
 wherever the result could differ: a bare CR (it ends a line for the feed parser), no boundary
 parameter, no start or close boundary, a boundary line right after a boundary line, a part
 whose header block has no blank line before the next boundary or holds a line that is not a
-header, an enclosing multipart's boundary where the inner one has not closed, ``message/*``
-parts. ``tests/test_parse_differential.py`` compares the trees with the feed parser's.
+header (a delivery-status block too), an enclosing multipart's boundary where the inner one has
+not closed, nesting deeper than ``_MAX_DEPTH``. ``tests/test_parse_differential.py`` compares
+the trees with the feed parser's.
 """
 
 from __future__ import annotations
@@ -155,35 +158,72 @@ class _Body:
         msg.epilogue = text[lines[i][2]:self._start(end)]
         return end
 
-    def _part(self, pos: int, seps: list[str], digest: bool) -> tuple[Message, int]:
-        """The part from ``pos`` (the line after a separator) inside the multiparts whose
-        separators are ``seps``, with the line ending before its end cut as the feed parser
-        cuts it; and the index of the dash line that ends it."""
+    def _part(self, pos: int, seps: list[str], digest: bool, depth: int = 0
+              ) -> tuple[Message, int]:
+        """The entity from ``pos`` (the line after a separator, or the start of a
+        ``message/*`` part's body) inside the multiparts whose separators are ``seps``, with
+        the line ending before its end cut as the feed parser cuts it; and the index of the
+        dash line that ends it."""
         text = self.text
-        if text.startswith("\n", pos) or text.startswith("\r\n", pos):
-            blank = pos                                 # a part without headers
-        else:
-            ends = [at + 1 for at in (text.find("\n\n", pos), text.find("\n\r\n", pos))
-                    if at >= 0]
-            if not ends:
-                raise _Differs
-            blank = min(ends)
+        blank = _blank_line(text, pos, len(text))
+        if blank is None or depth >= _MAX_DEPTH:
+            raise _Differs
         body = blank + (2 if text.startswith("\r\n", blank) else 1)
         i, j = bisect_left(self.starts, pos), bisect_left(self.starts, blank)
         if self._first(i, seps, j) < j:
             raise _Differs                  # a boundary line ends the header block
-        part = email.parser.Parser(policy=self.policy).parsestr(text[pos:body], headersonly=True)
-        if part.get_payload() != "":
-            raise _Differs                  # a line that is not a header, a 'From ' line last
+        part = self._headers(text[pos:body])
         if digest:
             part.set_default_type("message/rfc822")
         maintype = part.get_content_maintype()
-        if maintype == "message":
-            raise _Differs
         if maintype == "multipart":
             end = self.multipart(part, body, seps)
             part.epilogue = None if part.epilogue == "" else _chomp(part.epilogue)
             return part, end
+        if part.get_content_type() == "message/delivery-status":
+            end = self._first(j, seps)
+            part.set_payload(self._status_blocks(body, self._start(end)))
+            return part, end
+        if maintype == "message":
+            # the enclosed message runs to the same end; its last entity loses the line ending
+            inner, end = self._part(body, seps, False, depth + 1)
+            part.set_payload([inner])
+            return part, end
         end = self._first(j, seps)          # no dash line between the blank line and body
         part.set_payload(_chomp(text[body:self._start(end)]))
         return part, end
+
+    def _headers(self, block: str) -> Message:
+        """The message of header block ``block`` as the stdlib parses it, when it is all
+        header lines (and, if it has one, the blank line that ends it)."""
+        part = email.parser.Parser(policy=self.policy).parsestr(block, headersonly=True)
+        if part.get_payload() != "":
+            raise _Differs                  # a line that is not a header, a 'From ' line last
+        return part
+
+    def _status_blocks(self, pos: int, end: int) -> list[Message]:
+        """The header blocks of a ``message/delivery-status`` body ``text[pos:end]`` as the
+        feed parser makes them: each blank line ends one, and a line after it, blank or not,
+        starts another (the first is there even when the body is empty). A block that is not
+        all headers, or whose Content-Type would have the feed parser read on, is left to it."""
+        text, blocks = self.text, []
+        while True:
+            blank = _blank_line(text, pos, end)
+            block = self._headers(text[pos:end if blank is None else blank])
+            if block.get_content_maintype() in ("multipart", "message"):
+                raise _Differs
+            blocks.append(block)
+            if blank is None:
+                return blocks
+            pos = blank + (2 if text.startswith("\r\n", blank) else 1)
+            if pos >= end:
+                return blocks
+
+
+def _blank_line(text: str, pos: int, end: int) -> int | None:
+    """Where the first blank line from ``pos`` (a line start) before ``end`` starts."""
+    if text.startswith(("\n", "\r\n"), pos) and pos < end:
+        return pos
+    ends = [at + 1 for at in (text.find("\n\n", pos, end), text.find("\n\r\n", pos, end))
+            if at >= 0]
+    return min(ends) if ends else None
