@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bench import corpus as bench_corpus
 from sink.config import parse_config
 from sink.directory import Directory
-from sink.mail import mime, opaque
+from sink.mail import mime, multipart, onepass, opaque
 from sink.mail import parse as mailparse
 from sink.mail.attachments import list_attachments
 from sink.mail.onepass import parse_and_list
@@ -229,3 +229,197 @@ def test_single_part_tree_equals_the_feed_parsers(lines, body, blank):
     policy = mailparse._POLICY
     assert tree_shape(mime.message_from_bytes(raw, policy)) == \
         tree_shape(email.message_from_bytes(raw, policy=policy))
+
+
+# ------------------------------------------------------------------ the multipart tree
+
+def exact_tree(msg: Message) -> tuple:
+    """All the state of a parsed message the stdlib gives it, recursively: the class, the raw
+    header list, the envelope line, payload strings byte for byte, preamble, epilogue, default
+    type, charset and the defects with their arguments, in order."""
+    payload = msg._payload
+    inner = [exact_tree(p) for p in payload] if isinstance(payload, list) else payload
+    return (type(msg), type(msg.policy), list(msg._headers), msg._unixfrom, inner, msg.preamble,
+            msg.epilogue, msg._default_type, msg._charset,
+            [(type(d), d.args) for d in msg.defects])
+
+
+class _FastPathCount:
+    """Wraps sink.mail.multipart.parse_body to count how often the multipart path built the
+    tree itself (True) or left it to the feed parser (False)."""
+
+    def __init__(self):
+        self.answers: list[bool] = []
+
+    def __enter__(self):
+        self.real = multipart.parse_body
+
+        def counted(*args):
+            self.answers.append(self.real(*args))
+            return self.answers[-1]
+        multipart.parse_body = counted
+        return self
+
+    def __exit__(self, *exc):
+        multipart.parse_body = self.real
+
+
+def assert_same_tree(raw: bytes) -> None:
+    policy = mailparse._POLICY
+    assert exact_tree(mime.message_from_bytes(raw, policy)) == \
+        exact_tree(email.message_from_bytes(raw, policy=policy))
+
+
+@pytest.mark.parametrize("profile", ["4k-1", "4k-5", "100k-1", "100k-5"])
+def test_multipart_trees_equal_the_feed_parsers_on_the_bench_corpora(profile):
+    """Every message, as stored and as the one-pass parse reads it (opaque bodies as token
+    lines), parses to the feed parser's tree; at 100 KB the multipart path builds most."""
+    mails = bench_corpus.build(profile, 600, seed=7)
+    with _FastPathCount() as count:
+        for mail in mails:
+            assert_same_tree(mail.raw)
+            assert_same_tree(onepass._with_tokens(mail.raw, opaque.opaque_extents(mail.raw))[0])
+    _count(f"{profile} trees", len(mails))
+    if profile.startswith("100k"):
+        assert sum(count.answers) > len(mails)      # of 2 x 600 parses, all multipart
+    else:
+        assert sum(count.answers) > 10
+
+
+def test_multipart_trees_equal_the_feed_parsers_on_real_world_mail():
+    with _FastPathCount() as count:
+        for path in REAL:
+            assert_same_tree(path.read_bytes())
+    _count("tests/data trees", len(REAL))
+    assert sum(count.answers) > 10
+
+
+_BCHARS = "abz09=_."        # no '-', space or tab: no generated boundary is another's line
+
+
+@st.composite
+def _multipart_mail(draw):
+    """(raw, well_formed): multipart mail of every shape the multipart path reads or must leave
+    to the feed parser; well_formed when no damage was drawn (then the fast path must be taken).
+    Damage: a bare CR, a missing boundary parameter, no parts, no close boundary, a non-header
+    line or a 'From ' line in a part's header block (or a delivery-status block), no blank line
+    after one, a boundary line right after another, an enclosing boundary inside a part, an
+    inner boundary equal to an outer one."""
+    eol = draw(st.sampled_from(["\r\n", "\n"]))
+    damage: list[str] = []
+
+    def hurt(what: str, percent: int = 8) -> bool:
+        # the high end is damage: hypothesis shrinks towards 0, to the well-formed shape
+        if draw(st.integers(0, 99)) >= 100 - percent:
+            damage.append(what)
+            return True
+        return False
+
+    def boundary(outers: list[str]) -> str:
+        if outers and hurt("same boundary", 4):
+            return draw(st.sampled_from(outers))
+        base = draw(st.sampled_from(outers)) if outers and draw(st.booleans()) else ""
+        fresh = base + draw(st.text(_BCHARS, min_size=1, max_size=4))
+        return fresh if fresh not in outers else fresh + "z" * 5 + str(len(outers))
+
+    def leaf_body(outers: list[str]) -> list[str]:
+        b = draw(st.sampled_from(outers))
+        lines = draw(st.lists(st.sampled_from(
+            ["text", "", "--", "-- ", "Pří-liš", f"--{b}-not", f"--{b} x", f"  --{b}",
+             f"=3D--{b}", f"--{b}--x", "Content-Type: text/plain"]), max_size=5))
+        if lines and hurt("enclosing boundary inside a part", 4):
+            lines.insert(draw(st.integers(0, len(lines))), f"--{b}")
+        return lines
+
+    def enclosed(outers: list[str], depth: int) -> list[str]:
+        """A message/rfc822 body: a message, sometimes with an envelope line."""
+        envelope = ["From nobody Mon Jan  1 00:00:00 2024"] if draw(st.booleans()) else []
+        return envelope + ["From: a@b.cz"] + part(outers, depth + 1)
+
+    def status(outers: list[str]) -> list[str]:
+        """A message/delivery-status body: header blocks, blank lines between (extra ones
+        too), or none at all."""
+        lines: list[str] = []
+        for _ in range(draw(st.integers(0, 3))):
+            block = draw(st.lists(st.sampled_from(
+                ["Reporting-MTA: dns; mx.acme.cz", "Final-Recipient: rfc822; a@b.cz",
+                 "Status: 5.1.1", " (folded)", "Diagnostic-Code: smtp; 550"]),
+                min_size=1, max_size=3))
+            if hurt("not a header in a status block", 4):
+                block.append("not a header")
+            lines += block + [""] * draw(st.integers(0, 2))
+        return lines
+
+    def part(outers: list[str], depth: int) -> list[str]:
+        kind = draw(st.sampled_from(["text", "text", "empty", "noheaders", "status"]
+                                    + (["multipart", "multipart", "rfc822"] if depth < 3
+                                       else [])))
+        if kind == "multipart":
+            return multipart(outers, depth + 1)
+        if kind == "rfc822":
+            return ["Content-Type: message/rfc822", ""] + enclosed(outers, depth)
+        if kind == "status":
+            return ["Content-Type: message/delivery-status", ""] + status(outers)
+        headers = [] if kind == "noheaders" else draw(st.lists(st.sampled_from(
+            ["Content-Type: text/plain; charset=utf-8", "Content-Type: text/html",
+             "X-Folded: a", " continued", "Content-Disposition: inline",
+             "Content-Transfer-Encoding: 8bit"]), min_size=1, max_size=3))
+        if headers and hurt("not a header"):
+            headers.insert(draw(st.integers(0, len(headers))), "not a header")
+        if headers and hurt("From line last", 4):
+            headers.append("From someone")
+        blank = [] if hurt("no blank line", 4) else [""]
+        return headers + blank + ([] if kind == "empty" else leaf_body(outers))
+
+    def multipart(outers: list[str], depth: int) -> list[str]:
+        b = boundary(outers)
+        sub = draw(st.sampled_from(["mixed", "alternative", "related", "digest"]))
+        if hurt("no boundary parameter", 3):
+            head = [f"Content-Type: multipart/{sub}"]
+        else:
+            head = [draw(st.sampled_from([f'Content-Type: multipart/{sub}; boundary="{b}"',
+                                          f"Content-Type: multipart/{sub}; boundary={b}",
+                                          f'Content-Type: multipart/{sub};{eol}\tboundary="{b}"']))]
+        if draw(st.integers(0, 9)) == 0:
+            head.append("Content-Transfer-Encoding: base64")   # a defect, not a fallback
+        ws = st.sampled_from(["", "", " ", "\t", " \t "])
+        lines = head + [""]
+        lines += draw(st.lists(st.sampled_from(["This is MIME.", "", f"--{b}-not"]),
+                               max_size=2))
+        count = 0 if hurt("no parts", 4) else draw(st.integers(1, 3))
+        for _ in range(count):
+            lines.append(f"--{b}" + draw(ws))
+            if hurt("boundary after a boundary", 3):
+                lines.append(f"--{b}")
+            if sub == "digest":
+                # a digest part without a Content-Type is message/rfc822
+                lines += ([""] + enclosed(outers + [b], min(depth, 3)) if draw(st.booleans())
+                          else ["Content-Type: text/plain", ""] + leaf_body(outers + [b]))
+            else:
+                lines += part(outers + [b], depth)
+        if not hurt("no close boundary", 5):
+            lines.append(f"--{b}--" + draw(ws))
+            lines += draw(st.lists(st.sampled_from(["", "epilogue", f"--{b}-not"]),
+                                   max_size=2))
+        return lines
+
+    lines = ["From: Jan <jan@acme.cz>", "Subject: shapes", "MIME-Version: 1.0"]
+    lines += multipart([], 0)
+    text = eol.join(lines) + (eol if draw(st.booleans()) else "")
+    if eol == "\r\n" and hurt("bare CR", 5):
+        at = draw(st.integers(0, len(lines) - 1))
+        pieces = text.split("\r\n")
+        text = "\r\n".join(pieces[:at + 1]) + "\r" + "\r\n".join(pieces[at + 1:])
+    return text.encode("utf-8"), not damage
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_multipart_mail())
+def test_multipart_shapes_tree_equals_the_feed_parsers(mail):
+    """Whatever the shape, the tree is the feed parser's; and the multipart path builds it
+    itself for every well-formed shape (else it would never be used)."""
+    raw, well_formed = mail
+    with _FastPathCount() as count:
+        assert_same_tree(raw)
+    if well_formed:
+        assert count.answers == [True]
