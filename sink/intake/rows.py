@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
@@ -17,12 +17,12 @@ from sink.mail.parse import storable
 SEEN_KEY = Fast(select(t.dedup_keys.c.message_id).where(
     t.dedup_keys.c.box == bindparam("box"), t.dedup_keys.c.kind == bindparam("kind"),
     t.dedup_keys.c.digest == bindparam("digest")))
-SEEN_KEYS = Fast(select(t.dedup_keys.c.message_id).where(   # a message's two keys at once
-    t.dedup_keys.c.box == bindparam("box"),
-    or_(and_(t.dedup_keys.c.kind == bindparam("kind1"),
-             t.dedup_keys.c.digest == bindparam("digest1")),
-        and_(t.dedup_keys.c.kind == bindparam("kind2"),
-             t.dedup_keys.c.digest == bindparam("digest2")))))
+# A message's two keys in one round trip: two primary-key lookups, not one WHERE with an OR.
+# PostgreSQL planned the OR (once, for the connection's life, on a nearly empty table) as a
+# scan of the box's every key with the OR as a filter: 0.5 ms per message at 2,000 messages.
+SEEN_KEYS = Fast(union_all(*(select(t.dedup_keys.c.message_id).where(
+    t.dedup_keys.c.box == bindparam("box"), t.dedup_keys.c.kind == bindparam(f"kind{i}"),
+    t.dedup_keys.c.digest == bindparam(f"digest{i}")) for i in (1, 2))))
 STORED = Fast(select(t.messages.c.id, t.messages.c.status, t.messages.c.verdict).where(
     t.messages.c.box == bindparam("box"), t.messages.c.sha256 == bindparam("sha256")))
 INSERT_MESSAGE = Fast(insert(t.messages), (
