@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
     if mode == "prof":
         import cProfile
         import pstats
-        pr = cProfile.Profile()
+        pr = cProfile.Profile(time.process_time)      # CPU, not time spent waiting
         pr.enable()
         run(rest)
         pr.disable()
