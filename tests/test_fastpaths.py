@@ -10,6 +10,8 @@ import re
 import unicodedata
 import warnings
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from unidecode import unidecode
@@ -226,3 +228,39 @@ def test_the_thread_lookup_goes_by_the_message_id_index(tmp_path):
         assert "ix_messages_message_id" in plan, plan
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_lookups_of_every_message_use_their_whole_index_on_a_new_postgres(pg_engine):
+    """PostgreSQL plans a prepared statement once (psycopg prepares after 5 runs, the server
+    keeps a generic plan after 5 more) and, on a new database without statistics, picked any
+    index that began with ``box``: "already stored?", "seen this dedup key?" and the thread
+    lookup each scanned every row of the box, for the connection's life. The plan PostgreSQL
+    settles on (auto_explain's, as the statement runs on the fast path) must use the index
+    that fits all the equalities."""
+    from sink.db.records import _THREAD_MESSAGE
+    from sink.intake.rows import SEEN_KEYS, STORED
+    plans: list[str] = []
+    with pg_engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        dbapi.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        for sql in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                    "SET auto_explain.log_level = notice"):
+            conn.exec_driver_sql(sql)
+        box = "crm@firma.cz"
+        for fast, params, index, columns in (
+                (STORED, {"box": box, "sha256": "0" * 64}, "uq_messages_box_sha256",
+                 ("box", "sha256")),
+                (SEEN_KEYS, {"box": box, "kind1": "mid", "digest1": "a", "kind2": "sub",
+                             "digest2": "b"}, "pk_dedup_keys", ("box", "kind", "digest")),
+                (_THREAD_MESSAGE, {"message_id": "<x@y>", "box": box},
+                 "ix_messages_message_id_box", ("message_id", "box"))):
+            for _ in range(12):
+                plans.clear()
+                assert fast.first(conn, params) is None
+            plan = plans[-1]
+            assert f"using {index}" in plan, plan
+            conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+            assert conditions and all(all(f"({c})" in line for c in columns)
+                                      for line in conditions), plan
+        conn.rollback()

@@ -292,3 +292,39 @@ def test_a_big_message_is_stored_byte_for_byte_and_rolled_back_with_its_savepoin
     with engine.connect() as conn:
         assert conn.execute(select(t.raw_messages.c.message_id)).scalars().all() == \
             [delivery.message_id]
+
+
+@pytest.mark.postgres
+def test_a_big_message_goes_through_copy_in_a_batch_and_leaves_with_its_savepoint(
+        pg_engine, monkeypatch):
+    """PostgreSQL takes a message over rows.STREAM_RAW_FROM through COPY, in pieces, inside
+    the batch (whose small rows are deferred to the flush): stored byte for byte beside a small
+    one, and a message whose savepoint is rolled back after its COPY leaves no row behind."""
+    import os
+    from sink.intake import core, rows
+    from sink.storage.batching import commit_batch
+    box = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+    intake = Intake(pg_engine)
+    big = make_mail(subject="big", body="big\n", attachments=[(
+        "application", "octet-stream", os.urandom(rows.STREAM_RAW_FROM * 3 + 777), "x.bin")])
+    small = make_mail(subject="small", body="small\n")
+    failing = make_mail(subject="fails", body="f\n", attachments=[(
+        "application", "octet-stream", os.urandom(rows.STREAM_RAW_FROM + 1), "y.bin")])
+    prepared = [intake.prepare(raw, Envelope("lmtp")) for raw in (big, small, failing)]
+    real = core.store_attachments
+
+    def store_attachments(conn, message_id, raw, listing=None):
+        if raw == failing:                # after its raw bytes went in: the savepoint undoes
+            raise RuntimeError("a bug of ours in this one message")
+        return real(conn, message_id, raw, listing)
+    monkeypatch.setattr(core, "store_attachments", store_attachments)
+    copied, copy_raw = [], rows._copy_raw
+    monkeypatch.setattr(rows, "_copy_raw", lambda conn, message_id, raw: (
+        copied.append(len(raw)), copy_raw(conn, message_id, raw)))
+    [[one], [two], [three]] = commit_batch(intake, [(p, [box]) for p in prepared])
+    assert isinstance(three, RuntimeError)
+    assert copied == [len(big), len(failing)]       # the small one went with the flush
+    with pg_engine.connect() as conn:
+        stored = dict(conn.execute(select(t.raw_messages.c.message_id,
+                                          t.raw_messages.c.content)).all())
+    assert stored == {one.message_id: big, two.message_id: small}

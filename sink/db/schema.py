@@ -447,9 +447,10 @@ bounces = Table(
 # (issue 11: tickets, the stored spam list, threads; written by sink.executor)
 
 # Replies name earlier messages by Message-ID (threads, ticket follow-ups); the loop guard
-# counts a sender's recent messages to a box.
-Index("ix_messages_message_id", messages.c.message_id)
-Index("ix_messages_box_sender_received_at", messages.c.box, messages.c.sender,
+# counts a sender's recent messages to a box. Neither begins with the box: the lookups by box
+# and sha256 or Message-ID must have one index that fits, statistics or not (migration 0011).
+Index("ix_messages_message_id_box", messages.c.message_id, messages.c.box)
+Index("ix_messages_sender_box_received_at", messages.c.sender, messages.c.box,
       messages.c.received_at)
 
 counters = Table(
