@@ -393,6 +393,39 @@ def test_head_is_where_dkimpy_stops_reading(raw):
     assert dkimpy.rfc822_parse(dkim._head(raw))[0] == whole
 
 
+_HEAD_PIECES = _PIECES + [b"dkim-SIGNATURE:", b"\r\nDKIM-Signature: v=1; d=a.cz;\r\n\t s=x",
+                         b"\nX-A: 1\n", b"\n ", b"a::b", b"\x7f", b"Dkim-Signature :"]
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(_HEAD_PIECES), max_size=30).map(b"".join))
+def test_signature_values_are_dkimpys(raw):
+    """The DKIM-Signature values read by two searches are rfc822_parse's, in order (or the
+    same error), and the signature count is the line-by-line count's."""
+    head = dkim._head(raw)
+    try:
+        expected = [value for name, value in dkimpy.rfc822_parse(head)[0]
+                    if name.lower() == b"dkim-signature"]
+    except Exception as error:          # noqa: BLE001
+        with pytest.raises(type(error)):
+            dkim.signature_values(head)
+    else:
+        assert dkim.signature_values(head) == expected
+    end = raw.find(b"\r\n\r\n")
+    block = raw[:end] if end >= 0 else raw
+    end = block.find(b"\n\n")
+    block = block[:end] if end >= 0 else block
+    assert dkim._signature_count(raw) == sum(
+        line[:15].lower() == b"dkim-signature:" for line in block.splitlines())
+
+
+def test_a_plain_head_is_read_without_rfc822_parse(monkeypatch):
+    head = (b"From: a@b.cz\r\nDKIM-Signature: v=1; d=b.cz;\r\n s=sel; b=xyz\r\n"
+            b"Subject: x\r\n")
+    monkeypatch.setattr(dkimpy, "rfc822_parse", None)     # not called for this head
+    assert dkim.signature_values(head) == [b" v=1; d=b.cz;\r\n s=sel; b=xyz\r\n"]
+
+
 def test_a_message_over_the_verification_bound_is_temperror_not_verified(key, monkeypatch):
     """dkimpy holds a message 3-4 times over: above MAX_VERIFY_BYTES nothing is verified (a
     40 MB message must stay below 3 times its size in the worker)."""

@@ -22,6 +22,7 @@ before looking up the key is refused the same way.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -214,8 +215,7 @@ def _needing_keys(raw: bytes, indexes: list[int], lookup: "_Lookup") -> list[int
     remembered as unavailable (the lookup is then marked failed here when it would be there)."""
     cache = lookup.inner
     try:
-        signatures = [value for name, value in dkimpy.rfc822_parse(_head(raw))[0]
-                      if name.lower() == b"dkim-signature"]
+        signatures = signature_values(_head(raw))
     except Exception:           # dkimpy.DKIM(raw) raises the same: nothing is verified
         return []
     needing = []
@@ -233,6 +233,32 @@ def _needing_keys(raw: bytes, indexes: list[int], lookup: "_Lookup") -> list[int
         elif miss == LOOKUP_FAILED and _valid(sig):
             lookup.failed = True    # dkimpy would have asked, and the lookup fails
     return needing
+
+
+# A header block whose every line is plainly a header line (a name without ":" or space, then
+# ":") or a continuation of one (space or tab), each ended by CRLF or LF, no bare CR: the lines
+# dkimpy's rfc822_parse reads with nothing to skip or refuse.
+_PLAIN_HEAD = re.compile(
+    rb"(?:[\x21-\x39\x3b-\x7e]++:[^\r\n]*+\r?\n(?:[ \t][^\r\n]*+\r?\n)*+)*+")
+_NAME = b"".join(b"[%c%c]" % (c, c - 32) if 97 <= c <= 122 else re.escape(bytes([c]))
+                for c in b"dkim-signature:")        # any case, spelt out: a literal first byte
+# searched in "\n" + head: a pattern starting with a literal byte is scanned for in C
+# (the line end after a header is left for the next match: it may start with one too)
+_SIGNATURE = re.compile(rb"\n" + _NAME + rb"([^\r\n]*)((?:\r?\n[ \t][^\r\n]*)*)")
+_SIGNATURE_LINE = re.compile(rb"[\r\n]" + _NAME)
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def signature_values(head: bytes) -> list[bytes]:
+    """The DKIM-Signature values of ``head`` as dkimpy's ``rfc822_parse`` gives them (each line
+    of a header ended by CRLF), in order; raises where it raises. A plain header block is
+    read by two searches in C (rfc822_parse takes ~25 us for 20 lines, a regex per line);
+    anything else by rfc822_parse itself."""
+    if _PLAIN_HEAD.fullmatch(head) is None:
+        return [value for name, value in dkimpy.rfc822_parse(head)[0]
+                if name.lower() == b"dkim-signature"]
+    return [first + _LINE_END.sub(b"\r\n", more) + b"\r\n"
+            for first, more in _SIGNATURE.findall(b"\n" + head)]
 
 
 def _valid(sig: dict) -> bool:
@@ -264,11 +290,9 @@ def _signature_count(raw: bytes) -> int:
     head = raw[:end] if end >= 0 else raw
     end = head.find(b"\n\n")
     head = head[:end] if end >= 0 else head
-    count = 0
-    for line in head.splitlines():
-        if line[:15].lower() == b"dkim-signature:":
-            count += 1
-    return count
+    # the lines (as bytes.splitlines cuts them: after CR, LF or CRLF) that start with the name
+    first = 1 if head[:15].lower() == b"dkim-signature:" else 0
+    return first + len(_SIGNATURE_LINE.findall(head))
 
 
 def verify_many(items: Sequence[tuple[bytes, str | None]], *, dnsfunc: DnsFunc | None = None,
