@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -168,6 +168,32 @@ def _store_forbidden(conn: Connection, message_id: int, forbidden: ForbiddenActi
     return forbidden
 
 
+def _invitation_upserts(dialect_insert):
+    """The two upserts of an invitation for one dialect (each speaks its own ON CONFLICT)."""
+    i, r = dialect_insert(t.invitations), dialect_insert(t.invitation_responses)
+    newer = i.on_conflict_do_update(
+        index_elements=["user_id", "uid"],
+        set_={c: i.excluded[c] for c in (*INVITATION_COLUMNS, "message_id")},
+        where=t.invitations.c.revision <= i.excluded.revision)
+    answer = r.on_conflict_do_update(
+        index_elements=["invitation_id", "attendee"],
+        set_={c: r.excluded[c] for c in ("partstat", "revision", "message_id")},
+        where=t.invitation_responses.c.revision <= r.excluded.revision)
+    return newer, i.on_conflict_do_nothing(index_elements=["user_id", "uid"]), answer
+
+
+_INVITATION_KEYS = ("user_id", "uid", "message_id", *INVITATION_COLUMNS)
+_RESPONSE_KEYS = ("invitation_id", "attendee", "partstat", "revision", "message_id")
+# Compiled once per dialect, run on the cursor (built per call they cost ~0.6 ms a message)
+_INVITATION_WRITES = {
+    name: (Fast(newer, _INVITATION_KEYS), Fast(first, _INVITATION_KEYS),
+           Fast(answer, _RESPONSE_KEYS))
+    for name, (newer, first, answer) in (("postgresql", _invitation_upserts(postgresql.insert)),
+                                         ("sqlite", _invitation_upserts(sqlite.insert)))}
+_INVITATION_ID = Fast(select(t.invitations.c.id).where(
+    t.invitations.c.user_id == bindparam("user_id"), t.invitations.c.uid == bindparam("uid")))
+
+
 def _store_invitation(conn: Connection, message_id: int, invitation: InvitationAction,
                       directory: Directory) -> InvitationAction:
     """REQUEST/CANCEL replace the stored version only when theirs is not older (the WHERE of
@@ -175,31 +201,20 @@ def _store_invitation(conn: Connection, message_id: int, invitation: InvitationA
     user = directory.user(invitation.user)
     if user is None:
         return invitation
-    key = ["user_id", "uid"]
-    values = {c: getattr(invitation, c) for c in INVITATION_COLUMNS}
+    newer, first, answer = _INVITATION_WRITES[conn.dialect.name]
+    row = {c: getattr(invitation, c) for c in INVITATION_COLUMNS}
+    row.update(user_id=user.id, uid=invitation.uid, message_id=message_id)
     if invitation.method != "REPLY":
-        stmt = _upsert(conn, t.invitations).values(user_id=user.id, uid=invitation.uid,
-                                                   message_id=message_id, **values)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=key,
-            set_={c: stmt.excluded[c] for c in (*INVITATION_COLUMNS, "message_id")},
-            where=t.invitations.c.revision <= stmt.excluded.revision))
+        newer.execute(conn, row)
         return invitation
     # The organiser's invitation, made from the reply when none is stored yet; revision ""
     # lets any real REQUEST or CANCEL replace what a reply could tell.
-    conn.execute(_upsert(conn, t.invitations).values(
-        user_id=user.id, uid=invitation.uid, message_id=message_id, **{**values, "revision": ""}
-    ).on_conflict_do_nothing(index_elements=key))
-    invitation_id = conn.execute(select(t.invitations.c.id).where(
-        t.invitations.c.user_id == user.id, t.invitations.c.uid == invitation.uid)).scalar_one()
+    first.execute(conn, {**row, "revision": ""})
+    invitation_id = _INVITATION_ID.first(conn, {"user_id": user.id, "uid": invitation.uid})[0]
     for attendee, partstat in invitation.responses:
-        stmt = _upsert(conn, t.invitation_responses).values(
-            invitation_id=invitation_id, attendee=attendee, partstat=partstat,
-            revision=invitation.revision, message_id=message_id)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=["invitation_id", "attendee"],
-            set_={c: stmt.excluded[c] for c in ("partstat", "revision", "message_id")},
-            where=t.invitation_responses.c.revision <= stmt.excluded.revision))
+        answer.execute(conn, {"invitation_id": invitation_id, "attendee": attendee,
+                              "partstat": partstat, "revision": invitation.revision,
+                              "message_id": message_id})
     return invitation
 
 

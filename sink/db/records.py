@@ -42,15 +42,13 @@ class DbRecords:
             is not None
 
     def invitation(self, user_id: int, uid: str) -> str | None:
-        i = t.invitations.c
-        return self.conn.execute(select(i.revision).where(i.user_id == user_id, i.uid == uid)
-                                 ).scalar()
+        row = _INVITATION_REVISION.first(self.conn, {"user_id": user_id, "uid": uid})
+        return row[0] if row else None
 
     def response(self, user_id: int, uid: str, attendee: str) -> str | None:
-        i, r = t.invitations.c, t.invitation_responses.c
-        return self.conn.execute(
-            select(r.revision).join(t.invitations, i.id == r.invitation_id)
-            .where(i.user_id == user_id, i.uid == uid, r.attendee == attendee)).scalar()
+        row = _RESPONSE_REVISION.first(self.conn, {"user_id": user_id, "uid": uid,
+                                                   "attendee": attendee})
+        return row[0] if row else None
 
     # -- help desk ----------------------------------------------------------------------------
     def ticket(self, box: str, number: str) -> TicketState | None:
@@ -104,6 +102,15 @@ class DbRecords:
             func.coalesce(m.verdict, "") != "DUPLICATE")).scalar_one()
 
 
+# Asked for every message with an invitation (by each of its users): compiled once.
+_INVITATION_REVISION = Fast(select(t.invitations.c.revision).where(
+    t.invitations.c.user_id == bindparam("user_id"), t.invitations.c.uid == bindparam("uid")))
+_RESPONSE_REVISION = Fast(
+    select(t.invitation_responses.c.revision)
+    .join(t.invitations, t.invitations.c.id == t.invitation_responses.c.invitation_id)
+    .where(t.invitations.c.user_id == bindparam("user_id"),
+           t.invitations.c.uid == bindparam("uid"),
+           t.invitation_responses.c.attendee == bindparam("attendee")))
 # Asked for every message (spam list) or every reply (threads): compiled once, run on the
 # DBAPI cursor (sink.db.fastpath).
 _SPAM_LISTED = Fast(select(t.spam_list.c.email).where(
