@@ -21,11 +21,10 @@ parse of the one-pass form (attachment bodies as token lines) from ~620 to ~220 
 from __future__ import annotations
 
 import email
-import email.parser
 from email.message import Message
 from email.policy import Compat32
 
-from sink.mail import multipart
+from sink.mail import headerblock, multipart
 
 _STRUCTURED = ("multipart", "message")     # the feed parser parses these bodies further
 
@@ -34,7 +33,8 @@ def message_from_bytes(data: bytes, policy: Compat32) -> Message:
     """``email.message_from_bytes(data, policy=policy)``, the same tree, often cheaper."""
     split = _header_end(data)
     if split is not None:
-        msg = email.parser.BytesParser(policy=policy).parsebytes(data[:split], headersonly=True)
+        # (BytesParser.parsebytes decodes so, then parses the text headersonly)
+        msg = headerblock.parse_headers(data[:split].decode("ascii", "surrogateescape"), policy)
         if msg.get_payload() == "":
             body = data[split:].decode("ascii", "surrogateescape")   # as the feed parser reads
             maintype = msg.get_content_maintype()

@@ -30,12 +30,13 @@ the trees with the feed parser's.
 
 from __future__ import annotations
 
-import email.parser
 import re
 from bisect import bisect_left
 from email import errors
 from email.message import Message
 from email.policy import Compat32
+
+from sink.mail import headerblock
 
 _BARE_CR = re.compile(r"\r(?!\n)")     # (a regex finds one faster than two counts)
 _BLANK = re.compile(r"\n\r?\n")           # a line ending, then a blank line
@@ -197,7 +198,7 @@ class _Body:
     def _headers(self, block: str) -> Message:
         """The message of header block ``block`` as the stdlib parses it, when it is all
         header lines (and, if it has one, the blank line that ends it)."""
-        part = email.parser.Parser(policy=self.policy).parsestr(block, headersonly=True)
+        part = headerblock.parse_headers(block, self.policy)
         if part.get_payload() != "":
             raise _Differs                  # a line that is not a header, a 'From ' line last
         return part
