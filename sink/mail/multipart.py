@@ -18,13 +18,14 @@ does with the slices is reproduced, not its code:
 - a ``message/*`` part holds the message that runs to the part's end (its last entity loses the
   line ending), a ``message/delivery-status`` part one header block per blank-line-ended run.
 
-Each part's header block goes through the stdlib parser (``headersonly``), the same header code
-the feed parser runs. :func:`parse_body` answers False - the caller then runs the feed parser -
-wherever the result could differ: a bare CR (it ends a line for the feed parser), no boundary
-parameter, no start or close boundary, a boundary line right after a boundary line, a part
-whose header block has no blank line before the next boundary or holds a line that is not a
-header (a delivery-status block too), an enclosing multipart's boundary where the inner one has
-not closed, nesting deeper than ``_MAX_DEPTH``. ``tests/test_parse_differential.py`` compares
+Each part's header block gets the stdlib's ``headersonly`` parse (:mod:`sink.mail.headerblock`:
+the same message, the same header code the feed parser runs). :func:`parse_body` answers
+False - the caller then runs the feed parser - wherever the result could differ: a bare CR
+(it ends a line for the feed parser), no boundary parameter, no start or close boundary, a
+boundary line right after a boundary line, a part whose header block has no blank line before
+the next boundary or holds a line that is not a header (a delivery-status block too), an
+enclosing multipart's boundary where the inner one has not closed, nesting deeper than
+``_MAX_DEPTH``. ``tests/test_parse_differential.py`` compares
 the trees with the feed parser's.
 """
 

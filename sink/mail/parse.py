@@ -10,6 +10,9 @@ body reach the rules, so one message cannot stall the others.
 The parser's own cost is bounded before it starts (:mod:`sink.mail.window`: lines, boundary
 lines and multipart containers), attachment bodies no rule reads are left out of the parse
 (:mod:`sink.mail.opaque`), and HTML becomes text in bounded time (:mod:`sink.mail.html`).
+What the rules read is read cheaply where that answers the same: the header fields from one
+pass over the header list, and the answers of pure functions of a header's text (its address
+list, decoded subject, charset parameter) remembered for short texts.
 """
 
 from __future__ import annotations
