@@ -18,24 +18,26 @@ does with the slices is reproduced, not its code:
 - a ``message/*`` part holds the message that runs to the part's end (its last entity loses the
   line ending), a ``message/delivery-status`` part one header block per blank-line-ended run.
 
-Each part's header block goes through the stdlib parser (``headersonly``), the same header code
-the feed parser runs. :func:`parse_body` answers False - the caller then runs the feed parser -
-wherever the result could differ: a bare CR (it ends a line for the feed parser), no boundary
-parameter, no start or close boundary, a boundary line right after a boundary line, a part
-whose header block has no blank line before the next boundary or holds a line that is not a
-header (a delivery-status block too), an enclosing multipart's boundary where the inner one has
-not closed, nesting deeper than ``_MAX_DEPTH``. ``tests/test_parse_differential.py`` compares
+Each part's header block gets the stdlib's ``headersonly`` parse (:mod:`sink.mail.headerblock`:
+the same message, the same header code the feed parser runs). :func:`parse_body` answers
+False - the caller then runs the feed parser - wherever the result could differ: a bare CR
+(it ends a line for the feed parser), no boundary parameter, no start or close boundary, a
+boundary line right after a boundary line, a part whose header block has no blank line before
+the next boundary or holds a line that is not a header (a delivery-status block too), an
+enclosing multipart's boundary where the inner one has not closed, nesting deeper than
+``_MAX_DEPTH``. ``tests/test_parse_differential.py`` compares
 the trees with the feed parser's.
 """
 
 from __future__ import annotations
 
-import email.parser
 import re
 from bisect import bisect_left
 from email import errors
 from email.message import Message
 from email.policy import Compat32
+
+from sink.mail import headerblock
 
 _BARE_CR = re.compile(r"\r(?!\n)")     # (a regex finds one faster than two counts)
 _BLANK = re.compile(r"\n\r?\n")           # a line ending, then a blank line
@@ -197,7 +199,7 @@ class _Body:
     def _headers(self, block: str) -> Message:
         """The message of header block ``block`` as the stdlib parses it, when it is all
         header lines (and, if it has one, the blank line that ends it)."""
-        part = email.parser.Parser(policy=self.policy).parsestr(block, headersonly=True)
+        part = headerblock.parse_headers(block, self.policy)
         if part.get_payload() != "":
             raise _Differs                  # a line that is not a header, a 'From ' line last
         return part
