@@ -31,15 +31,11 @@ class DbRecords:
             func.lower(t.tasks.c.number) == folded).limit(1)).scalar()
 
     def flags(self, entity: str, entity_id: int) -> Mapping[str, bool]:
-        table = ENTITY_TABLES[entity]
-        row = self.conn.execute(select(*(table.c[f] for f in FLAGS))
-                                .where(table.c.id == entity_id)).first()
-        return {f: bool(row._mapping[f]) for f in FLAGS} if row else dict(DEFAULT_FLAGS)
+        row = _FLAGS[entity].first(self.conn, {"entity_id": entity_id})
+        return dict(zip(FLAGS, map(bool, row))) if row else dict(DEFAULT_FLAGS)
 
     def forbidden(self, email: str, kind: str) -> bool:
-        f = t.forbidden_addresses.c
-        return self.conn.execute(select(f.id).where(f.email == email, f.type == kind)).first() \
-            is not None
+        return _FORBIDDEN.first(self.conn, {"email": email, "kind": kind}) is not None
 
     def invitation(self, user_id: int, uid: str) -> str | None:
         row = _INVITATION_REVISION.first(self.conn, {"user_id": user_id, "uid": uid})
@@ -102,6 +98,13 @@ class DbRecords:
             func.coalesce(m.verdict, "") != "DUPLICATE")).scalar_one()
 
 
+# Asked for everyone a bounce or an opt-out names (flags, forbidden addresses): compiled once.
+_FLAGS = {entity: Fast(select(*(table.c[f] for f in FLAGS))
+                       .where(table.c.id == bindparam("entity_id")))
+          for entity, table in ENTITY_TABLES.items()}
+_FORBIDDEN = Fast(select(t.forbidden_addresses.c.id).where(
+    t.forbidden_addresses.c.email == bindparam("email"),
+    t.forbidden_addresses.c.type == bindparam("kind")).limit(1))
 # Asked for every message with an invitation (by each of its users): compiled once.
 _INVITATION_REVISION = Fast(select(t.invitations.c.revision).where(
     t.invitations.c.user_id == bindparam("user_id"), t.invitations.c.uid == bindparam("uid")))
