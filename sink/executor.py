@@ -239,10 +239,15 @@ def _store_invitation(conn: Connection, message_id: int, invitation: InvitationA
 def _store_bounce(conn: Connection, message_id: int, bounce: BounceAction,
                   directory: Directory) -> BounceAction:
     """Every failed address, hard or soft, one row per report: repeats are the point."""
-    conn.execute(insert(t.bounces).values(
-        message_id=message_id, email=bounce.email, kind=bounce.kind, status=bounce.status,
-        diagnostic=bounce.reason, created=datetime.now(timezone.utc)))
+    _INSERT_BOUNCE.execute(conn, {
+        "message_id": message_id, "email": bounce.email, "kind": bounce.kind,
+        "status": bounce.status, "diagnostic": bounce.reason,
+        "created": datetime.now(timezone.utc)})
     return bounce
+
+
+_INSERT_BOUNCE = Fast(insert(t.bounces),
+                      ("message_id", "email", "kind", "status", "diagnostic", "created"))
 
 
 # ------------------------------------------------------------------------------- help desk
