@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import time
 import traceback
-import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable, Iterable
@@ -344,7 +343,7 @@ class Intake:
                 parent_id: int | None = None, attachments: bool = True,
                 listing=None) -> int:
         message_id = rows.INSERT_MESSAGE.insert(conn, rows.storable_row(t.messages, dict(
-            uuid=str(uuid.uuid4()), received_at=self.clock(), channel=envelope.channel,
+            uuid=rows.message_uuid(), received_at=self.clock(), channel=envelope.channel,
             box=box.address, mail_from=envelope.mail_from, rcpt_to=list(envelope.rcpt_tos),
             sender=parsed.sender, to_addrs=list(parsed.to), cc_addrs=list(parsed.cc),
             date_header=parsed.date_header, subject=parsed.subject,

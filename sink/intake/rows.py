@@ -4,7 +4,10 @@ its per-call cost), and the message row as a database accepts it."""
 
 from __future__ import annotations
 
+import os
 import struct
+import time
+import uuid
 from typing import Callable, Iterable
 
 from sqlalchemy import bindparam, func, insert, select, union_all, update
@@ -85,6 +88,18 @@ def _copy_raw(conn: Connection, message_id: int, raw: bytes) -> None:
         fastpath.raise_dbapi(conn, _COPY_RAW, (), error)
     finally:
         cursor.close()
+
+
+def message_uuid(now_ms: int | None = None) -> str:
+    """A message's UUID: version 7 (RFC 9562, 5.7): 48 bits of Unix time in milliseconds,
+    then 74 random bits. Unique as a random UUID is, and in time order: each new row goes to
+    the end of the unique index instead of a random leaf, which wrote one page more per
+    message to the WAL (and to the checkpoint) - ~9 % of a 4 KB message's pages on SQLite."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76            # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62            # variant 10 (RFC 9562)
+    return str(uuid.UUID(int=value))
 
 
 # Deferred in a PostgreSQL batch and sent sorted: two workers lock the same keys in one order.
