@@ -174,7 +174,7 @@ def main(argv: list[str]) -> int:
 
     def run(js: list) -> None:
         for k in range(0, len(js), batch):
-            _, prepared, outcomes = _commit(intake, turn, js[k:k + batch], boxes, ahead=False)
+            _, prepared, outcomes, _ = _commit(intake, turn, js[k:k + batch], boxes, ahead=False)
             log_batch(intake, prepared, outcomes)
 
     first = jobs(7)
