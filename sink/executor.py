@@ -46,14 +46,17 @@ def apply(conn: Connection, message_id: int, decision: Decision,
     stored = {kind: tuple(WRITERS[kind](conn, message_id, item, directory)
                           for item in decision.records(kind))
               for kind in WRITE_ORDER}
-    return replace(decision, **stored)
+    changed = {kind: items for kind, items in stored.items()
+               if items != decision.records(kind)}
+    return replace(decision, **changed) if changed else decision    # (most: as decided)
 
 
 def _store_activity(conn: Connection, message_id: int, action: ActivityAction,
                     directory: Directory) -> ActivityAction:
     user = directory.user(action.responsible)
     ticket_id, number = _ticket_of(conn, message_id, action)
-    action = replace(action, ticket=number)
+    if number != action.ticket:
+        action = replace(action, ticket=number)
     kind = directory.activity_type(action.type)
     row = {
         "message_id": message_id,
