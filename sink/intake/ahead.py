@@ -40,6 +40,7 @@ class Ahead:
     decision: Decision
     directory_version: Any
     calls: tuple[Call, ...]
+    parsed: Any = None      # the message as the box sees it (sink.mail.trust.for_box), as decided
 
 
 class Recorder:

@@ -143,7 +143,7 @@ class Intake:
                 decision = self.rules(parsed, box, directory, asked.seen, asked)
             except Exception:               # the writer runs them again and stores that
                 continue
-            ahead[box.address] = Ahead(decision, directory.version, tuple(asked.calls))
+            ahead[box.address] = Ahead(decision, directory.version, tuple(asked.calls), parsed)
         return dataclasses.replace(prepared, ahead=ahead)
 
     def store(self, conn: Connection, prepared: Prepared, box: BoxConfig) -> Delivery:
@@ -153,14 +153,18 @@ class Intake:
         stored = self._already_stored(conn, box, prepared.sha256)
         if stored is not None:
             return stored
-        # issue 13: a carrier is unwrapped only when this box trusts it (sink.mail.trust)
-        directory = self.directory.get(conn) if prepared.carried else None
-        parsed, carried, note = for_box(prepared.parsed, prepared.carried, prepared.dkim, box,
-                                        directory, prepared.envelope.mail_from)
+        ahead = prepared.ahead.get(box.address) if prepared.ahead else None
+        if ahead is not None and ahead.parsed is not None:
+            # decided ahead (never a carrier, never held): for_box's answer, made then
+            parsed, carried, note = ahead.parsed, None, None
+        else:
+            # issue 13: a carrier is unwrapped only when this box trusts it (sink.mail.trust)
+            directory = self.directory.get(conn) if prepared.carried else None
+            parsed, carried, note = for_box(prepared.parsed, prepared.carried, prepared.dkim,
+                                            box, directory, prepared.envelope.mail_from)
         if prepared.envelope.hold:
             return self._store_held(conn, prepared, parsed, box)
         if carried is None:
-            ahead = prepared.ahead.get(box.address) if prepared.ahead else None
             return self._store_new(conn, prepared.raw, prepared.sha256, parsed,
                                    prepared.envelope, box, note=note,
                                    listing=prepared.attachments, ahead=ahead)
