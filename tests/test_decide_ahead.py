@@ -67,6 +67,33 @@ def test_a_decision_whose_reads_still_hold_is_the_one_stored(engine):
     assert stored(engine, delivery.message_id)[0] == "PROCESSED"
 
 
+def test_a_decision_that_holds_stores_the_row_bound_ahead_and_one_decided_again_its_own(
+        engine, monkeypatch):
+    """The message row is bound with the decision ahead (less work inside the write turn):
+    the writer inserts exactly that row when the decision holds, and builds its own when it
+    decides again (the bound row carries the stale outcome)."""
+    from sink.intake import rows
+    intake = Intake(engine)
+    original = make_mail(subject="Price list", date=DATE, body="first copy")
+    forwarded = make_mail(subject="Price list", date=DATE, body="second copy")  # same key
+    [held, late] = ahead(intake, make_mail(subject="Hello", date=DATE), forwarded)
+    bound_rows = {id(p.ahead[BOX.address].row) for p in (held, late)}
+    assert len(bound_rows) == 2 and None not in bound_rows
+    built, inserted = [], []
+    real_insert, real_bound = rows.INSERT_MESSAGE.insert, rows.INSERT_MESSAGE.insert_bound
+    monkeypatch.setattr(rows.INSERT_MESSAGE, "insert",
+                        lambda conn, row: built.append(row["verdict"]) or real_insert(conn, row))
+    monkeypatch.setattr(rows.INSERT_MESSAGE, "insert_bound",
+                        lambda conn, b: inserted.append(id(b)) or real_bound(conn, b))
+    [first] = commit(intake, intake.prepare(original, LMTP))      # the other worker's batch
+    [kept, again] = commit(intake, held, late)
+    assert (first.verdict, kept.verdict, again.verdict) == ("PROCESSED", "PROCESSED",
+                                                            "DUPLICATE")
+    assert inserted == [id(held.ahead[BOX.address].row)]          # the row bound ahead
+    assert built == ["PROCESSED", "DUPLICATE"]                    # the original; decided again
+    assert stored(engine, again.message_id)[0] == "DUPLICATE"
+
+
 def test_a_copy_committed_in_between_makes_the_writer_decide_again(engine):
     intake = Intake(engine)
     original = make_mail(subject="Price list", date=DATE, body="first copy")

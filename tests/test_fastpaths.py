@@ -99,6 +99,31 @@ def test_fast_statements_store_what_core_stores(engine):
     assert raw == b"\x00\xff\r\n."
 
 
+def test_a_row_bound_ahead_is_stored_as_the_same_row_inserted_at_once(engine):
+    """Fast.bind (values bound before the write lock, as the rules deciding ahead do for the
+    message row) then insert_bound stores what insert stores; a row bound for another
+    statement or database is refused, never sent."""
+    from sqlalchemy import insert, select
+    from sink.db import schema as t
+    from sink.db.fastpath import Bound, Fast
+    keys = tuple(_message_row())
+    fast_insert = Fast(insert(t.messages), keys)
+    other = Fast(insert(t.messages), keys)
+    with engine.begin() as conn:
+        bound = fast_insert.bind(conn, _message_row(sha256="b" * 64, trace=[{"rule": "ž"}]))
+        now_id = fast_insert.insert(conn, _message_row(sha256="n" * 64, trace=[{"rule": "ž"}]))
+        ahead_id = fast_insert.insert_bound(conn, bound)
+        with pytest.raises(ValueError):
+            other.insert_bound(conn, bound)
+        with pytest.raises(ValueError):
+            fast_insert.insert_bound(conn, Bound(fast_insert, "another", bound.values))
+    with engine.connect() as conn:
+        rows = {r.id: dict(r._mapping) for r in conn.execute(select(t.messages))}
+    assert len(rows) == 2
+    differ = {k for k in rows[ahead_id] if rows[ahead_id][k] != rows[now_id][k]}
+    assert differ == {"id", "uuid", "sha256"} and rows[ahead_id]["trace"] == [{"rule": "ž"}]
+
+
 def test_fast_statement_errors_are_sqlalchemy_errors_and_savepoints_undo(engine):
     from sqlalchemy import exc as sa_exc
     from sqlalchemy import func, insert, select

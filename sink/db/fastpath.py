@@ -124,6 +124,25 @@ class Fast:
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
         self._run(conn, params)
 
+    def bind(self, conn: Connection, params: Mapping[str, Any]) -> "Bound":
+        """``params`` bound for ``conn``'s dialect now (bind processors: JSON, dates), to be
+        run later on a connection of the same database by :meth:`insert_bound` - work done
+        before a lock instead of inside it."""
+        c = self._by_dialect.get(conn.dialect.name) or self._compiled(conn)
+        return Bound(self, conn.dialect.name, self._bind(c, params))
+
+    def insert_bound(self, conn: Connection, bound: "Bound") -> int:
+        """:meth:`insert` with values bound by :meth:`bind`."""
+        if bound.statement is not self or bound.dialect != conn.dialect.name:
+            raise ValueError("values bound for another statement or database")
+        c = self._by_dialect[bound.dialect]
+        cursor = _cursor(conn)
+        try:
+            cursor.execute(c.sql, bound.values)
+        except c.error as error:
+            _raise(conn, c.sql, bound.values, error)
+        return cursor.fetchone()[0] if c.returns_id else cursor.lastrowid
+
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple | None:
         """The first row of a SELECT, as a tuple, or None. The statement is read to its end:
         since Python 3.11 a commit or rollback no longer resets it, and a SELECT left half-read
@@ -170,6 +189,14 @@ class Fast:
         if self.ordered:
             bound.sort(key=tuple if c.positional else lambda row: tuple(row.values()))
         _send(conn, c, bound, pipeline=len(bound) > 1)   # a pipeline of one costs a sync more
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Values of one row bound for one statement and dialect (:meth:`Fast.bind`)."""
+    statement: Fast
+    dialect: str
+    values: Any
 
 
 def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[str, Any]

@@ -41,6 +41,7 @@ class Ahead:
     directory_version: Any
     calls: tuple[Call, ...]
     parsed: Any = None      # the message as the box sees it (sink.mail.trust.for_box), as decided
+    row: Any = None         # its messages row with the decision's outcome, bound (Fast.bind)
 
 
 class Recorder:
