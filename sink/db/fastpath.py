@@ -113,13 +113,7 @@ class Fast:
 
     def _run(self, conn: Connection, params: Mapping[str, Any]):
         c = self._by_dialect.get(conn.dialect.name) or self._compiled(conn)
-        bound = self._bind(c, params)
-        cursor = _cursor(conn)
-        try:
-            cursor.execute(c.sql, bound)
-        except c.error as error:
-            _raise(conn, c.sql, bound, error)
-        return c, cursor
+        return c, _execute(conn, c, self._bind(c, params))
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
         self._run(conn, params)
@@ -136,12 +130,7 @@ class Fast:
         if bound.statement is not self or bound.dialect != conn.dialect.name:
             raise ValueError("values bound for another statement or database")
         c = self._by_dialect[bound.dialect]
-        cursor = _cursor(conn)
-        try:
-            cursor.execute(c.sql, bound.values)
-        except c.error as error:
-            _raise(conn, c.sql, bound.values, error)
-        return cursor.fetchone()[0] if c.returns_id else cursor.lastrowid
+        return _new_id(c, _execute(conn, c, bound.values))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple | None:
         """The first row of a SELECT, as a tuple, or None. The statement is read to its end:
@@ -156,8 +145,7 @@ class Fast:
 
     def insert(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run an INSERT of one row; return its new integer primary key."""
-        c, cursor = self._run(conn, params)
-        return cursor.fetchone()[0] if c.returns_id else cursor.lastrowid
+        return _new_id(*self._run(conn, params))
 
     def execute_many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
         c = self._compiled(conn)
@@ -228,6 +216,21 @@ def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[s
             return fill(params)
         return (found,) if single else found
     return take
+
+
+def _execute(conn: Connection, c: _Compiled, bound):
+    """One row's statement on the cursor (DBAPI errors raised as SQLAlchemy's); the cursor."""
+    cursor = _cursor(conn)
+    try:
+        cursor.execute(c.sql, bound)
+    except c.error as error:
+        _raise(conn, c.sql, bound, error)
+    return cursor
+
+
+def _new_id(c: _Compiled, cursor) -> int:
+    """The primary key an INSERT just made (PostgreSQL: its RETURNING id)."""
+    return cursor.fetchone()[0] if c.returns_id else cursor.lastrowid
 
 
 def _send(conn: Connection, c: _Compiled, bound: list, *, pipeline: bool) -> None:
