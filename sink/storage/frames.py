@@ -49,7 +49,7 @@ class Inbox:
         return bool(select.select([self.sock], [], [], timeout)[0])
 
     def next(self, *, block: bool = True):
-        if not block and not select.select([self.sock], [], [], 0)[0]:
+        if not block and not self.readable(0):
             return None
         head = self._exact(HEADER.size, at_start=True)
         if head is None:

@@ -62,25 +62,27 @@ class WriteTurn:
             return cls(database + "-writeturn")
         return cls(None)
 
-    def __enter__(self):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def try_enter(self) -> bool:
-        """Take the turn if it is free now (then leave it with ``__exit__``); False when
-        another worker holds it. Always True without turns (PostgreSQL)."""
+    def take(self, *, wait: bool = True) -> bool:
+        """Take the turn (``wait=False``: only if it is free now); False when another worker
+        holds it. Always True without turns (PostgreSQL)."""
         if self.fd is None:
             return True
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
 
-    def __exit__(self, *exc):
+    def release(self) -> None:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def __enter__(self):
+        self.take()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
         return False
 
 
@@ -135,9 +137,9 @@ def _commit(intake, write_turn: WriteTurn, jobs: list, boxes: dict, ahead: bool 
     if ahead and inbox is not None:
         count, size = len(jobs), sum(len(raw) for _, raw in jobs)
         # a flock cannot be waited for beside a socket: look at both every TURN_POLL seconds
-        while not write_turn.try_enter():
+        while not write_turn.take(wait=False):
             if closing or count >= MAX_BATCH or size >= MAX_BYTES:
-                write_turn.__enter__()          # nothing more may join: wait for the turn
+                write_turn.take()               # nothing more may join: wait for the turn
                 break
             if not inbox.readable(TURN_POLL):
                 continue
@@ -146,14 +148,14 @@ def _commit(intake, write_turn: WriteTurn, jobs: list, boxes: dict, ahead: bool 
             more_done, more_items = _prepare(intake, more, boxes, ahead)
             done, items = done + more_done, items + more_items
     else:
-        write_turn.__enter__()
+        write_turn.take()
     try:
         outcomes = commit_batch(intake, [(p, b) for _, p, b in items]) if items else []
     except TransientStorageError as transient:
         done += [(job_id, [_result(transient)] * len(b)) for job_id, _, b in items]
         return done, [], [], closing
     finally:
-        write_turn.__exit__()
+        write_turn.release()
     done += [(job_id, [_result(o) for o in results])
              for (job_id, _, _), results in zip(items, outcomes)]
     return done, [p for _, p, _ in items], outcomes, closing
@@ -220,18 +222,18 @@ def serve(sock: socket.socket, inbox: Inbox, config, workers: int = 1) -> int:
         jobs, closing = _take_batch(inbox)
         if not jobs:
             break
-        batches, messages = batches + 1, messages + len(jobs)
         done, prepared, outcomes, closed = _commit(intake, write_turn, jobs, boxes,
                                                    ahead=workers > 1,
                                                    inbox=None if closing else inbox)
         closing = closing or closed
+        batches, messages = batches + 1, messages + len(done)
         joined += len(done) - len(jobs)             # the jobs that came while it waited
         sock.sendall(frame(("done", done)))         # answer first, then write the log lines
         log_batch(intake, prepared, outcomes)
         if intake.directory.current is not frozen_with:
             frozen_with = intake.directory.current
             freeze_long_lived()
-    log.info("worker.stopped", pid=os.getpid(), batches=batches, messages=messages + joined,
+    log.info("worker.stopped", pid=os.getpid(), batches=batches, messages=messages,
              joined_while_waiting=joined,
              decided_ahead=intake.decided["ahead"],
              decided_again=intake.decided["again"], decided_in_writer=intake.decided["writer"])
