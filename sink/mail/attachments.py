@@ -238,6 +238,15 @@ def base64_digest(raw: bytes, start: int, end: int, chunk: int = 1 << 20
     pad = raw.find(b"=", start, end)
     if pad >= 0 and raw[pad:end].translate(None, b"\r\n") not in (b"=", b"=="):
         return None
+    if end - start <= chunk:
+        # One piece: pybase64 drops the line ends itself (21 us per 85 KB, against 48 for
+        # taking them out first). It raises where the loop below would carry a remainder.
+        try:
+            data = pybase64.b64decode(raw[start:end])
+        except ValueError:
+            pass
+        else:
+            return len(data), hashlib.sha256(data).hexdigest()
     digest, size, carry = hashlib.sha256(), 0, b""
     for pos in range(start, end, chunk):
         text = carry + raw[pos:min(pos + chunk, end)].translate(None, b"\r\n")

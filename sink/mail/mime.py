@@ -51,7 +51,10 @@ def message_from_bytes(data: bytes, policy: Compat32) -> Message:
 def _header_end(data: bytes) -> int | None:
     """Offset just after the first blank line of ``data`` when the feed parser's lines there
     are plain (no bare CR: it ends a line for the parser), else None."""
-    crlf, lf = data.find(b"\n\r\n"), data.find(b"\n\n")
+    crlf = data.find(b"\n\r\n")
+    # an "\n\n" can only come first if it starts before the CRLF blank line: in CRLF mail
+    # there is none, and the unbounded search read the whole message to say so
+    lf = data.find(b"\n\n", 0, crlf + 1) if crlf >= 0 else data.find(b"\n\n")
     ends = [at + n for at, n in ((crlf, 3), (lf, 2)) if at >= 0]
     if not ends:
         return None

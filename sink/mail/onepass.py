@@ -31,7 +31,7 @@ from sink.mail.attachments import Listing, Tree, body_only, list_attachments, tr
 from sink.mail.mime import message_from_bytes
 from sink.mail.opaque import opaque_extents
 from sink.mail.parse import _POLICY, ParsedMessage, message_facts, parse_message
-from sink.mail.window import parse_window
+from sink.mail.window import parse_window, reads_whole
 
 
 def parse_and_list(raw: bytes, *, bcc: tuple[str, ...] = ()) -> tuple[ParsedMessage, Listing]:
@@ -71,8 +71,8 @@ def _one_parse(raw: bytes) -> tuple[Message, Tree | None] | None:
     when there are tokens; None when one parse cannot serve both results exactly."""
     cuts = opaque_extents(raw)
     # Without cuts both read the same bytes, and the listing's bounds are the looser ones.
-    if cuts and parse_window(raw, boundaries=2 * attachments.MAX_PARTS + 2,
-                             multiparts=attachments.MAX_MULTIPARTS)[1]:
+    if cuts and not reads_whole(raw, boundaries=2 * attachments.MAX_PARTS + 2,
+                                multiparts=attachments.MAX_MULTIPARTS, bodies=cuts):
         return None                         # the listing reads a window: parse it its own way
     tokened, extents = _with_tokens(raw, cuts)
     if parse_window(tokened)[1]:

@@ -79,6 +79,29 @@ def parse_window(raw: bytes, *, boundaries: int = MAX_BOUNDARIES,
     return cut, reason
 
 
+def reads_whole(raw: bytes, *, boundaries: int, multiparts: int,
+                bodies: list[tuple[int, int]] = ()) -> bool:
+    """``parse_window(raw, boundaries=..., multiparts=...)[1] is None``, with the boundary
+    lines counted around ``bodies``: sorted, non-empty extents of ``raw`` holding no ``-``
+    (the opaque base64 bodies, :mod:`sink.mail.opaque`), where a ``\\n--`` can only be the
+    one starting at an extent's last byte. (Counting ``\\n--`` over a 100 KB message cost
+    ~80 us, over what lies around its attachment ~10.)"""
+    header_end = raw.find(b"\n\r\n")
+    if header_end < 0:
+        header_end = raw.find(b"\n\n")
+    header_end = len(raw) if header_end < 0 else header_end
+    if (_after_lines(raw, MAX_HEADER_LINES, 0, header_end) is not None
+            or _after_lines(raw, MAX_PARSE_LINES) is not None):
+        return False
+    dashes, start = 0, 0
+    for body, end in list(bodies) + [(len(raw), len(raw))]:
+        dashes += raw.count(b"\n--", start, body)
+        start = max(end - 1, body)
+    if dashes > boundaries:
+        return False
+    return _count_any_case(raw, b"multipart/", len(raw)) <= multiparts
+
+
 def _count_any_case(raw: bytes, needle: bytes, end: int) -> int:
     """How often lower-case ``needle`` occurs in ``raw[:end]`` in any case: counted in C on
     lower-cased chunks (a case-insensitive regex scans 100 KB in ~0.5 ms, this in ~0.02)."""
