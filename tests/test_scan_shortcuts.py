@@ -188,3 +188,13 @@ def reference_header_end(data: bytes) -> int | None:
 def test_header_end_with_the_bounded_search_is_the_unbounded_ones(data):
     from sink.mail import mime
     assert mime._header_end(data) == reference_header_end(data)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", " ", "\x00", "\ud800", "\udcff", "\udfff",
+                                         "\ud7ff", "\ue000", "é", "€", "\U0001f600"]),
+               max_size=30) | st.text(max_size=40))
+def test_storable_is_its_regex_definition(text):
+    from sink.mail.parse import _UNSTORABLE, storable
+    expected = _UNSTORABLE.sub("\ufffd", text) if text and _UNSTORABLE.search(text) else text
+    assert storable(text) == expected
