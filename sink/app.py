@@ -132,10 +132,11 @@ def run(config: Config, engine) -> int:
         raise SystemExit(f"sink: error: refusing to start: {exc}") from None
     log.info("durability.ok", **settings)
     try:
-        import uvloop  # noqa: F401 - optional speed-up
+        import uvloop  # a dependency wherever it builds (pyproject.toml)
         runner = uvloop.run
-    except ImportError:
+    except ImportError:                 # a platform without it: asyncio's own loop
         runner = asyncio.run
+    log.info("server.event_loop", loop="asyncio" if runner is asyncio.run else "uvloop")
     app = build(config, engine)
     try:
         runner(serve_until_signal(app))

@@ -73,6 +73,8 @@ def test_sigterm_stops_serve_cleanly_after_committing(tmp_path):
     assert status == 0, sink.log_tail()
     log = sink.log_tail(100)
     assert '"event": "server.stopped"' in log and '"event": "durability.ok"' in log
+    # uvloop is a dependency on Linux (pyproject.toml): serve runs on it, not asyncio's loop
+    assert '"loop": "uvloop"' in log and '"event": "server.event_loop"' in log
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.messages)).scalar() == 1
 
