@@ -198,3 +198,47 @@ def test_storable_is_its_regex_definition(text):
     from sink.mail.parse import _UNSTORABLE, storable
     expected = _UNSTORABLE.sub("\ufffd", text) if text and _UNSTORABLE.search(text) else text
     assert storable(text) == expected
+
+
+def _elided(raw: bytes) -> list[tuple[int, int]]:
+    from sink.mail import attachments
+    return sorted(attachments._elide(raw)[1].values())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged())
+def test_when_the_listing_is_said_to_elide_the_same_bodies_it_does(raw):
+    """onepass skips the listing's own window check when attachments.elides_the_same says
+    the listing leaves out exactly the scan's bodies: hold that to the listing's _elide."""
+    from sink.mail import attachments
+    scan = opaque.opaque_scan(raw)
+    if attachments.elides_the_same(raw, scan):
+        assert _elided(raw) == scan.cuts
+
+
+def test_the_listing_elides_the_same_bodies_in_most_bench_mail_and_its_bounds_are_looser(corpus):
+    from sink.mail import attachments, onepass
+    assert onepass._LISTING_LOOSER
+    said = 0
+    for raw in corpus:
+        scan = opaque.opaque_scan(raw)
+        if attachments.elides_the_same(raw, scan):
+            said += 1
+            assert _elided(raw) == scan.cuts
+    assert said >= 250                   # every 100 KB bench message: the shortcut is taken
+
+
+def test_a_type_the_listing_reads_otherwise_is_not_said_to_be_elided_the_same():
+    """The listing looks for a part's type after a line end only: in a message whose very
+    first line names the (opaque) type and a later line another (multipart), it reads the
+    later one and keeps the body; the shortcut must not assume otherwise."""
+    from sink.mail import attachments
+    from tests.test_parse_differential import assert_same
+    body = base64.encodebytes(random.Random(3).randbytes(9000)).replace(b"\n", b"\r\n")
+    raw = (b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+           b"Content-Type: multipart/mixed\r\n\r\n" + body)
+    scan = opaque.opaque_scan(raw)
+    assert scan.cuts and scan.every_one          # the scan cuts the body ...
+    assert _elided(raw) == []                     # ... the listing keeps it
+    assert not attachments.elides_the_same(raw, scan)
+    assert_same(raw)

@@ -128,6 +128,23 @@ def _elide(raw: bytes) -> tuple[bytes, dict[str, tuple[int, int]], str]:
     return b"".join(pieces), extents, nonce
 
 
+def elides_the_same(raw: bytes, scan) -> bool:
+    """Whether :func:`_elide` leaves out of ``raw`` exactly the bodies of ``scan`` (an
+    :func:`sink.mail.opaque.opaque_scan` of it), so that its parse reads what the one-pass
+    parse reads (:mod:`sink.mail.onepass`): it meets the same base64 parts, in the same order,
+    when the scan cut every one it met (then both begin each part's headers at the same
+    place), and leaves each out unless its own reading of the type says multipart or
+    message. The scan's cuts already meet _elide's other conditions (MIN_BODY > MIN_ELIDE,
+    the same body extent, base64 only, no ``message/`` type anywhere)."""
+    if not scan.every_one:
+        return False
+    for (body, _), head in zip(scan.cuts, scan.heads):
+        kind = _CONTENT_TYPE.search(raw, head, body)
+        if kind is not None and kind.group(1).lower().startswith((b"multipart/", b"message/")):
+            return False
+    return True
+
+
 class Tree:
     """The MIME tree of ``raw`` (see the module docstring) and its leaves by part number."""
 

@@ -26,12 +26,18 @@ from __future__ import annotations
 import secrets
 from email.message import Message
 
-from sink.mail import attachments
-from sink.mail.attachments import Listing, Tree, body_only, list_attachments, tree_listing
+from sink.mail import attachments, window
+from sink.mail.attachments import (Listing, Tree, body_only, elides_the_same,
+                                   list_attachments, tree_listing)
 from sink.mail.mime import message_from_bytes
-from sink.mail.opaque import opaque_extents
+from sink.mail.opaque import opaque_scan
 from sink.mail.parse import _POLICY, ParsedMessage, message_facts, parse_message
 from sink.mail.window import parse_window, reads_whole
+
+
+# The listing's parse bounds are the rules' or looser (what the shortcut above relies on).
+_LISTING_LOOSER = (2 * attachments.MAX_PARTS + 2 >= window.MAX_BOUNDARIES
+                   and attachments.MAX_MULTIPARTS >= window.MAX_MULTIPARTS)
 
 
 def parse_and_list(raw: bytes, *, bcc: tuple[str, ...] = ()) -> tuple[ParsedMessage, Listing]:
@@ -69,10 +75,15 @@ def _listing_leaving_defects(tree: Tree) -> Listing:
 def _one_parse(raw: bytes) -> tuple[Message, Tree | None] | None:
     """The parse of ``raw`` with its opaque bodies as tokens, and the listing's tree of it
     when there are tokens; None when one parse cannot serve both results exactly."""
-    cuts = opaque_extents(raw)
+    scan = opaque_scan(raw)
+    cuts = scan.cuts
     # Without cuts both read the same bytes, and the listing's bounds are the looser ones.
-    if cuts and not reads_whole(raw, boundaries=2 * attachments.MAX_PARTS + 2,
-                                multiparts=attachments.MAX_MULTIPARTS, bodies=cuts):
+    # With cuts that the listing leaves out too, it parses what the rules parse but for the
+    # tokens' names: within the rules' window (checked below) it is within its own. Else the
+    # listing's parse must be known to read the whole of its bytes (those of raw at most).
+    if cuts and not (_LISTING_LOOSER and elides_the_same(raw, scan)) and not reads_whole(
+            raw, boundaries=2 * attachments.MAX_PARTS + 2,
+            multiparts=attachments.MAX_MULTIPARTS, bodies=cuts):
         return None                         # the listing reads a window: parse it its own way
     tokened, extents = _with_tokens(raw, cuts)
     if parse_window(tokened)[1]:

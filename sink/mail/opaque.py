@@ -22,6 +22,7 @@ Every search runs in C over the bytes (``re``, ``bytes.find``) in one linear pas
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 MIN_BODY = 8 * 1024
 MAX_PART_HEADER = 8 * 1024
@@ -75,12 +76,25 @@ def opaque_extents(raw: bytes) -> list[tuple[int, int]]:
     a blank line to a line end just before a ``--``, and every pattern here needs a ``:``, a
     ``-`` or a ``.`` (none is a base64 character) with no line end between them and the
     body: no match can lie in a cut body or reach into one."""
+    return opaque_scan(raw).cuts
+
+
+class Scan(NamedTuple):
+    cuts: list[tuple[int, int]]     # what opaque_extents answers
+    heads: list[int]                # where each cut body's part headers were read from
+    every_one: bool                 # every base64 part the search met became a cut
+
+
+def opaque_scan(raw: bytes) -> Scan:
+    """:func:`opaque_extents` with what the one-pass listing needs to know besides."""
     if len(raw) < MIN_BODY:
-        return []
+        return Scan([], [], False)
     cuts: list[tuple[int, int]] = []
-    pos = 0
+    heads: list[int] = []
+    met = pos = 0
     while (match := _BASE64_CTE.search(raw, pos)) is not None:
         pos = match.end()
+        met += 1
         body = _body_start(raw, match.end() - 1)
         if body is None:
             continue
@@ -95,10 +109,11 @@ def opaque_extents(raw: bytes) -> list[tuple[int, int]]:
         if end is None or end - body < MIN_BODY or not _only_base64(raw, body, end):
             continue
         cuts.append((body, end))
+        heads.append(head_start)
         pos = max(pos, end)                    # the next search starts after the cut body
     if cuts and _carries_a_message(raw, cuts):
-        return []
-    return cuts
+        return Scan([], [], False)
+    return Scan(cuts, heads, bool(cuts) and met == len(cuts))
 
 
 def _body_end(raw: bytes, body: int) -> int | None:
