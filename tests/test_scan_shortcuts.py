@@ -242,3 +242,11 @@ def test_a_type_the_listing_reads_otherwise_is_not_said_to_be_elided_the_same():
     assert _elided(raw) == []                     # ... the listing keeps it
     assert not attachments.elides_the_same(raw, scan)
     assert_same(raw)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b".", b"..", b"\r", b"\n", b"a", b"\r\n."]),
+                max_size=40).map(b"".join))
+def test_unstuffing_is_the_replace_it_replaced(content):
+    from sink.sources.smtp_protocol import unstuffed
+    assert unstuffed(content) == (b"\r\n" + content).replace(b"\r\n.", b"\r\n")[2:]
