@@ -107,8 +107,9 @@ class WorkerPool:
         worker.pending[job_id] = (future, addresses)
         head = frame_head((job_id, envelope, addresses, started), len(raw))
         if len(raw) <= PIECE and (worker.sending is None or worker.sending.done()):
-            worker.writer.write(head)
-            worker.writer.write(raw)
+            # one system call for both (uvloop writes a list with one writev; two writes
+            # were two sends, ~13 us each in the protocol process at 4 KB)
+            worker.writer.writelines((head, raw))
         else:   # in pieces, after what is being written to this worker: frames stay whole
             worker.sending = asyncio.ensure_future(
                 _send(worker.writer, worker.sending, head, raw))
