@@ -75,6 +75,7 @@ _COPY_TRAILER = struct.pack("!h", -1)
 def _copy_raw(conn: Connection, message_id: int, raw: bytes) -> None:
     """One raw_messages row through COPY, its bytes sent a megabyte at a time, now (in the
     message's savepoint: rolled back with it) rather than at the flush."""
+    fastpath.send_queued(conn)          # its SAVEPOINT first (COPY is no pipeline's)
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         with cursor.copy(_COPY_RAW) as copy:

@@ -160,8 +160,10 @@ def _rows_to_order(items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]) -> boo
     return sum(len(boxes) for _, boxes in items) > 1
 
 
+# The keys are written into the command (integers we made: nothing to quote) so that it has no
+# parameters and can be queued (sink.db.fastpath.queue).
 _LOCK_MESSAGES = ("SELECT count(pg_advisory_xact_lock(k)) "
-                  "FROM unnest(CAST(%(keys)s AS bigint[])) AS k")
+                  "FROM unnest(CAST(ARRAY[{keys}] AS bigint[])) AS k")
 
 
 def _lock_in_order(conn: Connection, items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]
@@ -176,7 +178,9 @@ def _lock_in_order(conn: Connection, items: Sequence[tuple[Prepared, Sequence[Bo
     ordered at the flush (``INSERT_DEDUP_KEYS`` is ``ordered``)."""
     keys = sorted({int.from_bytes(bytes.fromhex(prepared.sha256[:16]), "big", signed=True)
                    for prepared, _ in items})
-    fastpath.run(conn, _LOCK_MESSAGES, {"keys": keys})
+    # nothing reads its answer: it goes with the first message's SAVEPOINT, before the first
+    # statement of the batch (sink.db.fastpath: queued commands)
+    fastpath.queue(conn, _LOCK_MESSAGES.format(keys=",".join(str(int(k)) for k in keys)))
 
 
 def log_batch(intake: Intake, prepared: Sequence[Prepared],
