@@ -158,6 +158,10 @@ class Fast:
         rows = cursor.fetchall()
         return rows[0] if rows else None
 
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple]:
+        """Every row of a SELECT, as tuples."""
+        return self._run(conn, params)[1].fetchall()
+
     def insert(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run an INSERT of one row; return its new integer primary key."""
         return _new_id(*self._run(conn, params))
