@@ -278,9 +278,10 @@ class _Deferred:
     """The deferred rows of one transaction, in the order they were asked for, and for each
     open savepoint how many rows came before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, queues: bool) -> None:
         self.rows: list[tuple[Fast, Mapping[str, Any]]] = []
         self.marks: list[tuple[str, int]] = []
+        self.queues = queues                          # commands are queued (PostgreSQL)
         self.queued: list[str] = []                   # commands not sent yet, in order
 
     def mark(self, name: str) -> None:
@@ -312,7 +313,7 @@ def deferring(conn: Connection):
         event.listen(engine, "before_cursor_execute", before_cursor_execute)
         engine._sink_sends_queued = True
     info = conn.connection.info
-    info[_DEFERRED] = _Deferred()
+    info[_DEFERRED] = _Deferred(conn.dialect.name == "postgresql")
     try:
         yield
     finally:
@@ -361,24 +362,25 @@ def savepoint(conn: Connection, name: str):
     """SAVEPOINT ``name``; returns what :func:`rollback_to` needs to undo to it."""
     outer = conn.get_nested_transaction()
     state = _deferred(conn)
-    if state is None:
+    if state is None or not state.queues:
         _raw(conn, f"SAVEPOINT {name}")
     else:
         state.queued.append(f"SAVEPOINT {name}")
+    if state is not None:
         state.mark(name)
     return outer
 
 
 def release(conn: Connection, name: str) -> None:
     state = _deferred(conn)
-    if state is None:
+    if state is None or not state.queues:
         _raw(conn, f"RELEASE SAVEPOINT {name}")
-        return
-    if state.queued and state.queued[-1] == f"SAVEPOINT {name}":
+    elif state.queued and state.queued[-1] == f"SAVEPOINT {name}":
         state.queued.pop()          # nothing ran inside it: neither command is needed
     else:
         state.queued.append(f"RELEASE SAVEPOINT {name}")
-    state.forget(name)
+    if state is not None:
+        state.forget(name)
 
 
 def rollback_to(conn: Connection, name: str, outer=None, *, release: bool = False) -> None:
@@ -392,8 +394,10 @@ def rollback_to(conn: Connection, name: str, outer=None, *, release: bool = Fals
         inner.rollback()
         inner = conn.get_nested_transaction()
     state = _deferred(conn)
-    if state is None:
+    if state is None or not state.queues:
         _raw(conn, f"ROLLBACK TO SAVEPOINT {name}")
+        if state is not None:
+            state.undo_to(name, drop=release)
         if release:
             _raw(conn, f"RELEASE SAVEPOINT {name}")
         return
@@ -414,7 +418,7 @@ def queue(conn: Connection, sql: str) -> None:
     PostgreSQL batch it is sent with the next statement (see the module's docstring),
     elsewhere now."""
     state = _deferred(conn)
-    if state is None:
+    if state is None or not state.queues:
         _raw(conn, sql)
     else:
         state.queued.append(sql)
