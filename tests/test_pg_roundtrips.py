@@ -238,3 +238,17 @@ def test_raw_bytes_sent_by_copy_in_a_batch_are_exact_and_belong_to_their_message
         stored = dict(conn.execute(select(t.raw_messages.c.message_id,
                                           t.raw_messages.c.content)).all())
     assert stored == {outcomes[0].message_id: raws[0], outcomes[2].message_id: raws[2]}
+
+
+def test_only_a_sender_the_spam_filter_asks_about_and_the_database_takes_is_asked_ahead():
+    """A sender that is no valid address is never looked up (the filter says SPAM first); one
+    with a NUL or a lone surrogate would fail the first read instead of the rules."""
+    import dataclasses
+
+    from sink.intake.core import _askable
+    from sink.mail.parse import parse_message
+    parsed = parse_message(make_mail(sender="jan@acme.cz"))
+    assert _askable(parsed) == "jan@acme.cz"
+    for sender, valid in (("jan@acme.cz", False), ("j\x00an@acme.cz", True),
+                          ("j\udce9an@acme.cz", True), (None, False)):
+        assert _askable(dataclasses.replace(parsed, sender=sender, sender_valid=valid)) is None

@@ -48,6 +48,21 @@ from sink.pipeline.context import dedup_keys
 from sink.pipeline.decision import Decision, record_counts
 
 log = get_logger("sink.intake")
+
+
+def _askable(parsed: ParsedMessage) -> str | None:
+    """The sender the spam filter will look up on the stored spam list, asked ahead with the
+    first read (:meth:`Intake._first_read`) - only an address the filter asks about (a valid
+    one) that the database can be sent (no NUL, no lone surrogate): any other is asked, or
+    not, by the filter itself, failing as it always did."""
+    sender = parsed.sender
+    if not sender or not parsed.sender_valid or "\x00" in sender:
+        return None
+    try:
+        sender.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return sender
 RECORDS_SAVEPOINT = "sink_records"
 WriteRow = Callable[[dict | Bound], int]   # the outcome (or the row bound ahead) -> its row id
 
@@ -360,9 +375,9 @@ class Intake:
         SQLite has no round trips: it asks each when it is asked)."""
         if conn.dialect.name != "postgresql":
             return self._already_stored(conn, box, prepared.sha256), None
+        parsed = prepared.parsed
         existing, asked = rows.stored_and_asked(conn, box.address, prepared.sha256,
-                                                dedup_keys(prepared.parsed),
-                                                prepared.parsed.sender)
+                                                dedup_keys(parsed), _askable(parsed))
         return self._delivery_of(box, existing), asked
 
     def _already_stored(self, conn: Connection, box: BoxConfig, sha256: str) -> Delivery | None:
