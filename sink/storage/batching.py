@@ -33,7 +33,11 @@ own batches and connection. There, per batch (issue 16):
   (:func:`sink.db.fastpath.deferring`); a message's savepoint rolled back drops its rows too;
 - two workers never wait for each other in a circle: a batch first locks its messages in one
   order (:func:`_lock_in_order`), and the dedup keys are sent sorted; a flush that still loses
-  a key to another worker stores the batch again, which then sees the winner's rows.
+  a key to another worker stores the batch again, which then sees the winner's rows;
+- SAVEPOINT, RELEASE and the locks are queued and sent as one simple query just before the
+  next statement (sink.db.fastpath: queued commands), the flush's statements go in one
+  pipeline, and a message's first read also answers the duplicate and spam filters
+  (sink.intake.rows.stored_and_asked): ~6.5 round trips per 4 KB message instead of ~11.
 """
 
 from __future__ import annotations
