@@ -46,17 +46,31 @@ def _database(workdir: Path, db: str) -> str:
 
 
 class Counter:
-    """What the psycopg cursors sent: statements (by their first words) and round trips."""
+    """What the psycopg cursors sent: statements (by their first words) and round trips.
+
+    A round trip is a wait for the server: an ``execute`` outside a pipeline (and the implicit
+    BEGIN psycopg sends on its own before it), the sync that ends a pipeline (``executemany``
+    outside one is a pipeline of its own), an explicit sync, a fetch that must flush a pipeline
+    to get its result. A statement sent in a pipeline waits for nothing."""
 
     def __init__(self) -> None:
         self.statements: collections.Counter[str] = collections.Counter()
         self.round_trips = 0
+        self.executes = 0       # cursor executes (one per row of an executemany)
         self.rows = 0
+        self._saved: list = []
 
     def install(self) -> None:
         import psycopg
+        from psycopg import _pipeline
         counter = self
         execute, executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
+        exit_, sync = _pipeline.Pipeline.__exit__, _pipeline.Pipeline.sync
+        fetch = psycopg.Cursor._fetch_pipeline
+        self._saved = [(psycopg.Cursor, "execute", execute),
+                       (psycopg.Cursor, "executemany", executemany),
+                       (psycopg.Cursor, "_fetch_pipeline", fetch),
+                       (_pipeline.Pipeline, "__exit__", exit_), (_pipeline.Pipeline, "sync", sync)]
 
         def kind(query) -> str:
             text = query if isinstance(query, str) else getattr(query, "as_string", str)(None)
@@ -65,11 +79,14 @@ class Counter:
         def begins(cursor) -> int:
             conn = cursor.connection
             idle = conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            return 1 if idle and not conn.autocommit else 0
+            return 1 if idle and not conn.autocommit and not conn._pipeline else 0
 
         def counted_execute(self, query, params=None, **kw):
             pipelined = self.connection._pipeline is not None
-            counter.statements[kind(query)] += 1
+            counter.executes += 1
+            parts = query.split("; ") if params is None and isinstance(query, str) else [query]
+            for part in parts:      # a simple query of several commands: each is a statement
+                counter.statements[kind(part)] += 1
             counter.statements["BEGIN"] += begins(self)
             counter.round_trips += 0 if pipelined else 1 + begins(self)
             return execute(self, query, params, **kw)
@@ -78,16 +95,39 @@ class Counter:
             params_seq = list(params_seq)
             counter.statements[kind(query)] += len(params_seq)
             counter.statements["BEGIN"] += begins(self)
-            counter.round_trips += 1      # one pipeline (BEGIN goes in it)
             counter.rows += len(params_seq)
-            return executemany(self, query, params_seq, **kw)
+            counter.executes += len(params_seq)
+            return executemany(self, query, params_seq, **kw)    # its pipeline's exit counts
+
+        def counted_exit(self, *exc):
+            counter.round_trips += 1 if self.level == 1 else 0    # the outermost: a sync
+            return exit_(self, *exc)
+
+        def counted_sync(self):
+            counter.round_trips += 1
+            return sync(self)
+
+        def counted_fetch(self):
+            pipeline = self._conn._pipeline
+            if pipeline is not None and pipeline.result_queue and not self.pgresult:
+                counter.round_trips += 1
+            return fetch(self)
 
         psycopg.Cursor.execute = counted_execute
         psycopg.Cursor.executemany = counted_executemany
+        psycopg.Cursor._fetch_pipeline = counted_fetch
+        _pipeline.Pipeline.__exit__ = counted_exit
+        _pipeline.Pipeline.sync = counted_sync
+
+    def uninstall(self) -> None:
+        for owner, name, original in self._saved:
+            setattr(owner, name, original)
+        self._saved = []
 
     def report(self, messages: int) -> str:
         lines = [f"round trips {self.round_trips / messages:.2f}/msg, statements "
-                 f"{sum(self.statements.values()) / messages:.2f}/msg:"]
+                 f"{sum(self.statements.values()) / messages:.2f}/msg in "
+                 f"{self.executes / messages:.2f} executes/msg:"]
         for what, count in self.statements.most_common():
             lines.append(f"  {count / messages:6.2f}  {what}")
         return "\n".join(lines)
@@ -199,8 +239,14 @@ def main(argv: list[str]) -> int:
     if mode == "count":
         counter = Counter()
         counter.install()
+        # the backend's own count of the times it waited (for the client's next message, for
+        # its WAL flush, for a lock): a check of the round trips counted here
+        woke = procstat.status_kb(backend, "voluntary_ctxt_switches") if backend else 0
         run(rest)
+        woke = (procstat.status_kb(backend, "voluntary_ctxt_switches") - woke) if backend else 0
         print(f"{profile} B={batch} {db}: " + counter.report(len(rest)))
+        if backend:
+            print(f"backend voluntary context switches {woke / len(rest):.2f}/msg")
         return 0
     best = None
     for repeat in range(REPEATS):

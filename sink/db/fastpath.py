@@ -22,6 +22,21 @@ kept in memory and sent at :func:`flush` - one ``executemany`` (a psycopg pipeli
 trip) per statement per batch instead of one round trip per row. A deferred row belongs to the
 savepoints open when it was asked for: rolling one back drops it too, so it never outlives the
 message it was written for.
+
+Queued commands (PostgreSQL batches, issue 16): a command without parameters whose answer
+nobody reads - SAVEPOINT, RELEASE, the batch's advisory locks - is not sent on its own (a round
+trip each, four per message) but kept, and sent with the others queued, as one simple query
+("A; B; C": one round trip, one execute), just before the next statement run on the
+connection; the last of a batch go in the flush's pipeline. The database runs exactly the
+commands it ran before, in the same order, before the same statements; only the round trips
+between them are gone. A SAVEPOINT released with nothing run since is no command at all (both
+dropped). A statement SQLAlchemy runs on the connection (``Connection.execute``) sends the
+queue first (:func:`send_queued`, an engine event); so does anything that uses the DBAPI
+connection on its own (COPY). ROLLBACK TO is sent at once, with the queue before it. A queued
+command's error (the connection lost) is raised, as SQLAlchemy's, by the statement it went
+before, and fails what that statement's failure fails. (A psycopg pipeline would carry the
+commands with the statement itself, one round trip fewer; it costs the client more CPU than
+the round trips it saves.)
 """
 
 from __future__ import annotations
@@ -31,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
@@ -143,6 +158,10 @@ class Fast:
         rows = cursor.fetchall()
         return rows[0] if rows else None
 
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple]:
+        """Every row of a SELECT, as tuples."""
+        return self._run(conn, params)[1].fetchall()
+
     def insert(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run an INSERT of one row; return its new integer primary key."""
         return _new_id(*self._run(conn, params))
@@ -221,6 +240,9 @@ def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[s
 def _execute(conn: Connection, c: _Compiled, bound):
     """One row's statement on the cursor (DBAPI errors raised as SQLAlchemy's); the cursor."""
     cursor = _cursor(conn)
+    state = _deferred(conn)
+    if state is not None and state.queued:
+        _send_queued(conn, state)
     try:
         cursor.execute(c.sql, bound)
     except c.error as error:
@@ -235,6 +257,9 @@ def _new_id(c: _Compiled, cursor) -> int:
 
 def _send(conn: Connection, c: _Compiled, bound: list, *, pipeline: bool) -> None:
     cursor = _cursor(conn)
+    state = _deferred(conn)
+    if state is not None and state.queued:
+        _send_queued(conn, state)
     try:
         if pipeline:
             cursor.executemany(c.sql, bound)
@@ -253,9 +278,11 @@ class _Deferred:
     """The deferred rows of one transaction, in the order they were asked for, and for each
     open savepoint how many rows came before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, queues: bool) -> None:
         self.rows: list[tuple[Fast, Mapping[str, Any]]] = []
         self.marks: list[tuple[str, int]] = []
+        self.queues = queues                          # commands are queued (PostgreSQL)
+        self.queued: list[str] = []                   # commands not sent yet, in order
 
     def mark(self, name: str) -> None:
         self.marks.append((name, len(self.rows)))
@@ -281,8 +308,12 @@ class _Deferred:
 def deferring(conn: Connection):
     """Within the block, ``Fast.defer``/``defer_many`` on ``conn`` keep their rows until
     :func:`flush`; the caller flushes before it commits (rows not flushed are dropped)."""
+    engine = conn.engine
+    if not getattr(engine, "_sink_sends_queued", False):     # once per engine
+        event.listen(engine, "before_cursor_execute", before_cursor_execute)
+        engine._sink_sends_queued = True
     info = conn.connection.info
-    info[_DEFERRED] = _Deferred()
+    info[_DEFERRED] = _Deferred(conn.dialect.name == "postgresql")
     try:
         yield
     finally:
@@ -293,14 +324,28 @@ def flush(conn: Connection) -> None:
     """Send every deferred row: one executemany per statement, statements in the order they
     were first asked for (a row is never sent before one it refers to)."""
     state = _deferred(conn)
-    if state is None or not state.rows:
+    if state is None:
+        return
+    if not state.rows:
+        send_queued(conn)
         return
     by_statement: dict[Fast, list[Mapping[str, Any]]] = {}
     for fast, params in state.rows:
         by_statement.setdefault(fast, []).append(params)
     state.rows.clear()
-    for fast, rows in by_statement.items():
-        fast._send_deferred(conn, rows)
+    if len(by_statement) == 1 and not state.queued:
+        for fast, rows in by_statement.items():
+            fast._send_deferred(conn, rows)
+        return
+    # Every statement's rows (and the queued commands before them) in one pipeline: one round
+    # trip instead of one per statement. An error (a dedup key another worker committed first)
+    # skips the rest of the pipeline, and fails the whole transaction, as it always did.
+    queued, state.queued = state.queued, []
+
+    def send() -> None:
+        for fast, rows in by_statement.items():
+            fast._send_deferred(conn, rows)
+    _pipelined(conn, queued, "flush", send)
 
 
 def pending(conn: Connection, fast: Fast) -> list[Mapping[str, Any]]:
@@ -316,16 +361,24 @@ def _deferred(conn: Connection) -> _Deferred | None:
 def savepoint(conn: Connection, name: str):
     """SAVEPOINT ``name``; returns what :func:`rollback_to` needs to undo to it."""
     outer = conn.get_nested_transaction()
-    _raw(conn, f"SAVEPOINT {name}")
     state = _deferred(conn)
+    if state is None or not state.queues:
+        _raw(conn, f"SAVEPOINT {name}")
+    else:
+        state.queued.append(f"SAVEPOINT {name}")
     if state is not None:
         state.mark(name)
     return outer
 
 
 def release(conn: Connection, name: str) -> None:
-    _raw(conn, f"RELEASE SAVEPOINT {name}")
     state = _deferred(conn)
+    if state is None or not state.queues:
+        _raw(conn, f"RELEASE SAVEPOINT {name}")
+    elif state.queued and state.queued[-1] == f"SAVEPOINT {name}":
+        state.queued.pop()          # nothing ran inside it: neither command is needed
+    else:
+        state.queued.append(f"RELEASE SAVEPOINT {name}")
     if state is not None:
         state.forget(name)
 
@@ -340,12 +393,19 @@ def rollback_to(conn: Connection, name: str, outer=None, *, release: bool = Fals
     while inner is not None and inner is not outer and inner.is_active:
         inner.rollback()
         inner = conn.get_nested_transaction()
-    _raw(conn, f"ROLLBACK TO SAVEPOINT {name}")
     state = _deferred(conn)
-    if state is not None:
-        state.undo_to(name, drop=release)
+    if state is None or not state.queues:
+        _raw(conn, f"ROLLBACK TO SAVEPOINT {name}")
+        if state is not None:
+            state.undo_to(name, drop=release)
+        if release:
+            _raw(conn, f"RELEASE SAVEPOINT {name}")
+        return
+    state.queued.append(f"ROLLBACK TO SAVEPOINT {name}")
     if release:
-        _raw(conn, f"RELEASE SAVEPOINT {name}")
+        state.queued.append(f"RELEASE SAVEPOINT {name}")
+    _send_queued(conn, state)          # now, as ever: it is what recovers a failed statement
+    state.undo_to(name, drop=release)
 
 
 def run(conn: Connection, sql: str, params=None) -> None:
@@ -353,7 +413,60 @@ def run(conn: Connection, sql: str, params=None) -> None:
     _raw(conn, sql, params)
 
 
+def queue(conn: Connection, sql: str) -> None:
+    """:func:`run` for a command without parameters whose result nobody reads: in a
+    PostgreSQL batch it is sent with the next statement (see the module's docstring),
+    elsewhere now."""
+    state = _deferred(conn)
+    if state is None or not state.queues:
+        _raw(conn, sql)
+    else:
+        state.queued.append(sql)
+
+
+def send_queued(conn: Connection) -> None:
+    """Send the queued commands now (before SQLAlchemy or COPY uses the connection)."""
+    state = _deferred(conn)
+    if state is not None and state.queued:
+        _send_queued(conn, state)
+
+
+def before_cursor_execute(conn, _cursor, _statement, _parameters, _context, _executemany):
+    """Engine event (registered by :func:`deferring`): the queue goes before any statement
+    SQLAlchemy sends."""
+    send_queued(conn)
+
+
+def _send_queued(conn: Connection, state: _Deferred) -> None:
+    """The queued commands as one simple query: one round trip. The first that fails stops
+    the rest, as it stopped those sent after it one by one."""
+    sql = "; ".join(state.queued)
+    state.queued = []
+    try:
+        _cursor(conn).execute(sql)
+    except conn.dialect.loaded_dbapi.Error as error:
+        _raise(conn, sql, (), error)
+
+
+def _pipelined(conn: Connection, commands: list[str], what: str, send) -> None:
+    """``commands``, then ``send()``, in one psycopg pipeline: sent without waiting, answered
+    at its sync - one round trip. The first error is raised (the rest of the pipeline is
+    skipped, as a failed statement stopped what followed it) as SQLAlchemy's."""
+    dbapi = conn.connection.dbapi_connection
+    cursor = _cursor(conn)
+    try:
+        with dbapi.pipeline():
+            for command in commands:
+                cursor.execute(command)
+            send()
+    except conn.dialect.loaded_dbapi.Error as error:
+        _raise(conn, what, (), error)
+
+
 def _raw(conn: Connection, sql: str, params=None) -> None:
+    state = _deferred(conn)
+    if state is not None and state.queued:
+        _send_queued(conn, state)
     try:
         if params is None:
             _cursor(conn).execute(sql)

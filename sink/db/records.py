@@ -18,8 +18,13 @@ ENTITY_TABLES = {"contact": t.contacts, "company": t.companies}
 
 
 class DbRecords:
-    def __init__(self, conn: Connection) -> None:
+    """``spam_known``: answers of :meth:`spam_listed` already read in this transaction (by
+    (box, email)), with nothing written since that could change them."""
+
+    def __init__(self, conn: Connection,
+                 spam_known: Mapping[tuple[str, str], bool] | None = None) -> None:
         self.conn = conn
+        self.spam_known = spam_known
 
     def task(self, number: str) -> TaskState | None:
         row = self.conn.execute(select(t.tasks.c.number, t.tasks.c.subject, t.tasks.c.status)
@@ -88,6 +93,9 @@ class DbRecords:
                            None if ticket is None else str(ticket))
 
     def spam_listed(self, box: str, email: str) -> bool:
+        known = self.spam_known.get((box, email)) if self.spam_known else None
+        if known is not None:
+            return known
         return _SPAM_LISTED.first(self.conn, {"box": box, "email": email}) is not None
 
     def recent_from(self, box: str, sender: str, seconds: int) -> int:

@@ -44,9 +44,25 @@ from sink.mail.textnorm import domain_of
 from sink.mail.trust import for_box
 from sink.mail.unwrap import Unwrapped, unwrap
 from sink.pipeline import evaluate
+from sink.pipeline.context import dedup_keys
 from sink.pipeline.decision import Decision, record_counts
 
 log = get_logger("sink.intake")
+
+
+def _askable(parsed: ParsedMessage) -> str | None:
+    """The sender the spam filter will look up on the stored spam list, asked ahead with the
+    first read (:meth:`Intake._first_read`) - only an address the filter asks about (a valid
+    one) that the database can be sent (no NUL, no lone surrogate): any other is asked, or
+    not, by the filter itself, failing as it always did."""
+    sender = parsed.sender
+    if not sender or not parsed.sender_valid or "\x00" in sender:
+        return None
+    try:
+        sender.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return sender
 RECORDS_SAVEPOINT = "sink_records"
 WriteRow = Callable[[dict | Bound], int]   # the outcome (or the row bound ahead) -> its row id
 
@@ -157,7 +173,7 @@ class Intake:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
         bytes already stored for the box: that row, marked ``already_stored``). Raises
         IntegrityError when another transaction stored the same bytes or dedup key first."""
-        stored = self._already_stored(conn, box, prepared.sha256)
+        stored, asked = self._first_read(conn, prepared, box)
         if stored is not None:
             return stored
         ahead = prepared.ahead.get(box.address) if prepared.ahead else None
@@ -174,7 +190,7 @@ class Intake:
         if carried is None:
             return self._store_new(conn, prepared.raw, prepared.sha256, parsed,
                                    prepared.envelope, box, note=note,
-                                   listing=prepared.attachments, ahead=ahead)
+                                   listing=prepared.attachments, ahead=ahead, asked=asked)
         outer_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
                                 prepared.envelope, box, outcome=self._pending(),
                                 attachments=False)    # what it carries has its own rows
@@ -251,16 +267,17 @@ class Intake:
 
     # ------------------------------------------------------------------------------ the body
     def _decide(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
-                write: WriteRow, note: dict | None = None, ahead: Ahead | None = None
-                ) -> Delivery:
+                write: WriteRow, note: dict | None = None, ahead: Ahead | None = None,
+                asked: rows.Asked | None = None) -> Delivery:
         """Decide, write the message row's outcome with ``write``, then the records.
         ``note``: a trace entry before the rules' (why a carrier was not unwrapped);
-        ``ahead``: the decision made before the write lock, used if it still holds."""
+        ``ahead``: the decision made before the write lock, used if it still holds;
+        ``asked``: answers to the rules' questions read with the message's first statement."""
         directory = self.directory.get(conn)
-        decision = self._still_true(conn, ahead, box, directory)
+        decision = self._still_true(conn, ahead, box, directory, asked)
         try:
             if decision is None:
-                decision = self._evaluate(conn, parsed, box, directory)
+                decision = self._evaluate(conn, parsed, box, directory, asked)
         except Exception as error:
             outcome = self._failed("rules", error)
             return Delivery(box.address, write(outcome), "failed", None, None,
@@ -272,24 +289,30 @@ class Intake:
         return self._apply(conn, message_id, decision, box, directory)
 
     def _still_true(self, conn: Connection, ahead: Ahead | None, box: BoxConfig,
-                    directory: Directory) -> Decision | None:
+                    directory: Directory, asked: rows.Asked | None = None
+                    ) -> Decision | None:
         """``ahead``'s decision if every question it was made on has the same answer inside
         this transaction (sink.intake.ahead), else None (the rules run here)."""
         if ahead is None:
             self.decided["writer"] += 1
             return None
-        if still_holds(ahead, directory.version, rows.seen_in(conn, box.address),
-                       DbRecords(conn)):
+        if still_holds(ahead, directory.version, *self._lookups(conn, box, asked)):
             self.decided["ahead"] += 1
             return ahead.decision
         self.decided["again"] += 1
         return None
 
     def _evaluate(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
-                  directory: Directory) -> Decision:
+                  directory: Directory, asked: rows.Asked | None = None) -> Decision:
         """Run the rules with read-only lookups answered inside this transaction."""
-        return self.rules(parsed, box, directory, rows.seen_in(conn, box.address),
-                          DbRecords(conn))
+        return self.rules(parsed, box, directory, *self._lookups(conn, box, asked))
+
+    @staticmethod
+    def _lookups(conn: Connection, box: BoxConfig, asked: rows.Asked | None):
+        """The rules' ``seen`` and ``records``, answering from ``asked`` what it holds."""
+        if asked is None:
+            return rows.seen_in(conn, box.address), DbRecords(conn)
+        return rows.seen_in(conn, box.address, asked.seen), DbRecords(conn, asked.spam)
 
     def _apply(self, conn: Connection, message_id: int, decision: Decision, box: BoxConfig,
                directory: Directory) -> Delivery:
@@ -318,11 +341,11 @@ class Intake:
     # ------------------------------------------------------------------------------ rows
     def _store_new(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                    envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
-                   note: dict | None = None, listing=None, ahead: Ahead | None = None
-                   ) -> Delivery:
+                   note: dict | None = None, listing=None, ahead: Ahead | None = None,
+                   asked: rows.Asked | None = None) -> Delivery:
         return self._decide(conn, parsed, box, lambda outcome: self._insert(
             conn, raw, sha256, parsed, envelope, box, outcome, parent_id, listing=listing),
-            note, ahead)
+            note, ahead, asked)
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
                        envelope: Envelope, box: BoxConfig, note: dict | None = None) -> Delivery:
@@ -345,8 +368,24 @@ class Intake:
         return Delivery(box.address, outer_id, "processed", UNWRAPPED, None,
                         carried=tuple(children))
 
+    def _first_read(self, conn: Connection, prepared: Prepared, box: BoxConfig
+                    ) -> tuple[Delivery | None, rows.Asked | None]:
+        """The message already stored for the box, or None; on PostgreSQL with the answers
+        to the rules' first questions, in the same round trip (:func:`rows.stored_and_asked`;
+        SQLite has no round trips: it asks each when it is asked)."""
+        if conn.dialect.name != "postgresql":
+            return self._already_stored(conn, box, prepared.sha256), None
+        parsed = prepared.parsed
+        existing, asked = rows.stored_and_asked(conn, box.address, prepared.sha256,
+                                                dedup_keys(parsed), _askable(parsed))
+        return self._delivery_of(box, existing), asked
+
     def _already_stored(self, conn: Connection, box: BoxConfig, sha256: str) -> Delivery | None:
-        existing = rows.STORED.first(conn, {"box": box.address, "sha256": sha256})
+        return self._delivery_of(
+            box, rows.STORED.first(conn, {"box": box.address, "sha256": sha256}))
+
+    @staticmethod
+    def _delivery_of(box: BoxConfig, existing: tuple | None) -> Delivery | None:
         if existing is None:
             return None
         stored_id, status, verdict = existing

@@ -8,9 +8,10 @@ import os
 import struct
 import time
 import uuid
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
-from sqlalchemy import bindparam, func, insert, select, union_all, update
+from sqlalchemy import bindparam, func, insert, literal_column, null, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from sink.db import schema as t
@@ -75,6 +76,7 @@ _COPY_TRAILER = struct.pack("!h", -1)
 def _copy_raw(conn: Connection, message_id: int, raw: bytes) -> None:
     """One raw_messages row through COPY, its bytes sent a megabyte at a time, now (in the
     message's savepoint: rolled back with it) rather than at the flush."""
+    fastpath.send_queued(conn)          # its SAVEPOINT first (COPY is no pipeline's)
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         with cursor.copy(_COPY_RAW) as copy:
@@ -111,12 +113,19 @@ UPDATE_OUTCOME = Fast(update(t.messages).where(t.messages.c.id == bindparam("mes
                       OUTCOME_COLUMNS)
 
 
-def seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]], bool]:
+def seen_in(conn: Connection, box: str, known: Mapping[tuple[str, str], bool] | None = None
+            ) -> Callable[[Iterable[tuple[str, str]]], bool]:
     """Whether a dedup key of ``box`` is stored - or deferred by an earlier message of the
-    same batch (:func:`sink.db.fastpath.deferring`), which the database does not know yet."""
+    same batch (:func:`sink.db.fastpath.deferring`), which the database does not know yet.
+    ``known``: whether each of some keys is stored, read in this transaction with nothing
+    written since (:func:`stored_and_asked`); keys it does not hold are asked."""
     def seen(keys: Iterable[tuple[str, str]]) -> bool:
         keys = list(keys)
-        return _deferred_key(conn, box, keys) or stored(keys)
+        if _deferred_key(conn, box, keys):
+            return True
+        if known and keys and all(key in known for key in keys):
+            return any(known[key] for key in keys)
+        return stored(keys)
 
     def stored(keys: list[tuple[str, str]]) -> bool:
         while len(keys) >= 2:
@@ -128,6 +137,64 @@ def seen_in(conn: Connection, box: str) -> Callable[[Iterable[tuple[str, str]]],
         return bool(keys) and SEEN_KEY.first(
             conn, {"box": box, "kind": keys[0][0], "digest": keys[0][1]}) is not None
     return seen
+
+
+# PostgreSQL: a message's first read asks, in one statement (one round trip instead of three),
+# whether its bytes are stored for the box (STORED) and what the rules will ask next about it:
+# whether each of its dedup keys is stored (the duplicate filter) and whether its sender is on
+# the box's stored spam list (the spam filter). Nothing the message writes comes before the
+# rules ask (its dedup keys are written after the decision, its spam mark by the executor), so
+# the answers are those the rules' own SELECTs would get a moment later in the transaction;
+# a question asked otherwise (other keys, another address) is asked as ever.
+@dataclass(frozen=True)
+class Asked:
+    seen: Mapping[tuple[str, str], bool]            # dedup key -> stored
+    spam: Mapping[tuple[str, str], bool]            # (box, email) -> on the stored spam list
+
+
+_STORED_AND_ASKED: dict[tuple[int, bool], Fast] = {}
+
+
+def _stored_and_asked(keys: int, spam: bool) -> Fast:
+    found = _STORED_AND_ASKED.get((keys, spam))
+    if found is None:
+        m, d, s = t.messages.c, t.dedup_keys.c, t.spam_list.c
+        box = bindparam("box")
+        parts = [select(literal_column("0").label("q"), m.id, m.status, m.verdict)
+                 .where(m.box == box, m.sha256 == bindparam("sha256"))]
+        # one primary-key lookup each (see SEEN_KEYS: no OR)
+        parts += [select(literal_column(str(i + 1)), d.message_id, null(), null())
+                  .where(d.box == box, d.kind == bindparam(f"kind{i}"),
+                         d.digest == bindparam(f"digest{i}")) for i in range(keys)]
+        if spam:
+            parts.append(select(literal_column("-1"), null(), null(), null())
+                         .select_from(t.spam_list)
+                         .where(s.box == box, s.email == bindparam("email")))
+        found = _STORED_AND_ASKED[keys, spam] = Fast(union_all(*parts))
+    return found
+
+
+def stored_and_asked(conn: Connection, box: str, sha256: str, keys: Iterable[tuple[str, str]],
+                     sender: str | None) -> tuple[tuple | None, Asked]:
+    """The STORED row (id, status, verdict) of ``sha256`` for ``box`` or None, and the
+    answers of :class:`Asked` for ``keys`` and ``sender``, in one statement."""
+    keys = tuple(keys)
+    params = {"box": box, "sha256": sha256}
+    for i, (kind, digest) in enumerate(keys):
+        params[f"kind{i}"], params[f"digest{i}"] = kind, digest
+    if sender:
+        params["email"] = sender
+    statement = _stored_and_asked(len(keys), bool(sender))
+    stored, seen_at, listed = None, set(), False
+    for q, value, status, verdict in statement.all(conn, params):
+        if q == 0:
+            stored = (value, status, verdict)
+        elif q > 0:
+            seen_at.add(q - 1)
+        else:
+            listed = True
+    return stored, Asked({key: i in seen_at for i, key in enumerate(keys)},
+                         {(box, sender): listed} if sender else {})
 
 
 def _deferred_key(conn: Connection, box: str, keys: list[tuple[str, str]]) -> bool:

@@ -33,7 +33,11 @@ own batches and connection. There, per batch (issue 16):
   (:func:`sink.db.fastpath.deferring`); a message's savepoint rolled back drops its rows too;
 - two workers never wait for each other in a circle: a batch first locks its messages in one
   order (:func:`_lock_in_order`), and the dedup keys are sent sorted; a flush that still loses
-  a key to another worker stores the batch again, which then sees the winner's rows.
+  a key to another worker stores the batch again, which then sees the winner's rows;
+- SAVEPOINT, RELEASE and the locks are queued and sent as one simple query just before the
+  next statement (sink.db.fastpath: queued commands), the flush's statements go in one
+  pipeline, and a message's first read also answers the duplicate and spam filters
+  (sink.intake.rows.stored_and_asked): ~6.5 round trips per 4 KB message instead of ~11.
 """
 
 from __future__ import annotations
@@ -160,8 +164,10 @@ def _rows_to_order(items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]) -> boo
     return sum(len(boxes) for _, boxes in items) > 1
 
 
+# The keys are written into the command (integers we made: nothing to quote) so that it has no
+# parameters and can be queued (sink.db.fastpath.queue).
 _LOCK_MESSAGES = ("SELECT count(pg_advisory_xact_lock(k)) "
-                  "FROM unnest(CAST(%(keys)s AS bigint[])) AS k")
+                  "FROM unnest(CAST(ARRAY[{keys}] AS bigint[])) AS k")
 
 
 def _lock_in_order(conn: Connection, items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]
@@ -176,7 +182,9 @@ def _lock_in_order(conn: Connection, items: Sequence[tuple[Prepared, Sequence[Bo
     ordered at the flush (``INSERT_DEDUP_KEYS`` is ``ordered``)."""
     keys = sorted({int.from_bytes(bytes.fromhex(prepared.sha256[:16]), "big", signed=True)
                    for prepared, _ in items})
-    fastpath.run(conn, _LOCK_MESSAGES, {"keys": keys})
+    # nothing reads its answer: it goes with the first message's SAVEPOINT, before the first
+    # statement of the batch (sink.db.fastpath: queued commands)
+    fastpath.queue(conn, _LOCK_MESSAGES.format(keys=",".join(str(int(k)) for k in keys)))
 
 
 def log_batch(intake: Intake, prepared: Sequence[Prepared],

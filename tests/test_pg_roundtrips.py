@@ -1,0 +1,254 @@
+"""Fewer PostgreSQL round trips per message (issue 16), the same stored result and the same
+error behaviour: the queued SAVEPOINT/RELEASE/lock commands (sink.db.fastpath), the flush's one
+pipeline, and the first read that also answers the duplicate and spam filters
+(sink.intake.rows.stored_and_asked). The behaviour tests run on SQLite too: both must agree."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, insert, select
+
+from bench.storepath import Counter
+from sink.config import parse_config
+from sink.db import fastpath
+from sink.db import schema as t
+from sink.executor import apply
+from sink.intake import Delivery, Envelope, Intake, rows
+from sink.pipeline.context import dedup_keys
+from sink.storage.batching import commit_batch
+from tests.support import make_mail
+
+BOX = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+LMTP = Envelope("lmtp", "mta@firma.cz", ("crm@firma.cz",))
+
+
+def store(intake: Intake, raws, box=BOX) -> list[Delivery | BaseException]:
+    """``raws`` in ONE batch (one transaction), one outcome each."""
+    outcomes = commit_batch(intake, [(intake.prepare(raw, LMTP), [box]) for raw in raws])
+    return [outcome for [outcome] in outcomes]
+
+
+def count(engine, table, where=None) -> int:
+    query = select(func.count()).select_from(table)
+    if where is not None:
+        query = query.where(where)
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one()
+
+
+def only_postgresql(engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("round trips are PostgreSQL's")
+
+
+# ------------------------------------------------------------------------------ round trips
+
+def test_a_batch_of_eight_costs_at_most_six_and_a_half_round_trips_per_message(engine):
+    """Was 10.9 (four of them SAVEPOINT/RELEASE, one the dedup SELECT, one the spam SELECT)."""
+    only_postgresql(engine)
+    intake = Intake(engine)
+    store(intake, [make_mail(subject=f"Warm {i}") for i in range(8)])
+    counter = Counter()
+    counter.install()
+    try:
+        outcomes = store(intake, [make_mail(subject=f"Hello {i}") for i in range(8)])
+    finally:
+        counter.uninstall()
+    assert [o.verdict for o in outcomes] == ["PROCESSED"] * 8
+    assert count(engine, t.activities) == 16
+    assert counter.round_trips / 8 <= 6.5, counter.report(8)
+    sent = dict(counter.statements)
+    # the filters' questions went with the first read; savepoints in the queued commands
+    assert not any(k.startswith(("SELECT dedup_keys", "SELECT spam_list")) for k in sent), sent
+    assert sent["SAVEPOINT sink_message"] == 8 and sent["RELEASE SAVEPOINT sink_message"] == 8
+    assert counter.executes < sum(sent.values())
+
+
+def test_a_savepoint_released_with_nothing_inside_sends_nothing(engine):
+    only_postgresql(engine)
+    counter = Counter()
+    with engine.begin() as conn, fastpath.deferring(conn):
+        conn.exec_driver_sql("SELECT 1")
+        counter.install()
+        try:
+            fastpath.savepoint(conn, "empty")
+            fastpath.release(conn, "empty")
+            fastpath.flush(conn)
+        finally:
+            counter.uninstall()
+    assert counter.round_trips == 0 and not counter.statements
+
+
+# ------------------------------------------------------------------- the queue's own order
+
+def test_a_statement_of_sqlalchemy_runs_inside_the_queued_savepoint(engine):
+    """SQLAlchemy's statements send the queue first: rolling back to the savepoint undoes them
+    (sent after the statement, the SAVEPOINT would leave the row behind)."""
+    with engine.begin() as conn, fastpath.deferring(conn):
+        fastpath.savepoint(conn, "outer_sp")
+        conn.execute(insert(t.spam_list).values(box="crm@firma.cz", email="undone@x.cz",
+                                                added_at=func.now()))
+        fastpath.rollback_to(conn, "outer_sp", release=True)
+        fastpath.savepoint(conn, "kept_sp")
+        conn.execute(insert(t.spam_list).values(box="crm@firma.cz", email="kept@x.cz",
+                                                added_at=func.now()))
+        fastpath.release(conn, "kept_sp")
+        fastpath.flush(conn)
+    with engine.connect() as conn:
+        assert conn.execute(select(t.spam_list.c.email)).scalars().all() == ["kept@x.cz"]
+
+
+def test_an_integrity_error_in_the_middle_of_a_batch_retries_only_that_message(engine,
+                                                                              monkeypatch):
+    """The second message's INSERT raises IntegrityError (a uuid already stored): its savepoint
+    is rolled back, it is stored again, and the messages before and after it are kept."""
+    intake = Intake(engine)
+    [first] = store(intake, [make_mail(subject="Earlier")])
+    with engine.connect() as conn:
+        taken = conn.execute(select(t.messages.c.uuid)).scalar_one()
+    real_uuid, calls = rows.message_uuid, []
+
+    def message_uuid(*args):
+        calls.append(1)
+        return taken if len(calls) == 2 else real_uuid(*args)
+    monkeypatch.setattr(rows, "message_uuid", message_uuid)
+    outcomes = store(intake, [make_mail(subject=s) for s in ("One", "Two", "Three")])
+    assert len(calls) == 4                       # "Two" was inserted twice
+    assert [o.verdict for o in outcomes] == ["PROCESSED"] * 3
+    assert len({o.message_id for o in outcomes} | {first.message_id}) == 4
+    assert count(engine, t.messages) == 4 and count(engine, t.raw_messages) == 4
+    assert count(engine, t.activities) == 4 and count(engine, t.activity_contacts) == 4
+    assert count(engine, t.dedup_keys) == 8          # a key and a Message-ID each
+
+
+@pytest.mark.parametrize("when", ["before any statement", "after an activity"])
+def test_an_executor_that_fails_leaves_only_its_message_failed(engine, when):
+    """The records savepoint, queued and maybe never sent, still undoes what it holds."""
+    def executor(conn, message_id, decision, directory):
+        if decision.trace and "Bad" in str(conn.execute(select(t.messages.c.subject).where(
+                t.messages.c.id == message_id)).scalar_one()):
+            if when == "after an activity":
+                apply(conn, message_id, decision, directory)
+            raise RuntimeError("executor bug")
+        return apply(conn, message_id, decision, directory)
+    intake = Intake(engine, executor=executor)
+    outcomes = store(intake, [make_mail(subject=s) for s in ("Good", "Bad", "Good too")])
+    assert [o.status for o in outcomes] == ["processed", "failed", "processed"]
+    bad = outcomes[1].message_id
+    assert count(engine, t.activities, t.activities.c.message_id == bad) == 0
+    assert count(engine, t.activity_contacts) == count(engine, t.activities) == 2
+    assert count(engine, t.dedup_keys, t.dedup_keys.c.message_id == bad) == 0
+    with engine.connect() as conn:
+        assert "executor bug" in conn.execute(select(t.messages.c.error).where(
+            t.messages.c.id == bad)).scalar_one()
+
+
+def test_a_key_another_worker_commits_after_the_first_read_fails_the_flush_and_the_batch_is_stored_again(
+        engine, monkeypatch):
+    """The dedup key INSERT in the flush's one pipeline raises IntegrityError: the whole batch
+    is stored again (as ever), and that message is now a DUPLICATE."""
+    only_postgresql(engine)
+    intake = Intake(engine)
+    [winner] = store(intake, [make_mail(subject="Winner")])
+    late = make_mail(subject="Late")
+    keys = dedup_keys(intake.prepare(late, LMTP).parsed)
+    real, injected = rows.stored_and_asked, []
+
+    def stored_and_asked(conn, box, sha256, keys_asked, sender):
+        answer = real(conn, box, sha256, keys_asked, sender)
+        if tuple(keys_asked) == keys and not injected:
+            injected.append(1)
+            with engine.begin() as other:        # another worker, right after our read
+                other.execute(insert(t.dedup_keys), [
+                    {"box": box, "kind": k, "digest": d, "message_id": winner.message_id}
+                    for k, d in keys])
+        return answer
+    monkeypatch.setattr(rows, "stored_and_asked", stored_and_asked)
+    outcomes = store(intake, [make_mail(subject="Before"), late, make_mail(subject="After")])
+    assert injected
+    assert [o.verdict for o in outcomes] == ["PROCESSED", "DUPLICATE", "PROCESSED"]
+    assert count(engine, t.messages) == 4
+
+
+def test_a_queued_command_that_fails_raises_sqlalchemys_error_at_the_next_statement(engine):
+    only_postgresql(engine)
+    with pytest.raises(sa_exc.DataError):
+        with engine.begin() as conn, fastpath.deferring(conn):
+            fastpath.queue(conn, "SELECT 1 / 0")
+            rows.STORED.first(conn, {"box": "crm@firma.cz", "sha256": "0" * 64})
+
+
+# -------------------------------------------------------------- the first read's answers
+
+def test_a_sender_marked_as_spam_by_the_message_before_it_in_the_batch_is_spam(engine, db_url):
+    """The spam question is read with each message's first statement, after the messages
+    before it wrote theirs: not once per batch."""
+    from tests.conftest import config_for
+    rules = [{"name": "junk", "conditions": [{"field": "subject", "op": "contains",
+                                              "value": "viagra"}], "action": "mark_spam"}]
+    box = config_for(db_url, rules=rules).boxes[0]
+    outcomes = store(Intake(engine), [make_mail(subject="Cheap VIAGRA"),
+                                      make_mail(subject="Hello again")], box)
+    assert [o.verdict for o in outcomes] == ["SPAM", "SPAM"]
+    assert "stored spam list" in outcomes[1].decision.trace[-1].detail
+
+
+def test_duplicates_by_a_stored_key_and_by_one_earlier_in_the_batch(engine):
+    intake = Intake(engine)
+    store(intake, [make_mail(subject="Once", message_id="<once@x>")])
+    outcomes = store(intake, [
+        make_mail(subject="Once again", message_id="<once@x>"),          # stored key
+        make_mail(subject="Twice", message_id="<twice@x>"),
+        make_mail(subject="Twice again", message_id="<twice@x>"),        # key of this batch
+        make_mail(subject="Fresh")])
+    assert [o.verdict for o in outcomes] == ["DUPLICATE", "PROCESSED", "DUPLICATE",
+                                             "PROCESSED"]
+
+
+def test_bytes_already_stored_are_answered_already_stored(engine):
+    intake = Intake(engine)
+    raw = make_mail(subject="Same bytes")
+    [first] = store(intake, [raw])
+    [again, other] = store(intake, [raw, make_mail(subject="Other")])
+    assert again.already_stored and again.message_id == first.message_id
+    assert (again.status, again.verdict) == ("processed", "PROCESSED")
+    assert other.verdict == "PROCESSED" and not other.already_stored
+
+
+def test_raw_bytes_sent_by_copy_in_a_batch_are_exact_and_belong_to_their_message(engine,
+                                                                                 monkeypatch):
+    """COPY (a big message's bytes, here every message's) uses the connection on its own: the
+    queued commands go first, and an error of ours after it undoes its row with the message."""
+    only_postgresql(engine)
+    monkeypatch.setattr(rows, "STREAM_RAW_FROM", 100)
+    intake = Intake(engine)
+    real_store = intake.store
+
+    def store_once(conn, prepared, box):
+        delivery = real_store(conn, prepared, box)
+        if prepared.parsed.subject == "Bug":
+            raise RuntimeError("bug after the bytes were written")
+        return delivery
+    monkeypatch.setattr(intake, "store", store_once)
+    raws = [make_mail(subject=s, body="x" * 3000) for s in ("One", "Bug", "Three")]
+    outcomes = store(intake, raws)
+    assert isinstance(outcomes[1], RuntimeError)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(t.raw_messages.c.message_id,
+                                          t.raw_messages.c.content)).all())
+    assert stored == {outcomes[0].message_id: raws[0], outcomes[2].message_id: raws[2]}
+
+
+def test_only_a_sender_the_spam_filter_asks_about_and_the_database_takes_is_asked_ahead():
+    """A sender that is no valid address is never looked up (the filter says SPAM first); one
+    with a NUL or a lone surrogate would fail the first read instead of the rules."""
+    import dataclasses
+
+    from sink.intake.core import _askable
+    from sink.mail.parse import parse_message
+    parsed = parse_message(make_mail(sender="jan@acme.cz"))
+    assert _askable(parsed) == "jan@acme.cz"
+    for sender, valid in (("jan@acme.cz", False), ("j\x00an@acme.cz", True),
+                          ("j\udce9an@acme.cz", True), (None, False)):
+        assert _askable(dataclasses.replace(parsed, sender=sender, sender_valid=valid)) is None
