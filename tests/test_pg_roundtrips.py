@@ -37,16 +37,11 @@ def count(engine, table, where=None) -> int:
         return conn.execute(query).scalar_one()
 
 
-def only_postgresql(engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("round trips are PostgreSQL's")
-
-
 # ------------------------------------------------------------------------------ round trips
 
-def test_a_batch_of_eight_costs_at_most_six_and_a_half_round_trips_per_message(engine):
+def test_a_batch_of_eight_costs_at_most_six_and_a_half_round_trips_per_message(pg_engine):
     """Was 10.9 (four of them SAVEPOINT/RELEASE, one the dedup SELECT, one the spam SELECT)."""
-    only_postgresql(engine)
+    engine = pg_engine
     intake = Intake(engine)
     store(intake, [make_mail(subject=f"Warm {i}") for i in range(8)])
     counter = Counter()
@@ -65,8 +60,8 @@ def test_a_batch_of_eight_costs_at_most_six_and_a_half_round_trips_per_message(e
     assert counter.executes < sum(sent.values())
 
 
-def test_a_savepoint_released_with_nothing_inside_sends_nothing(engine):
-    only_postgresql(engine)
+def test_a_savepoint_released_with_nothing_inside_sends_nothing(pg_engine):
+    engine = pg_engine
     counter = Counter()
     with engine.begin() as conn, fastpath.deferring(conn):
         conn.exec_driver_sql("SELECT 1")
@@ -145,10 +140,10 @@ def test_an_executor_that_fails_leaves_only_its_message_failed(engine, when):
 
 
 def test_a_key_another_worker_commits_after_the_first_read_fails_the_flush_and_the_batch_is_stored_again(
-        engine, monkeypatch):
+        pg_engine, monkeypatch):
     """The dedup key INSERT in the flush's one pipeline raises IntegrityError: the whole batch
     is stored again (as ever), and that message is now a DUPLICATE."""
-    only_postgresql(engine)
+    engine = pg_engine
     intake = Intake(engine)
     [winner] = store(intake, [make_mail(subject="Winner")])
     late = make_mail(subject="Late")
@@ -171,8 +166,8 @@ def test_a_key_another_worker_commits_after_the_first_read_fails_the_flush_and_t
     assert count(engine, t.messages) == 4
 
 
-def test_a_queued_command_that_fails_raises_sqlalchemys_error_at_the_next_statement(engine):
-    only_postgresql(engine)
+def test_a_queued_command_that_fails_raises_sqlalchemys_error_at_the_next_statement(pg_engine):
+    engine = pg_engine
     with pytest.raises(sa_exc.DataError):
         with engine.begin() as conn, fastpath.deferring(conn):
             fastpath.queue(conn, "SELECT 1 / 0")
@@ -216,11 +211,11 @@ def test_bytes_already_stored_are_answered_already_stored(engine):
     assert other.verdict == "PROCESSED" and not other.already_stored
 
 
-def test_raw_bytes_sent_by_copy_in_a_batch_are_exact_and_belong_to_their_message(engine,
+def test_raw_bytes_sent_by_copy_in_a_batch_are_exact_and_belong_to_their_message(pg_engine,
                                                                                  monkeypatch):
     """COPY (a big message's bytes, here every message's) uses the connection on its own: the
     queued commands go first, and an error of ours after it undoes its row with the message."""
-    only_postgresql(engine)
+    engine = pg_engine
     monkeypatch.setattr(rows, "STREAM_RAW_FROM", 100)
     intake = Intake(engine)
     real_store = intake.store
