@@ -35,7 +35,7 @@ from sink.mail.parse import _POLICY, ParsedMessage, message_facts, parse_message
 from sink.mail.window import parse_window, reads_whole
 
 
-# The listing's parse bounds are the rules' or looser (what the shortcut above relies on).
+# The listing's parse bounds are the rules' or looser (what _one_parse's shortcut relies on).
 _LISTING_LOOSER = (2 * attachments.MAX_PARTS + 2 >= window.MAX_BOUNDARIES
                    and attachments.MAX_MULTIPARTS >= window.MAX_MULTIPARTS)
 

@@ -54,11 +54,7 @@ def parse_window(raw: bytes, *, boundaries: int = MAX_BOUNDARIES,
     Each bound cuts at the start of a line; see the module docstring. (The attachment
     listing, :mod:`sink.mail.attachments`, reads more parts than the rules.)"""
     cut, reason = len(raw), None
-    header_end = raw.find(b"\n\r\n")
-    if header_end < 0:
-        header_end = raw.find(b"\n\n")
-    header_end = len(raw) if header_end < 0 else header_end
-    at = _after_lines(raw, MAX_HEADER_LINES, 0, header_end)
+    at = _after_lines(raw, MAX_HEADER_LINES, 0, _header_end(raw))
     if at is not None:
         cut, reason = at, f"more than {MAX_HEADER_LINES} header lines"
     at = _after_lines(raw, MAX_PARSE_LINES, 0, cut)
@@ -86,11 +82,7 @@ def reads_whole(raw: bytes, *, boundaries: int, multiparts: int,
     (the opaque base64 bodies, :mod:`sink.mail.opaque`), where a ``\\n--`` can only be the
     one starting at an extent's last byte. (Counting ``\\n--`` over a 100 KB message cost
     ~80 us, over what lies around its attachment ~10.)"""
-    header_end = raw.find(b"\n\r\n")
-    if header_end < 0:
-        header_end = raw.find(b"\n\n")
-    header_end = len(raw) if header_end < 0 else header_end
-    if (_after_lines(raw, MAX_HEADER_LINES, 0, header_end) is not None
+    if (_after_lines(raw, MAX_HEADER_LINES, 0, _header_end(raw)) is not None
             or _after_lines(raw, MAX_PARSE_LINES) is not None):
         return False
     dashes, start = 0, 0
@@ -100,6 +92,15 @@ def reads_whole(raw: bytes, *, boundaries: int, multiparts: int,
     if dashes > boundaries:
         return False
     return _count_any_case(raw, b"multipart/", len(raw)) <= multiparts
+
+
+def _header_end(raw: bytes) -> int:
+    """Where the header block's lines are counted to: the first CRLF blank line, else the
+    first bare-LF one, else the end."""
+    end = raw.find(b"\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    return len(raw) if end < 0 else end
 
 
 def _count_any_case(raw: bytes, needle: bytes, end: int) -> int:

@@ -77,14 +77,6 @@ class WriteTurn:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
-    def __enter__(self):
-        self.take()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-        return False
-
 
 def _result(outcome) -> tuple:
     from sink.errors import classify
