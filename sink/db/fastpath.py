@@ -240,9 +240,7 @@ def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[s
 def _execute(conn: Connection, c: _Compiled, bound):
     """One row's statement on the cursor (DBAPI errors raised as SQLAlchemy's); the cursor."""
     cursor = _cursor(conn)
-    state = _deferred(conn)
-    if state is not None and state.queued:
-        _send_queued(conn, state)
+    send_queued(conn)
     try:
         cursor.execute(c.sql, bound)
     except c.error as error:
@@ -257,9 +255,7 @@ def _new_id(c: _Compiled, cursor) -> int:
 
 def _send(conn: Connection, c: _Compiled, bound: list, *, pipeline: bool) -> None:
     cursor = _cursor(conn)
-    state = _deferred(conn)
-    if state is not None and state.queued:
-        _send_queued(conn, state)
+    send_queued(conn)
     try:
         if pipeline:
             cursor.executemany(c.sql, bound)
@@ -361,11 +357,8 @@ def _deferred(conn: Connection) -> _Deferred | None:
 def savepoint(conn: Connection, name: str):
     """SAVEPOINT ``name``; returns what :func:`rollback_to` needs to undo to it."""
     outer = conn.get_nested_transaction()
+    queue(conn, f"SAVEPOINT {name}")
     state = _deferred(conn)
-    if state is None or not state.queues:
-        _raw(conn, f"SAVEPOINT {name}")
-    else:
-        state.queued.append(f"SAVEPOINT {name}")
     if state is not None:
         state.mark(name)
     return outer
@@ -373,12 +366,10 @@ def savepoint(conn: Connection, name: str):
 
 def release(conn: Connection, name: str) -> None:
     state = _deferred(conn)
-    if state is None or not state.queues:
-        _raw(conn, f"RELEASE SAVEPOINT {name}")
-    elif state.queued and state.queued[-1] == f"SAVEPOINT {name}":
+    if state is not None and state.queued and state.queued[-1] == f"SAVEPOINT {name}":
         state.queued.pop()          # nothing ran inside it: neither command is needed
     else:
-        state.queued.append(f"RELEASE SAVEPOINT {name}")
+        queue(conn, f"RELEASE SAVEPOINT {name}")
     if state is not None:
         state.forget(name)
 
@@ -464,9 +455,7 @@ def _pipelined(conn: Connection, commands: list[str], what: str, send) -> None:
 
 
 def _raw(conn: Connection, sql: str, params=None) -> None:
-    state = _deferred(conn)
-    if state is not None and state.queued:
-        _send_queued(conn, state)
+    send_queued(conn)
     try:
         if params is None:
             _cursor(conn).execute(sql)

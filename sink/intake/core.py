@@ -48,23 +48,20 @@ from sink.pipeline.context import dedup_keys
 from sink.pipeline.decision import Decision, record_counts
 
 log = get_logger("sink.intake")
+RECORDS_SAVEPOINT = "sink_records"
+WriteRow = Callable[[dict | Bound], int]   # the outcome (or the row bound ahead) -> its row id
 
 
 def _askable(parsed: ParsedMessage) -> str | None:
     """The sender the spam filter will look up on the stored spam list, asked ahead with the
     first read (:meth:`Intake._first_read`) - only an address the filter asks about (a valid
-    one) that the database can be sent (no NUL, no lone surrogate): any other is asked, or
-    not, by the filter itself, failing as it always did."""
+    one) that the database can be sent (no NUL, no lone surrogate: what :func:`storable`
+    would change): any other is asked, or not, by the filter itself, failing as it always
+    did."""
     sender = parsed.sender
-    if not sender or not parsed.sender_valid or "\x00" in sender:
-        return None
-    try:
-        sender.encode("utf-8")
-    except UnicodeEncodeError:
+    if not sender or not parsed.sender_valid or storable(sender) != sender:
         return None
     return sender
-RECORDS_SAVEPOINT = "sink_records"
-WriteRow = Callable[[dict | Bound], int]   # the outcome (or the row bound ahead) -> its row id
 
 
 def _now() -> datetime:
