@@ -37,13 +37,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from email._encoded_words import decode_b   # what get_payload(decode=True) uses for base64
-from email.generator import BytesGenerator
 from email.message import Message
-from io import BytesIO
 
 import pybase64
 
 from sink.mail import tnef
+from sink.mail.flatten import flatten
+from sink.mail.mime import headers_of
 from sink.mail.opaque import (_BASE64_CTE, _CONTENT_TYPE, _MESSAGE_TYPE, _body_start,
                               _header_start, _nocase, _only_base64)
 from sink.mail.parse import _POLICY, decode_text_header, storable
@@ -308,7 +308,7 @@ def _nested_subject(part: Message, data: bytes) -> str | None:
     if part.get_content_type() not in ("message/rfc822", "message/global"):
         return None
     try:
-        head = email.parser.BytesHeaderParser(policy=_POLICY).parsebytes(data[:MAX_HEAD])
+        head = headers_of(data[:MAX_HEAD], _POLICY)
         return _text(str(head.get("Subject") or ""), MAX_FIELD)
     except Exception:
         return ""
@@ -316,17 +316,13 @@ def _nested_subject(part: Message, data: bytes) -> str | None:
 
 def _written_body(part: Message) -> bytes:
     payload = part.get_payload()
-    out = BytesIO()
-    generator = BytesGenerator(out, mangle_from_=False, policy=_CRLF_POLICY)
     try:
         if part.get_content_type() in ("message/rfc822", "message/global") and \
                 isinstance(payload, list) and payload:
-            generator.flatten(payload[0])
-            return out.getvalue()
-        generator.flatten(part)
+            return flatten(payload[0], _CRLF_POLICY)
+        return flatten(part, _CRLF_POLICY).partition(b"\r\n\r\n")[2]
     except Exception:               # a part the generator cannot write back
         return b""
-    return out.getvalue().partition(b"\r\n\r\n")[2]
 
 
 def _filename(part: Message) -> str:
@@ -409,8 +405,9 @@ def body_only(raw: bytes) -> bool:
     if len(raw) > MAX_BODY_ONLY:
         return False
     low = raw.lower()
-    if any(word in low for word in _NAMED):
-        return False
+    # the content types first: one regex pass, where the six word searches below read the
+    # message six times (~270 us per 100 KB, ~11 per 4 KB) - a bounce or a message with an
+    # attachment is answered by its types alone
     seen: dict[bytes, int] = {}
     values = _CONTENT_TYPE_VALUE.findall(low)
     if low.startswith(b"content-type:"):
@@ -419,7 +416,7 @@ def body_only(raw: bytes) -> bool:
         seen[kind] = seen.get(kind, 0) + 1
         if seen[kind] > _BODY_ONLY.get(kind, 0):
             return False
-    return True
+    return not any(word in low for word in _NAMED)
 
 
 def list_attachments(raw: bytes, *, shortcut: bool = True) -> Listing:

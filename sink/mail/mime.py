@@ -23,6 +23,7 @@ parse of the one-pass form (attachment bodies as token lines) from ~620 to ~220 
 from __future__ import annotations
 
 import email
+import email.parser
 from email.message import Message
 from email.policy import Compat32
 
@@ -46,6 +47,17 @@ def message_from_bytes(data: bytes, policy: Compat32) -> Message:
             if maintype == "multipart" and multipart.parse_body(msg, body, policy):
                 return msg
     return email.message_from_bytes(data, policy=policy)
+
+
+def headers_of(data: bytes, policy: Compat32) -> Message:
+    """The headers of ``email.parser.BytesHeaderParser(policy=policy).parsebytes(data)``
+    (its payload is left out): the header block alone is parsed, where the feed parser
+    would split the whole of ``data`` into lines first (~0.5 ms for a 100 KB attached
+    message whose subject the attachment listing reads)."""
+    split = _header_end(data)
+    if split is None:
+        return email.parser.BytesHeaderParser(policy=policy).parsebytes(data)
+    return headerblock.parse_headers(data[:split].decode("ascii", "surrogateescape"), policy)
 
 
 def _header_end(data: bytes) -> int | None:

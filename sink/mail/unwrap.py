@@ -18,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 import email.parser
 from dataclasses import dataclass
-from email.generator import BytesGenerator
 from email.message import Message
 from email.policy import compat32
 from email.utils import getaddresses
-from io import BytesIO
 
+from sink.mail.flatten import flatten
 from sink.mail.parse import (MAX_PARTS, ParsedMessage, is_valid_address, parse_message,
                             part_text, walk_parts)
 from sink.mail.textnorm import fold_address
@@ -52,12 +51,10 @@ def _message_bytes(part: Message) -> bytes | None:
         inner = payload[0] if isinstance(payload, list) and payload else None
         if not isinstance(inner, Message):
             return None
-        out = BytesIO()
         try:
-            BytesGenerator(out, mangle_from_=False, policy=_CRLF_POLICY).flatten(inner)
+            return flatten(inner, _CRLF_POLICY)
         except Exception:        # a part the generator cannot write back (broken 8-bit, ...)
             return None
-        return out.getvalue()
     filename = (part.get_filename() or "").lower()
     if filename.endswith(".eml"):
         data = part.get_payload(decode=True)
