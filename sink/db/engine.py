@@ -8,9 +8,11 @@ refuses to run when they are not what we set.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import orjson
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
@@ -121,12 +123,27 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         raise ConfigError(f"database.url: not a usable database URL ({reason})") from None
 
 
+def json_text(value) -> str:
+    """A JSON column's text: orjson's where it takes the value (4.5 x faster than json.dumps
+    on the trace, recipients and addresses a message row holds: ~21 us of a 4 KB message's
+    ~1.4 ms in a storage worker, issue 16), else json.dumps' (lone surrogates, integers
+    beyond 64 bits, keys that are not text: orjson refuses them). Either text reads back
+    to the same value; orjson leaves out the blanks after ``,`` and ``:``, writes non-ASCII
+    characters as they are, and NaN and infinities as ``null`` (json.dumps' ``NaN`` is not
+    JSON, and PostgreSQL refuses it)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:                   # orjson.JSONEncodeError is one
+        return json.dumps(value)
+
+
 def _make_engine(url: str, pool_size: int) -> Engine:
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               json_serializer=json_text)
         event.listen(engine, "connect", _sqlite_connect)
         if database and database != ":memory:":
             guard = engine.sink_file = SQLiteFile(database)
@@ -134,7 +151,7 @@ def _make_engine(url: str, pool_size: int) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                         pool_pre_ping=True, pool_recycle=1800)
+                         pool_pre_ping=True, pool_recycle=1800, json_serializer=json_text)
 
 
 def check_durability(engine: Engine) -> dict:
