@@ -95,3 +95,31 @@ def test_generated_headers_give_the_facts_of_the_plain_reads(headers, body):
 def test_decoded_subjects_equal_the_stdlib_decoding(value):
     assert mailparse.decode_text_header(value) == plain_decode(value)
     assert mailparse.decode_text_header(value) == plain_decode(value)
+
+
+def _fetch_as_before(value: str) -> str:
+    """The policy's header_fetch_parse before it skipped the unfold regex for values
+    without a line end (issue 16): kept as the reference."""
+    if not value.isascii() and any("\udc80" <= ch <= "\udcff" for ch in value):
+        value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    return mailparse.storable(mailparse._FOLD.sub("", value[:mailparse.MAX_HEADER]).strip())
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(["a", " ", "\t", "\r", "\n", "\r\n ", "\n\t", "\r\n", "é",
+                                 "\udcc3\udca9", "\udcff", "\x00", ";", "=?utf-8?q?x?="]),
+                max_size=30).map("".join))
+def test_header_values_read_as_before(value):
+    def outcome(read):
+        try:
+            return read()
+        except Exception as exc:        # a real character beside surrogates: both raise
+            return type(exc)
+    assert outcome(lambda: mailparse._POLICY.header_fetch_parse("Subject", value)) == \
+        outcome(lambda: _fetch_as_before(value))
+
+
+def test_a_header_value_is_cut_before_it_is_unfolded():
+    value = "x" * (mailparse.MAX_HEADER - 1) + "\r\n y"
+    assert mailparse._POLICY.header_fetch_parse("Subject", value) == _fetch_as_before(value)
+    assert "\n" not in _fetch_as_before(value)
