@@ -482,3 +482,15 @@ def test_data_read_in_pieces_is_the_message_read_whole(lines, cuts):
             start += cut
     pieces.append(data[start:])
     assert _content(pieces) == expected and pieces == []
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_HEAD_PIECES + [b"X:", b"\r\n \r\n", b"\n\t", b":",
+                                                b"\rA: b", b"A: b\r"]), max_size=30)
+       .map(b"".join))
+def test_a_plain_head_is_told_as_the_whole_head_pattern_tells_it(head):
+    """sink.mail.dkim._plain, a search between line ends, against the pattern that reads
+    every byte of the head (what signature_values asked before, issue 16)."""
+    assert dkim._plain(head) == (dkim._PLAIN_HEAD.fullmatch(head) is not None)
+    assert dkim._plain(dkim._head(head)) == (
+        dkim._PLAIN_HEAD.fullmatch(dkim._head(head)) is not None)

@@ -245,8 +245,6 @@ _NAME = b"".join(b"[%c%c]" % (c, c - 32) if 97 <= c <= 122 else re.escape(bytes(
 # searched in "\n" + head: a pattern starting with a literal byte is scanned for in C
 # (the line end after a header is left for the next match: it may start with one too)
 _SIGNATURE = re.compile(rb"\n" + _NAME + rb"([^\r\n]*)((?:\r?\n[ \t][^\r\n]*)*)")
-_SIGNATURE_LINE = re.compile(rb"[\r\n]" + _NAME)
-_LINE_END = re.compile(rb"\r?\n")
 
 
 def signature_values(head: bytes) -> list[bytes]:
@@ -254,11 +252,30 @@ def signature_values(head: bytes) -> list[bytes]:
     of a header ended by CRLF), in order; raises where it raises. A plain header block is
     read by two searches in C (rfc822_parse takes ~25 us for 20 lines, a regex per line);
     anything else by rfc822_parse itself."""
-    if _PLAIN_HEAD.fullmatch(head) is None:
+    if not _plain(head):
         return [value for name, value in dkimpy.rfc822_parse(head)[0]
                 if name.lower() == b"dkim-signature"]
-    return [first + _LINE_END.sub(b"\r\n", more) + b"\r\n"
+    # (each line end made CRLF: replace's search is C's; the pattern \r?\n tried every byte)
+    return [first + more.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
             for first, more in _SIGNATURE.findall(b"\n" + head)]
+
+
+# A line start (after a line end, but the last) that is not a header line nor a continuation:
+# searched for from one "\n" to the next in C, where _PLAIN_HEAD.fullmatch reads every byte
+# with a pattern (9 us for a 4 KB message's head, ~2 this way).
+_NAME_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+_ODD_LINE = re.compile(rb"\n(?![\x21-\x39\x3b-\x7e]+:|[ \t])")
+
+
+def _plain(head: bytes) -> bool:
+    """``_PLAIN_HEAD.fullmatch(head) is not None``: every line ends with a line end, the
+    first is a header line, each after it a header line or a continuation, and every CR is
+    that of a CRLF."""
+    if not head:
+        return True
+    return (head.endswith(b"\n") and _NAME_START.match(head) is not None
+            and head.count(b"\r") == head.count(b"\r\n")
+            and _ODD_LINE.search(head, 0, len(head) - 1) is None)
 
 
 def _valid(sig: dict) -> bool:
@@ -290,9 +307,12 @@ def _signature_count(raw: bytes) -> int:
     head = raw[:end] if end >= 0 else raw
     end = head.find(b"\n\n")
     head = head[:end] if end >= 0 else head
-    # the lines (as bytes.splitlines cuts them: after CR, LF or CRLF) that start with the name
-    first = 1 if head[:15].lower() == b"dkim-signature:" else 0
-    return first + len(_SIGNATURE_LINE.findall(head))
+    # the lines (as bytes.splitlines cuts them: after CR, LF or CRLF) that start with the
+    # name: counted in the lower-cased head by two searches for a literal (a pattern opening
+    # with a class, [\r\n], tried every offset: 11 us for a 4 KB message's head, now ~1)
+    low = head.lower()
+    return (low.startswith(b"dkim-signature:") + low.count(b"\ndkim-signature:")
+            + low.count(b"\rdkim-signature:"))
 
 
 def verify_many(items: Sequence[tuple[bytes, str | None]], *, dnsfunc: DnsFunc | None = None,
