@@ -413,3 +413,33 @@ def test_client_ca_implies_require_tls(serve, tls_files):
     with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as smtp:
         smtp.ehlo()
         assert smtp.mail("mta@firma.cz")[0] == 530
+
+
+def test_aiosmtpd_command_lines_are_escaped_only_for_a_logger_that_logs_them(caplog):
+    """sink.sources.smtp_protocol replaces aiosmtpd.smtp.sanitized_log (issue 16): a line for
+    a logger below its level is dropped unescaped, one it logs is escaped as aiosmtpd does."""
+    import logging
+
+    import aiosmtpd.smtp
+
+    from sink.sources import smtp_protocol
+    assert aiosmtpd.smtp.sanitized_log is smtp_protocol._sanitized_log
+    logger = logging.getLogger("mail.log")
+    escaped = []
+    real = aiosmtpd.smtp.sanitize
+
+    def counting(value):
+        escaped.append(value)
+        return real(value)
+    aiosmtpd.smtp.sanitize = counting
+    try:
+        logger.setLevel(logging.WARNING)
+        aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer", b"MAIL FROM:<a@b>\x1b")
+        assert escaped == []
+        with caplog.at_level(logging.INFO, logger="mail.log"):
+            aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer", b"RCPT TO:<c@d>\x1b")
+        assert escaped == [b"RCPT TO:<c@d>\x1b"]
+        assert "RCPT TO:<c@d>" in caplog.text and "\x1b" not in caplog.text
+    finally:
+        aiosmtpd.smtp.sanitize = real
+        logger.setLevel(logging.WARNING)
