@@ -56,8 +56,9 @@ _aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
 def _sanitized_log(func, msg, *args, **kwargs) -> None:
     """aiosmtpd's ``sanitized_log``, asking its logger first. aiosmtpd escapes every command
     line twice (for a DEBUG and an INFO line of its logger "mail.log") before the logger,
-    which sink.log sets to WARNING, throws both away: ~8 us of the protocol process per
-    4 KB message (issue 16). A logger that would log them still gets them as before."""
+    which sink.log sets to WARNING, throws both away: 1.71 -> 0.59 us per command line,
+    ~3.4 us of the protocol process per message of one recipient (MAIL, RCPT, DATA; issue
+    16). A logger that would log them still gets them as before."""
     logger = getattr(func, "__self__", None)
     level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
     if isinstance(logger, logging.Logger) and level is not None \
