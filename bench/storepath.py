@@ -16,7 +16,8 @@ pipeline, one per pipeline sync, and the implicit BEGIN psycopg sends before the
 statement of a transaction. ``plans`` loads auto_explain in the backend (PostgreSQL's own
 contrib module; pg_stat_statements would need a restart) with its log sent to the client as
 notices: the server's execution time per statement, and the slowest plan of each.
-``DB=sqlite`` runs the same path on SQLite, for comparison.
+``DB=sqlite`` runs the same path on SQLite, for comparison. ``AHEAD=1`` decides before the
+write, as a worker does where workers take turns to write (SQLite).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench import corpus, procstat
 from bench.servers import prepare_database
 
 REPEATS = int(os.environ.get("REPEATS", "3"))
+AHEAD = os.environ.get("AHEAD") == "1"     # decide before the write, as a worker among several does
 
 
 def _database(workdir: Path, db: str) -> str:
@@ -214,7 +216,7 @@ def main(argv: list[str]) -> int:
 
     def run(js: list) -> None:
         for k in range(0, len(js), batch):
-            _, prepared, outcomes, _ = _commit(intake, turn, js[k:k + batch], boxes, ahead=False)
+            _, prepared, outcomes, _ = _commit(intake, turn, js[k:k + batch], boxes, ahead=AHEAD)
             log_batch(intake, prepared, outcomes)
 
     first = jobs(7)

@@ -3,6 +3,7 @@ signals to the whole process group, and a protocol process that dies."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 
 from sink.db import schema as t
 from sink.storage.frames import Inbox, frame
-from tests.conftest import config_for
+from tests.conftest import RunningServer, config_for
 from tests.support import (MailClient, SinkProcess, children_of, free_port, make_mail,
                            process_gone, wait_for, write_config)
 
@@ -270,8 +271,9 @@ def test_workers_exit_when_the_protocol_process_is_killed(served, engine):
 
 def test_two_workers_deciding_ahead_record_each_copy_once(engine, start_server):
     """Forwarded copies of one message (same date, sender, recipients, subject: one dedup
-    key) sent at the same moment over different sessions land in both workers, each deciding
-    ahead while the other commits: per key exactly one PROCESSED, the rest DUPLICATE."""
+    key) sent at the same moment over different sessions land in both workers - on SQLite each
+    deciding ahead while the other commits, on PostgreSQL each deciding in its own transaction
+    while the other's is open: per key exactly one PROCESSED, the rest DUPLICATE."""
     server = start_server(workers=2)
     pairs = 24
     date = "Mon, 02 Nov 2026 10:00:00 +0000"
@@ -360,3 +362,39 @@ def test_a_worker_waiting_for_its_write_turn_takes_what_arrives_into_its_batch(t
     assert len(commits) == 1 and len(prepared) == 4 and not closing
     assert sorted(stored_message_ids(engine)) == [f"<wait-{n}@firma.cz>" for n in (1, 2, 3, 4)]
     assert intake.decided["ahead"] == 4               # all decided before the turn
+
+
+def test_workers_decide_ahead_only_where_they_take_turns_to_write(engine, db_url, tmp_path):
+    """SQLite has one writer: two workers decide before their write turn and the writer checks
+    the decision. PostgreSQL has no turns, and deciding ahead there only cost a second
+    transaction's reads: each worker decides in its own write transaction (the
+    ``worker.stopped`` line of each says how its messages were decided)."""
+    import json
+    log_file = tmp_path / "sink.json"
+    cfg = config_for(db_url, listeners=[{"protocol": "lmtp", "address": "127.0.0.1:0"}])
+    cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, level="info",
+                                                           file=str(log_file)))
+    server = RunningServer(cfg, workers=2)
+
+    def session(n: int):
+        client = MailClient(server.lmtp_port)
+        client.hello()
+        for i in range(8):
+            raw = make_mail(subject=f"Offer {n}-{i}", message_id=f"<ahead-{n}-{i}@test>")
+            assert client.send(raw)[-1][0] == 250
+        client.close()
+    try:
+        threads = [threading.Thread(target=session, args=(n,)) for n in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+    finally:
+        server.stop()
+    assert wait_for(lambda: log_file.read_text().count('"worker.stopped"') == 2, 10)
+    stopped = [line for line in map(json.loads, log_file.read_text().splitlines())
+               if line.get("event") == "worker.stopped"]
+    ahead = sum(s["decided_ahead"] + s["decided_again"] for s in stopped)
+    in_writer = sum(s["decided_in_writer"] for s in stopped)
+    assert sum(s["messages"] for s in stopped) == ahead + in_writer == 24
+    assert (ahead, in_writer) == ((24, 0) if engine.dialect.name == "sqlite" else (0, 24))

@@ -62,6 +62,15 @@ class WriteTurn:
             return cls(database + "-writeturn")
         return cls(None)
 
+    @property
+    def shared(self) -> bool:
+        """Whether writers take turns (SQLite): only then is deciding before the turn worth
+        its cost. On PostgreSQL each worker writes while the others do, and the rules decided
+        ahead in a read-only transaction of their own, then checked again in the writer's,
+        cost 9.2 round trips per 4 KB message instead of 6.5, and 4.2 ms of client and server
+        CPU instead of 2.6 (``AHEAD=1 python -m bench.storepath``)."""
+        return self.fd is not None
+
     def take(self, *, wait: bool = True) -> bool:
         """Take the turn (``wait=False``: only if it is free now); False when another worker
         holds it. Always True without turns (PostgreSQL)."""
@@ -215,7 +224,7 @@ def serve(sock: socket.socket, inbox: Inbox, config, workers: int = 1) -> int:
         if not jobs:
             break
         done, prepared, outcomes, closed = _commit(intake, write_turn, jobs, boxes,
-                                                   ahead=workers > 1,
+                                                   ahead=workers > 1 and write_turn.shared,
                                                    inbox=None if closing else inbox)
         closing = closing or closed
         batches, messages = batches + 1, messages + len(done)
