@@ -174,7 +174,7 @@ class FailingOnce:
 
 
 def test_no_deferred_row_outlives_its_message_savepoint_in_a_batch(engine):
-    """A PostgreSQL batch defers raw bytes, attachments, activity links and dedup keys: the
+    """A storage batch defers raw bytes, attachments, activity links and dedup keys: the
     rows of an attempt that lost a race, and the records of a message whose executor failed,
     are not flushed with the batch (a raw row or a link of a rolled-back message would fail
     the batch at COMMIT on its foreign key, a dedup key would make the message DUPLICATE
@@ -209,6 +209,38 @@ def test_no_deferred_row_outlives_its_message_savepoint_in_a_batch(engine):
         assert _count(conn, "activities") == 2
         attached = set(conn.execute(text("SELECT message_id FROM attachments")).scalars())
         assert attached == {first.message_id}
+
+
+def test_a_sqlite_batch_sends_its_deferred_rows_at_the_flush(tmp_path):
+    """SQLite defers the same rows as PostgreSQL (issue 16: one executemany per table per
+    batch instead of one execute per row): in SQLite's own trace of the batch, every raw,
+    dedup key and activity link row comes after the last message row, and all are there."""
+    from sqlalchemy import event
+    from sink.storage.batching import commit_batch
+    from tests.conftest import seeded
+    sqlite_engine = seeded(f"sqlite:///{tmp_path}/sink.db")
+    intake = Intake(sqlite_engine)
+    items = [(intake.prepare(make_mail(subject=f"Offer {i}", message_id=f"<f{i}@x>"), LMTP),
+              (BOX,)) for i in range(4)]
+    traced: list[str] = []
+
+    def trace(conn):
+        conn.connection.dbapi_connection.set_trace_callback(traced.append)
+    event.listen(sqlite_engine, "begin", trace)
+    try:
+        outcomes = commit_batch(intake, items)
+    finally:
+        event.remove(sqlite_engine, "begin", trace)
+        sqlite_engine.dispose()
+    assert [o[0].status for o in outcomes] == ["processed"] * 4
+    table_of = [s.split()[2] for s in traced if s.startswith("INSERT INTO")]
+    last_message = max(i for i, table in enumerate(table_of) if table == "messages")
+    deferred = table_of[last_message + 1:]
+    assert table_of.count("messages") == 4
+    assert deferred.count("raw_messages") == 4 and "raw_messages" not in table_of[:last_message]
+    assert deferred.count("dedup_keys") == table_of.count("dedup_keys") >= 4
+    links = [t for t in table_of if t.startswith("activity_")]
+    assert links and all(t in deferred for t in links)
 
 
 # ------------------------------------------------------------------ the Python around them

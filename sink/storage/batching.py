@@ -42,7 +42,6 @@ own batches and connection. There, per batch (issue 16):
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import deque
@@ -141,21 +140,13 @@ def _store_batch(intake: Intake, items: Sequence[tuple[Prepared, Sequence[BoxCon
                  ) -> list[list[Outcome]]:
     """One transaction: the batch's messages locked in one order, every delivery in arrival
     order, the deferred rows flushed, COMMIT."""
-    with intake.engine.begin() as conn, intake.directory.pinned(conn), _deferring(conn):
+    with intake.engine.begin() as conn, intake.directory.pinned(conn), fastpath.deferring(conn):
         if conn.dialect.name == "postgresql" and _rows_to_order(items):
             _lock_in_order(conn, items)
         outcomes = [[store_one(intake, conn, prepared, box) for box in boxes]
                     for prepared, boxes in items]
         fastpath.flush(conn)
     return outcomes
-
-
-def _deferring(conn: Connection):
-    """PostgreSQL: the rows nobody reads back in the batch go in one executemany per table at
-    its end (a round trip each otherwise). SQLite runs in-process, a round trip costs nothing."""
-    if conn.dialect.name == "postgresql":
-        return fastpath.deferring(conn)
-    return contextlib.nullcontext()
 
 
 def _rows_to_order(items: Sequence[tuple[Prepared, Sequence[BoxConfig]]]) -> bool:
