@@ -216,7 +216,12 @@ def main(argv: list[str]) -> int:
 
     def run(js: list) -> None:
         for k in range(0, len(js), batch):
-            _, prepared, outcomes, _ = _commit(intake, turn, js[k:k + batch], boxes, ahead=AHEAD)
+            done, prepared, outcomes, _ = _commit(intake, turn, js[k:k + batch], boxes,
+                                                  ahead=AHEAD)
+            # a batch that failed costs less than one stored: never a figure of it
+            failed = [r for _, results in done for r in results if r[0] != "stored"]
+            if failed:
+                raise SystemExit(f"not stored: {failed[0]}")
             log_batch(intake, prepared, outcomes)
 
     first = jobs(7)
