@@ -170,8 +170,18 @@ class Intake:
         """Store and decide ``prepared`` for ``box`` inside the caller's transaction (the same
         bytes already stored for the box: that row, marked ``already_stored``). Raises
         IntegrityError when another transaction stored the same bytes or dedup key first."""
+        # The common message (neither carried nor held) opens its records' savepoint before its
+        # first read, around its row too: on PostgreSQL the SAVEPOINT then goes with the
+        # commands queued before that read (one round trip) instead of taking a round trip of
+        # its own before the first record (issue 16). An executor that fails rolls the row
+        # back with its records, and the row is written again, failed (:meth:`_apply`).
+        guard = None
+        if prepared.carried is None and not prepared.envelope.hold:
+            guard = (fastpath.savepoint(conn, RECORDS_SAVEPOINT),)
         stored, asked = self._first_read(conn, prepared, box)
         if stored is not None:
+            if guard is not None:
+                fastpath.release(conn, RECORDS_SAVEPOINT)
             return stored
         ahead = prepared.ahead.get(box.address) if prepared.ahead else None
         if ahead is not None and ahead.parsed is not None:
@@ -187,7 +197,8 @@ class Intake:
         if carried is None:
             return self._store_new(conn, prepared.raw, prepared.sha256, parsed,
                                    prepared.envelope, box, note=note,
-                                   listing=prepared.attachments, ahead=ahead, asked=asked)
+                                   listing=prepared.attachments, ahead=ahead, asked=asked,
+                                   guard=guard)
         outer_id = self._insert(conn, prepared.raw, prepared.sha256, parsed,
                                 prepared.envelope, box, outcome=self._pending(),
                                 attachments=False)    # what it carries has its own rows
@@ -265,11 +276,13 @@ class Intake:
     # ------------------------------------------------------------------------------ the body
     def _decide(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
                 write: WriteRow, note: dict | None = None, ahead: Ahead | None = None,
-                asked: rows.Asked | None = None) -> Delivery:
+                asked: rows.Asked | None = None, guard=None) -> Delivery:
         """Decide, write the message row's outcome with ``write``, then the records.
         ``note``: a trace entry before the rules' (why a carrier was not unwrapped);
         ``ahead``: the decision made before the write lock, used if it still holds;
-        ``asked``: answers to the rules' questions read with the message's first statement."""
+        ``asked``: answers to the rules' questions read with the message's first statement;
+        ``guard``: the records' savepoint, opened before the row is written (:meth:`store`)
+        - a 1-tuple of what :func:`fastpath.savepoint` returned - or None to open it after."""
         directory = self.directory.get(conn)
         decision = self._still_true(conn, ahead, box, directory, asked)
         try:
@@ -277,13 +290,17 @@ class Intake:
                 decision = self._evaluate(conn, parsed, box, directory, asked)
         except Exception as error:
             outcome = self._failed("rules", error)
-            return Delivery(box.address, write(outcome), "failed", None, None,
+            message_id = write(outcome)
+            if guard is not None:
+                fastpath.release(conn, RECORDS_SAVEPOINT)
+            return Delivery(box.address, message_id, "failed", None, None,
                             error=outcome["error"])
         if ahead is not None and decision is ahead.decision and ahead.row is not None:
             message_id = write(ahead.row)   # the row as bound ahead, outcome and all
         else:
             message_id = write(self._processed(decision, note))
-        return self._apply(conn, message_id, decision, box, directory)
+        return self._apply(conn, message_id, decision, box, directory,
+                           None if guard is None else (guard, write))
 
     def _still_true(self, conn: Connection, ahead: Ahead | None, box: BoxConfig,
                     directory: Directory, asked: rows.Asked | None = None
@@ -312,10 +329,12 @@ class Intake:
         return rows.seen_in(conn, box.address, asked.seen), DbRecords(conn, asked.spam)
 
     def _apply(self, conn: Connection, message_id: int, decision: Decision, box: BoxConfig,
-               directory: Directory) -> Delivery:
+               directory: Directory, guarded: tuple | None = None) -> Delivery:
         """The decision's records and dedup keys; an executor that fails leaves the message
-        ``failed`` without any of them."""
-        outer = fastpath.savepoint(conn, RECORDS_SAVEPOINT)
+        ``failed`` without any of them. ``guarded``: (the records' savepoint, opened before
+        the message's row was written; how to write that row) - then a failure rolls back
+        the row too, and it is written again with the failed outcome."""
+        outer = fastpath.savepoint(conn, RECORDS_SAVEPOINT) if guarded is None else guarded[0][0]
         try:
             stored = self.executor(conn, message_id, decision, directory)
             if decision.verdict != "DUPLICATE" and decision.dedup_keys:
@@ -330,7 +349,10 @@ class Intake:
                 raise
             fastpath.rollback_to(conn, RECORDS_SAVEPOINT, outer, release=True)
             outcome = self._failed("executor", error)
-            rows.UPDATE_OUTCOME.execute(conn, {"message_pk": message_id, **outcome})
+            if guarded is None:
+                rows.UPDATE_OUTCOME.execute(conn, {"message_pk": message_id, **outcome})
+            else:
+                message_id = guarded[1](outcome)      # the row went with the savepoint
             return Delivery(box.address, message_id, "failed", None, None,
                             error=outcome["error"])
         return Delivery(box.address, message_id, "processed", decision.verdict, stored)
@@ -339,10 +361,10 @@ class Intake:
     def _store_new(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                    envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
                    note: dict | None = None, listing=None, ahead: Ahead | None = None,
-                   asked: rows.Asked | None = None) -> Delivery:
+                   asked: rows.Asked | None = None, guard=None) -> Delivery:
         return self._decide(conn, parsed, box, lambda outcome: self._insert(
             conn, raw, sha256, parsed, envelope, box, outcome, parent_id, listing=listing),
-            note, ahead, asked)
+            note, ahead, asked, guard)
 
     def _store_carried(self, conn: Connection, outer_id: int, carried: Unwrapped,
                        envelope: Envelope, box: BoxConfig, note: dict | None = None) -> Delivery:
