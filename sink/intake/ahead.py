@@ -19,6 +19,10 @@ between, by this batch or another worker; a ticket, task or spam-list entry chan
 directory was imported again), the writer decides again, as it always did. A decision made
 ahead is therefore never a stale one, only a cheaper one.
 
+Only where workers take turns to write (SQLite, :attr:`sink.storage.worker.WriteTurn.shared`):
+on PostgreSQL every worker writes while the others do, and deciding ahead there only added a
+second transaction's reads (9.2 round trips per 4 KB message instead of 6.5, issue 16).
+
 Not decided ahead: messages that carry others (the carrier's trust needs the writer's
 directory and its children their own rows), held messages (``sink suspend --store``), and any
 message whose rules raised ahead (the writer runs them again and stores what happens).
