@@ -32,6 +32,7 @@ _INSERT_ACTIVITY = Fast(insert(t.activities), (
     "original_filename"))
 _ACTIVITY_COLUMNS = _INSERT_ACTIVITY.keys
 _INSERT_ACTIVITIES: dict[int, Fast] = {}       # PostgreSQL: n rows in one statement, by n
+ACTIVITIES_AT_ONCE = 32         # rows per such INSERT: bounds the statements and their binds
 _INSERT_ACTIVITY_CONTACTS = Fast(insert(t.activity_contacts), ("activity_id", "contact_id"),
                                  many=True)
 _INSERT_ACTIVITY_COMPANIES = Fast(insert(t.activity_companies), ("activity_id", "company_id"),
@@ -45,10 +46,7 @@ def apply(conn: Connection, message_id: int, decision: Decision,
           directory: Directory) -> Decision:
     """Write every record ``decision`` asks for; return the decision as stored (a task made
     from a "New task:" subject carries the number it got). ``decision`` itself is not changed."""
-    stored = {kind: _ALL_AT_ONCE[kind](conn, message_id, decision.records(kind), directory)
-              if kind in _ALL_AT_ONCE else
-              tuple(WRITERS[kind](conn, message_id, item, directory)
-                    for item in decision.records(kind))
+    stored = {kind: WRITERS[kind](conn, message_id, decision.records(kind), directory)
               for kind in WRITE_ORDER}
     changed = {kind: items for kind, items in stored.items()
                if items != decision.records(kind)}
@@ -71,13 +69,15 @@ def _store_activities(conn: Connection, message_id: int, actions: tuple[Activity
     if len(actions) < 2 or conn.dialect.name != "postgresql":
         return tuple(_store_activity(conn, message_id, a, directory) for a in actions)
     made = [_activity_row(conn, message_id, a, directory) for a in actions]
-    params = {f"{key}_{i}": row[key] for i, (_, row) in enumerate(made)
-              for key in _ACTIVITY_COLUMNS}
-    # One INSERT ... VALUES takes its ids from the sequence row after row, in the order of
-    # its VALUES (RETURNING itself promises no order): the ids, sorted, are the rows'.
-    ids = sorted(row_id for (row_id,) in _insert_activities(len(made)).all(conn, params))
-    for activity_id, (action, _) in zip(ids, made, strict=True):
-        _link_activity(conn, activity_id, action, directory)
+    for start in range(0, len(made), ACTIVITIES_AT_ONCE):
+        chunk = made[start:start + ACTIVITIES_AT_ONCE]
+        params = {f"{key}_{i}": row[key] for i, (_, row) in enumerate(chunk)
+                  for key in _ACTIVITY_COLUMNS}
+        # One INSERT ... VALUES takes its ids from the sequence row after row, in the order
+        # of its VALUES (RETURNING itself promises no order): the ids, sorted, are the rows'.
+        ids = sorted(row_id for (row_id,) in _insert_activities(len(chunk)).all(conn, params))
+        for activity_id, (action, _) in zip(ids, chunk, strict=True):
+            _link_activity(conn, activity_id, action, directory)
     return tuple(action for action, _ in made)
 
 
@@ -371,19 +371,24 @@ def _store_spam_mark(conn: Connection, message_id: int, mark: SpamMarkAction,
     return mark
 
 
-# One writer per record kind (sink.pipeline.decision.RECORD_KINDS): (conn, message id, action,
-# directory) -> the action as stored.
+def _each(writer):
+    """A writer of one record as a writer of a kind's records, one after the other."""
+    def write_all(conn: Connection, message_id: int, items: tuple, directory: Directory):
+        return tuple(writer(conn, message_id, item, directory) for item in items)
+    return write_all
+
+
+# One writer per record kind (sink.pipeline.decision.RECORD_KINDS): (conn, message id, the
+# decision's records of that kind, directory) -> the records as stored.
 WRITERS = {
-    "activities": _store_activity,
-    "tasks": _store_task,
-    "contact_flags": _store_flags,
-    "forbidden": _store_forbidden,
-    "invitations": _store_invitation,
-    "bounces": _store_bounce,
-    "tickets": _store_ticket,
-    "spam_marks": _store_spam_mark,
+    "activities": _store_activities,
+    "tasks": _each(_store_task),
+    "contact_flags": _each(_store_flags),
+    "forbidden": _each(_store_forbidden),
+    "invitations": _each(_store_invitation),
+    "bounces": _each(_store_bounce),
+    "tickets": _each(_store_ticket),
+    "spam_marks": _each(_store_spam_mark),
 }
-# Writers of all the records of one kind at once.
-_ALL_AT_ONCE = {"activities": _store_activities}
 # Tickets first: an activity links to the ticket its message made.
 WRITE_ORDER = ("tickets", *(kind for kind in RECORD_KINDS if kind != "tickets"))

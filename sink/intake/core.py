@@ -52,6 +52,13 @@ RECORDS_SAVEPOINT = "sink_records"
 WriteRow = Callable[[dict | Bound], int]   # the outcome (or the row bound ahead) -> its row id
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlySavepoint:
+    """The records' savepoint, opened before the message's first read (:meth:`Intake.store`):
+    ``outer`` is what :func:`fastpath.savepoint` returned."""
+    outer: object
+
+
 def _askable(parsed: ParsedMessage) -> str | None:
     """The sender the spam filter will look up on the stored spam list, asked ahead with the
     first read (:meth:`Intake._first_read`) - only an address the filter asks about (a valid
@@ -177,7 +184,7 @@ class Intake:
         # back with its records, and the row is written again, failed (:meth:`_apply`).
         guard = None
         if prepared.carried is None and not prepared.envelope.hold:
-            guard = (fastpath.savepoint(conn, RECORDS_SAVEPOINT),)
+            guard = EarlySavepoint(fastpath.savepoint(conn, RECORDS_SAVEPOINT))
         stored, asked = self._first_read(conn, prepared, box)
         if stored is not None:
             if guard is not None:
@@ -276,13 +283,14 @@ class Intake:
     # ------------------------------------------------------------------------------ the body
     def _decide(self, conn: Connection, parsed: ParsedMessage, box: BoxConfig,
                 write: WriteRow, note: dict | None = None, ahead: Ahead | None = None,
-                asked: rows.Asked | None = None, guard=None) -> Delivery:
+                asked: rows.Asked | None = None, guard: EarlySavepoint | None = None
+                ) -> Delivery:
         """Decide, write the message row's outcome with ``write``, then the records.
         ``note``: a trace entry before the rules' (why a carrier was not unwrapped);
         ``ahead``: the decision made before the write lock, used if it still holds;
         ``asked``: answers to the rules' questions read with the message's first statement;
-        ``guard``: the records' savepoint, opened before the row is written (:meth:`store`)
-        - a 1-tuple of what :func:`fastpath.savepoint` returned - or None to open it after."""
+        ``guard``: the records' savepoint, opened before the row is written (:meth:`store`),
+        or None to open it after."""
         directory = self.directory.get(conn)
         decision = self._still_true(conn, ahead, box, directory, asked)
         try:
@@ -299,8 +307,7 @@ class Intake:
             message_id = write(ahead.row)   # the row as bound ahead, outcome and all
         else:
             message_id = write(self._processed(decision, note))
-        return self._apply(conn, message_id, decision, box, directory,
-                           None if guard is None else (guard, write))
+        return self._apply(conn, message_id, decision, box, directory, guard, write)
 
     def _still_true(self, conn: Connection, ahead: Ahead | None, box: BoxConfig,
                     directory: Directory, asked: rows.Asked | None = None
@@ -329,12 +336,13 @@ class Intake:
         return rows.seen_in(conn, box.address, asked.seen), DbRecords(conn, asked.spam)
 
     def _apply(self, conn: Connection, message_id: int, decision: Decision, box: BoxConfig,
-               directory: Directory, guarded: tuple | None = None) -> Delivery:
+               directory: Directory, guard: EarlySavepoint | None = None,
+               write: WriteRow | None = None) -> Delivery:
         """The decision's records and dedup keys; an executor that fails leaves the message
-        ``failed`` without any of them. ``guarded``: (the records' savepoint, opened before
-        the message's row was written; how to write that row) - then a failure rolls back
-        the row too, and it is written again with the failed outcome."""
-        outer = fastpath.savepoint(conn, RECORDS_SAVEPOINT) if guarded is None else guarded[0][0]
+        ``failed`` without any of them. ``guard``: the records' savepoint, opened before the
+        message's row was written by ``write`` - then a failure rolls back the row too, and
+        ``write`` writes it again with the failed outcome."""
+        outer = fastpath.savepoint(conn, RECORDS_SAVEPOINT) if guard is None else guard.outer
         try:
             stored = self.executor(conn, message_id, decision, directory)
             if decision.verdict != "DUPLICATE" and decision.dedup_keys:
@@ -349,10 +357,10 @@ class Intake:
                 raise
             fastpath.rollback_to(conn, RECORDS_SAVEPOINT, outer, release=True)
             outcome = self._failed("executor", error)
-            if guarded is None:
+            if guard is None:
                 rows.UPDATE_OUTCOME.execute(conn, {"message_pk": message_id, **outcome})
             else:
-                message_id = guarded[1](outcome)      # the row went with the savepoint
+                message_id = write(outcome)           # the row went with the savepoint
             return Delivery(box.address, message_id, "failed", None, None,
                             error=outcome["error"])
         return Delivery(box.address, message_id, "processed", decision.verdict, stored)
@@ -361,7 +369,8 @@ class Intake:
     def _store_new(self, conn: Connection, raw: bytes, sha256: str, parsed: ParsedMessage,
                    envelope: Envelope, box: BoxConfig, parent_id: int | None = None,
                    note: dict | None = None, listing=None, ahead: Ahead | None = None,
-                   asked: rows.Asked | None = None, guard=None) -> Delivery:
+                   asked: rows.Asked | None = None, guard: EarlySavepoint | None = None
+                   ) -> Delivery:
         return self._decide(conn, parsed, box, lambda outcome: self._insert(
             conn, raw, sha256, parsed, envelope, box, outcome, parent_id, listing=listing),
             note, ahead, asked, guard)
