@@ -30,9 +30,9 @@ _INSERT_ACTIVITY = Fast(insert(t.activities), (
     "message_id", "direction", "responsible_id", "type_id", "type_name", "scope", "subject",
     "text", "date", "contract_id", "order_id", "task_id", "ticket_id", "completed", "due",
     "original_filename"))
-_ACTIVITY_COLUMNS = _INSERT_ACTIVITY.keys
-_INSERT_ACTIVITIES: dict[int, Fast] = {}       # PostgreSQL: n rows in one statement, by n
-ACTIVITIES_AT_ONCE = 32         # rows per such INSERT: bounds the statements and their binds
+# PostgreSQL: a message's activities in INSERTs of column arrays (Fast.insert_rows) of at most
+# this many rows each: a message naming thousands of employees makes bounded statements
+ACTIVITIES_AT_ONCE = 32
 _INSERT_ACTIVITY_CONTACTS = Fast(insert(t.activity_contacts), ("activity_id", "contact_id"),
                                  many=True)
 _INSERT_ACTIVITY_COMPANIES = Fast(insert(t.activity_companies), ("activity_id", "company_id"),
@@ -71,24 +71,10 @@ def _store_activities(conn: Connection, message_id: int, actions: tuple[Activity
     made = [_activity_row(conn, message_id, a, directory) for a in actions]
     for start in range(0, len(made), ACTIVITIES_AT_ONCE):
         chunk = made[start:start + ACTIVITIES_AT_ONCE]
-        params = {f"{key}_{i}": row[key] for i, (_, row) in enumerate(chunk)
-                  for key in _ACTIVITY_COLUMNS}
-        # One INSERT ... VALUES takes its ids from the sequence row after row, in the order
-        # of its VALUES (RETURNING itself promises no order): the ids, sorted, are the rows'.
-        ids = sorted(row_id for (row_id,) in _insert_activities(len(chunk)).all(conn, params))
+        ids = _INSERT_ACTIVITY.insert_rows(conn, [row for _, row in chunk])
         for activity_id, (action, _) in zip(ids, chunk, strict=True):
             _link_activity(conn, activity_id, action, directory)
     return tuple(action for action, _ in made)
-
-
-def _insert_activities(n: int) -> Fast:
-    found = _INSERT_ACTIVITIES.get(n)
-    if found is None:
-        c = t.activities.c
-        found = _INSERT_ACTIVITIES[n] = Fast(insert(t.activities).values([
-            {key: bindparam(f"{key}_{i}", type_=c[key].type) for key in _ACTIVITY_COLUMNS}
-            for i in range(n)]).returning(c.id))
-    return found
 
 
 def _activity_row(conn: Connection, message_id: int, action: ActivityAction,

@@ -62,6 +62,70 @@ def test_a_batch_of_eight_costs_at_most_four_and_a_half_round_trips_per_message(
     assert sent["SAVEPOINT sink_records"] == 8 and sent["RELEASE SAVEPOINT sink_records"] == 8
     assert sent["INSERT INTO activities"] == 8            # two rows each, one statement
     assert counter.executes < sum(sent.values())
+    # the flush: each table's deferred rows in one statement of column arrays
+    for table in ("raw_messages", "dedup_keys", "activity_contacts"):
+        assert sent[f"INSERT INTO {table}"] == 1, sent
+    assert count(engine, t.raw_messages) == 16 and count(engine, t.dedup_keys) == 32
+
+
+def test_deferred_rows_sent_as_column_arrays_are_stored_exactly_and_in_order(pg_engine):
+    """The flush's one statement per table stores each row as its own INSERT would have:
+    NULLs, empty strings, bytes with NUL, non-ASCII text, booleans - and sorted rows
+    (``ordered``) in their sorted order."""
+    engine = pg_engine
+    message_id, other_id = _messages(engine, 2)
+    from sink.db.attachments import _INSERT as INSERT_ATTACHMENTS
+    made = [{"message_id": message_id, "position": i, "part": part, "name": name,
+             "content_type": "text/plain", "size": size, "sha256": str(i) * 64,
+             "content_id": cid, "inline": inline, "nested_subject": subject,
+             "defect": None if i < 3 else "truncated"}
+            for i, (part, name, size, inline, subject, cid) in enumerate((
+                ("1", "příloha.txt", 0, True, "", None), ("2", "", 7, False, None, "<a@b>"),
+                ("2.1", "x" * 255, 2**31 - 1, False, "Ünïcode ☃", "")), 1)]
+    keys = [{"box": "crm@firma.cz", "kind": kind, "digest": digest, "message_id": message_id}
+            for kind, digest in (("mid", "b" * 64), ("body", "a" * 64), ("mid", "a" * 64))]
+    with engine.begin() as conn, fastpath.deferring(conn):
+        INSERT_ATTACHMENTS.defer_many(conn, made)
+        rows.INSERT_DEDUP_KEYS.defer_many(conn, keys)
+        rows.INSERT_RAW.defer(conn, {"message_id": message_id, "content": b"a\x00b\xff"})
+        rows.INSERT_RAW.defer(conn, {"message_id": other_id, "content": b""})
+        fastpath.flush(conn)
+    a = t.attachments.c
+    with engine.connect() as conn:
+        stored = [dict(r._mapping) for r in conn.execute(
+            select(*(a[k] for k in made[0])).order_by(a.position))]
+        assert stored == made
+        r = t.raw_messages.c
+        assert dict(conn.execute(select(r.message_id, r.content)).all()) == \
+            {message_id: b"a\x00b\xff", other_id: b""}
+        # sent sorted: the rows' physical order is the sorted order of their values
+        order = conn.exec_driver_sql(
+            "SELECT kind, digest FROM dedup_keys WHERE message_id = %s ORDER BY ctid",
+            (message_id,)).all()
+    assert order == sorted((k["kind"], k["digest"]) for k in keys)
+
+
+def _messages(engine, n: int) -> list[int]:
+    """The ids of ``n`` stored messages, their raw bytes and dedup keys deleted."""
+    stored = store(Intake(engine), [make_mail(subject=f"Holder {i}") for i in range(n)])
+    with engine.begin() as conn:
+        conn.execute(t.dedup_keys.delete())
+        conn.execute(t.raw_messages.delete())
+    return [s.message_id for s in stored]
+
+
+def test_a_value_too_long_for_its_column_fails_the_flush_as_a_row_of_its_own_did(pg_engine):
+    """The arrays are cast to TEXT[], not to the column's VARCHAR(n)[]: such a CAST would cut
+    a too long value without a word; the INSERT's own assignment refuses it."""
+    engine = pg_engine
+    [message_id] = _messages(engine, 1)
+    too_long = [{"box": "crm@firma.cz", "kind": "k" * 21, "digest": f"{i}" * 64,
+                 "message_id": message_id} for i in range(2)]
+    with pytest.raises(sa_exc.DataError, match="too long"):
+        with engine.begin() as conn, fastpath.deferring(conn):
+            rows.INSERT_DEDUP_KEYS.defer_many(conn, too_long)
+            fastpath.flush(conn)
+    assert count(engine, t.dedup_keys) == 0
 
 
 def test_a_savepoint_released_with_nothing_inside_sends_nothing(pg_engine):

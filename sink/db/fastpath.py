@@ -23,7 +23,10 @@ instead of one execute per row. On PostgreSQL that is one psycopg pipeline (one 
 instead of a round trip per row; on SQLite it saves the Python of ~6 executes per 4 KB
 message (issue 16). A deferred row belongs to the
 savepoints open when it was asked for: rolling one back drops it too, so it never outlives the
-message it was written for.
+message it was written for. On PostgreSQL a statement's deferred rows go as ONE statement that
+takes each column as an array (:meth:`Fast.insert_columns`): psycopg's executemany costs
+~35 us of client CPU per row (a prepared execute and a poll of the socket each), the arrays
+~5 (issue 16).
 
 Queued commands (PostgreSQL batches, issue 16): a command without parameters whose answer
 nobody reads - SAVEPOINT, RELEASE, the batch's advisory locks - is not sent on its own (a round
@@ -48,7 +51,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import event, exc as sa_exc
+from sqlalchemy import bindparam, event, exc as sa_exc, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
@@ -77,6 +80,8 @@ class Fast:
         # inserting the same unique keys then lock them in one order and cannot deadlock.
         self.ordered = ordered
         self._by_dialect: dict[str, _Compiled] = {}
+        self._as_columns: _Columns | None | bool = False     # False: not looked at yet
+        self._values_of: dict[int, Fast] = {}                # insert_rows: n rows -> VALUES
 
     # ------------------------------------------------------------------------------ compile
     def _compiled(self, conn: Connection) -> _Compiled:
@@ -194,10 +199,74 @@ class Fast:
 
     def _send_deferred(self, conn: Connection, rows: list[Mapping[str, Any]]) -> None:
         c = self._compiled(conn)
+        if len(rows) > 1 and self._columns(conn) is not None:
+            self._insert_columns(conn, c, rows)
+            return
         bound = [self._bind(c, row) for row in rows]
         if self.ordered:
             bound.sort(key=tuple if c.positional else lambda row: tuple(row.values()))
         _send(conn, c, bound, pipeline=len(bound) > 1)   # a pipeline of one costs a sync more
+
+    # ------------------------------------------------------------------ rows as column arrays
+    def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """INSERT ``rows`` (PostgreSQL: in one statement) and return their new integer
+        primary keys, in the order of ``rows``."""
+        if len(rows) < 2 or self._columns(conn) is None:
+            return [self.insert(conn, row) for row in rows]
+        c = self._compiled(conn)
+        # The rows are inserted in the order of the VALUES, or of the arrays, each taking its
+        # id from the sequence as it is: ids ascend with the rows. RETURNING itself promises
+        # no order, so the ids are sorted.
+        if len(rows) * len(c.names) <= PSYCOPG_CACHED_PARAMS:
+            params = {f"{name}_{i}": value for i, row in enumerate(rows)
+                      for name, value in zip(c.names, c.take(row))}   # bound by that statement
+            found = self._rows_statement(len(rows), c.names).all(conn, params)
+        else:
+            found = self._insert_columns(conn, c, rows, returning=True)
+        return sorted(row_id for (row_id,) in found)
+
+    def _rows_statement(self, n: int, names: tuple[str, ...]) -> "Fast":
+        """INSERT ... VALUES of ``n`` rows, RETURNING the primary key (values bound already)."""
+        found = self._values_of.get(n)
+        if found is None:
+            table = self.statement.table
+            key, = table.primary_key.columns
+            found = self._values_of[n] = Fast(insert(table).values([
+                {name: bindparam(f"{name}_{i}", type_=table.c[name].type) for name in names}
+                for i in range(n)]).returning(key))
+        return found
+
+    def _columns(self, conn: Connection) -> "_Columns | None":
+        """The statement as one INSERT of column arrays, for PostgreSQL, or None (another
+        database, or a statement it does not fit: see :func:`_columns_of`)."""
+        if conn.dialect.name != "postgresql":
+            return None
+        if self._as_columns is False:
+            self._as_columns = _columns_of(self, conn)
+        return self._as_columns
+
+    def _insert_columns(self, conn: Connection, c: _Compiled, rows, *, returning=False):
+        cols = self._columns(conn)
+        values = [self._values(c, row) for row in rows]
+        if self.ordered:
+            values.sort()
+        arrays = [list(column) for column in zip(*values)]
+        sql = cols.returning if returning else cols.sql
+        cursor = _cursor(conn)
+        send_queued(conn)
+        try:
+            cursor.execute(sql, arrays)
+        except c.error as error:
+            _raise(conn, sql, (), error)
+        return cursor.fetchall() if returning else None
+
+    def _values(self, c: _Compiled, params: Mapping[str, Any]) -> tuple:
+        values = c.take(params)
+        if c.processed:
+            values = list(values)
+            for i, processor in c.processed:
+                values[i] = processor(values[i])
+        return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -206,6 +275,67 @@ class Bound:
     statement: Fast
     dialect: str
     values: Any
+
+
+@dataclass(frozen=True)
+class _Columns:
+    sql: str                        # INSERT INTO t (a, b) SELECT * FROM unnest(%b, %b)
+    returning: str                  # the same, RETURNING id
+
+
+# psycopg converts a statement's placeholders once and keeps the result only for a statement of
+# at most this many parameters (psycopg._queries.MAX_CACHED_STATEMENT_PARAMS); above, it parses
+# the SQL again on every execute (~500 us for 64). Below, the arrays' dumping (~6 us a column)
+# costs more than a VALUES row's scalars.
+PSYCOPG_CACHED_PARAMS = 50
+
+# The column types an array can carry as psycopg dumps them (binary), each cast to the base
+# type: a string to TEXT, so that a value too long for its column fails the INSERT as it did
+# (a CAST to VARCHAR(n) would cut it without a word).
+_ARRAY_TYPES = (("LargeBinary", "BYTEA"), ("Boolean", "BOOLEAN"), ("BigInteger", "BIGINT"),
+                ("Integer", "BIGINT"), ("String", "TEXT"), ("DateTime", None))
+
+
+def _columns_of(fast: Fast, conn: Connection) -> _Columns | None:
+    """``INSERT INTO t (cols) SELECT * FROM unnest(CAST(%b AS T[]), ...)``: every row in one
+    statement of one parameter per column, whatever the number of rows - one prepared
+    statement, where a multi-row VALUES is another statement per row count (and psycopg
+    parses one of over 50 parameters again on every execute). None for a statement that is
+    not a plain INSERT of its table's columns, or has a column type not in _ARRAY_TYPES."""
+    statement = fast.statement
+    if not isinstance(statement, Insert) or statement._values or statement._returning:
+        return None
+    c = fast._compiled(conn)
+    table = statement.table
+    casts = []
+    for name in c.names:
+        if name not in table.c:
+            return None
+        column = table.c[name]
+        cast = _array_type(column, conn)
+        if cast is None:
+            return None
+        casts.append(f"CAST(%b AS {cast}[])")
+    quote = conn.dialect.identifier_preparer
+    sql = (f"INSERT INTO {quote.format_table(table)} "
+           f"({', '.join(quote.format_column(table.c[n]) for n in c.names)}) "
+           f"SELECT * FROM unnest({', '.join(casts)})")
+    key = [col for col in table.primary_key.columns]
+    returning = f"{sql} RETURNING {quote.format_column(key[0])}" if len(key) == 1 else sql
+    return _Columns(sql, returning)
+
+
+def _array_type(column, conn: Connection) -> str | None:
+    kind = column.type
+    if any(cls.__name__ == "Enum" for cls in type(kind).__mro__):
+        return None                 # a String, but no TEXT is assigned to a native enum
+    for cls in type(kind).__mro__:
+        for name, sql in _ARRAY_TYPES:
+            if cls.__name__ == name:
+                if name == "DateTime":
+                    return "TIMESTAMP WITH TIME ZONE" if kind.timezone else "TIMESTAMP"
+                return sql
+    return None
 
 
 def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[str, Any]
