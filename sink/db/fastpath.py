@@ -18,15 +18,17 @@ Only for the hot path of storage; everything else goes through ``Connection.exec
 
 Deferred rows (:func:`deferring`, a storage batch): an INSERT nobody in the transaction
 reads back and whose id nobody needs (raw bytes, attachments, dedup keys, activity links) is
-kept in memory and sent at :func:`flush` - one ``executemany`` per statement per batch
-instead of one execute per row. On PostgreSQL that is one psycopg pipeline (one round trip)
-instead of a round trip per row; on SQLite it saves the Python of ~6 executes per 4 KB
-message (issue 16). A deferred row belongs to the
-savepoints open when it was asked for: rolling one back drops it too, so it never outlives the
-message it was written for. On PostgreSQL a statement's deferred rows go as ONE statement that
-takes each column as an array (:meth:`Fast.insert_columns`): psycopg's executemany costs
-~35 us of client CPU per row (a prepared execute and a poll of the socket each), the arrays
-~5 (issue 16).
+kept in memory and sent at :func:`flush`, all the rows of a statement together, instead of
+one execute per row:
+
+- on PostgreSQL as ONE statement that takes each column as an array (``INSERT ... SELECT *
+  FROM unnest(...)``, :func:`_columns_of`), every table's in one pipeline (one round trip).
+  psycopg's executemany costs ~35 us of client CPU per row (a prepared execute and a poll of
+  the socket each); the arrays ~6 us per column (issue 16, ``python -m bench.pg_flush``);
+- on SQLite as one ``executemany``: it saves the Python of ~6 executes per 4 KB message.
+
+A deferred row belongs to the savepoints open when it was asked for: rolling one back drops it
+too, so it never outlives the message it was written for.
 
 Queued commands (PostgreSQL batches, issue 16): a command without parameters whose answer
 nobody reads - SAVEPOINT, RELEASE, the batch's advisory locks - is not sent on its own (a round
@@ -124,14 +126,8 @@ class Fast:
 
     # ------------------------------------------------------------------------------ run
     def _bind(self, c: _Compiled, params: Mapping[str, Any]):
-        # the per-row cost of every statement: one C-level lookup of all values, then only
-        # the processors there are (JSON, DateTime on SQLite, ...)
-        values = c.take(params)
-        if c.processed:
-            values = list(values)
-            for i, processor in c.processed:
-                values[i] = processor(values[i])
-        return tuple(values) if c.positional else dict(zip(c.names, values))
+        values = self._values(c, params)
+        return values if c.positional else dict(zip(c.names, values))
 
     def _run(self, conn: Connection, params: Mapping[str, Any]):
         c = self._by_dialect.get(conn.dialect.name) or self._compiled(conn)
@@ -211,7 +207,8 @@ class Fast:
     def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
         """INSERT ``rows`` (PostgreSQL: in one statement) and return their new integer
         primary keys, in the order of ``rows``."""
-        if len(rows) < 2 or self._columns(conn) is None:
+        columns = self._columns(conn)
+        if len(rows) < 2 or columns is None or columns.returning is None:
             return [self.insert(conn, row) for row in rows]
         c = self._compiled(conn)
         # The rows are inserted in the order of the VALUES, or of the arrays, each taking its
@@ -260,7 +257,11 @@ class Fast:
             _raise(conn, sql, (), error)
         return cursor.fetchall() if returning else None
 
-    def _values(self, c: _Compiled, params: Mapping[str, Any]) -> tuple:
+    @staticmethod
+    def _values(c: _Compiled, params: Mapping[str, Any]) -> tuple:
+        """One row's values in the statement's order, through the dialect's processors (the
+        per-row cost of every statement: one C-level lookup of all values, then only the
+        processors there are: JSON, DateTime on SQLite, ...)."""
         values = c.take(params)
         if c.processed:
             values = list(values)
@@ -280,7 +281,7 @@ class Bound:
 @dataclass(frozen=True)
 class _Columns:
     sql: str                        # INSERT INTO t (a, b) SELECT * FROM unnest(%b, %b)
-    returning: str                  # the same, RETURNING id
+    returning: str | None           # the same, RETURNING its one-column primary key
 
 
 # psycopg converts a statement's placeholders once and keeps the result only for a statement of
@@ -303,7 +304,7 @@ def _columns_of(fast: Fast, conn: Connection) -> _Columns | None:
     parses one of over 50 parameters again on every execute). None for a statement that is
     not a plain INSERT of its table's columns, or has a column type not in _ARRAY_TYPES."""
     statement = fast.statement
-    if not isinstance(statement, Insert) or statement._values or statement._returning:
+    if not isinstance(statement, Insert) or fast.keys is None:   # its own VALUES, RETURNING
         return None
     c = fast._compiled(conn)
     table = statement.table
@@ -312,7 +313,7 @@ def _columns_of(fast: Fast, conn: Connection) -> _Columns | None:
         if name not in table.c:
             return None
         column = table.c[name]
-        cast = _array_type(column, conn)
+        cast = _array_type(column)
         if cast is None:
             return None
         casts.append(f"CAST(%b AS {cast}[])")
@@ -320,12 +321,12 @@ def _columns_of(fast: Fast, conn: Connection) -> _Columns | None:
     sql = (f"INSERT INTO {quote.format_table(table)} "
            f"({', '.join(quote.format_column(table.c[n]) for n in c.names)}) "
            f"SELECT * FROM unnest({', '.join(casts)})")
-    key = [col for col in table.primary_key.columns]
-    returning = f"{sql} RETURNING {quote.format_column(key[0])}" if len(key) == 1 else sql
+    key = list(table.primary_key.columns)
+    returning = f"{sql} RETURNING {quote.format_column(key[0])}" if len(key) == 1 else None
     return _Columns(sql, returning)
 
 
-def _array_type(column, conn: Connection) -> str | None:
+def _array_type(column) -> str | None:
     kind = column.type
     if any(cls.__name__ == "Enum" for cls in type(kind).__mro__):
         return None                 # a String, but no TEXT is assigned to a native enum
@@ -449,8 +450,9 @@ def deferring(conn: Connection):
 
 
 def flush(conn: Connection) -> None:
-    """Send every deferred row: one executemany per statement, statements in the order they
-    were first asked for (a row is never sent before one it refers to)."""
+    """Send every deferred row: a statement's rows together (see the module's docstring), the
+    statements in the order they were first asked for (a row is never sent before one it
+    refers to)."""
     state = _deferred(conn)
     if state is None:
         return

@@ -29,7 +29,7 @@ SQLite gets one writer (it has one write lock anyway); PostgreSQL may use severa
 own batches and connection. There, per batch (issue 16):
 
 - the rows nobody reads back in the transaction (raw bytes, attachments, activity links, dedup
-  keys) are deferred and sent as one executemany per table just before COMMIT
+  keys) are deferred and sent as one INSERT of column arrays per table just before COMMIT
   (:func:`sink.db.fastpath.deferring`); a message's savepoint rolled back drops its rows too;
 - two workers never wait for each other in a circle: a batch first locks its messages in one
   order (:func:`_lock_in_order`), and the dedup keys are sent sorted; a flush that still loses
