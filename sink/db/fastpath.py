@@ -438,11 +438,14 @@ def deferring(conn: Connection):
     """Within the block, ``Fast.defer``/``defer_many`` on ``conn`` keep their rows until
     :func:`flush`; the caller flushes before it commits (rows not flushed are dropped)."""
     engine = conn.engine
-    if not getattr(engine, "_sink_sends_queued", False):     # once per engine
+    queues = conn.dialect.name == "postgresql"
+    # only where commands are queued: elsewhere the event would be a call per statement with
+    # nothing to send
+    if queues and not getattr(engine, "_sink_sends_queued", False):     # once per engine
         event.listen(engine, "before_cursor_execute", before_cursor_execute)
         engine._sink_sends_queued = True
     info = conn.connection.info
-    info[_DEFERRED] = _Deferred(conn.dialect.name == "postgresql")
+    info[_DEFERRED] = _Deferred(queues)
     try:
         yield
     finally:
