@@ -105,6 +105,29 @@ def test_deferred_rows_sent_as_column_arrays_are_stored_exactly_and_in_order(pg_
     assert order == sorted((k["kind"], k["digest"]) for k in keys)
 
 
+def test_column_arrays_hold_a_bounded_number_of_bytes_each(pg_engine, monkeypatch):
+    """A batch may hold 64 MB of raw messages below the streaming size; one array of all of
+    them would be built whole in memory, and again in libpq's buffer. The rows go in
+    statements of at most COLUMNS_AT_ONCE_BYTES each (here 20 bytes: three rows of 12)."""
+    engine = pg_engine
+    monkeypatch.setattr(fastpath, "COLUMNS_AT_ONCE_BYTES", 20)
+    ids = _messages(engine, 3)
+    counter = Counter()
+    with engine.begin() as conn, fastpath.deferring(conn):
+        for i, message_id in enumerate(ids):
+            rows.INSERT_RAW.defer(conn, {"message_id": message_id, "content": bytes([i]) * 12})
+        counter.install()
+        try:
+            fastpath.flush(conn)
+        finally:
+            counter.uninstall()
+    assert counter.statements["INSERT INTO raw_messages"] == 3
+    r = t.raw_messages.c
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(r.message_id, r.content)).all()) == \
+            {message_id: bytes([i]) * 12 for i, message_id in enumerate(ids)}
+
+
 def _messages(engine, n: int) -> list[int]:
     """The ids of ``n`` stored messages, their raw bytes and dedup keys deleted."""
     stored = store(Intake(engine), [make_mail(subject=f"Holder {i}") for i in range(n)])

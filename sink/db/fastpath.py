@@ -244,18 +244,23 @@ class Fast:
 
     def _insert_columns(self, conn: Connection, c: _Compiled, rows, *, returning=False):
         cols = self._columns(conn)
-        values = [self._values(c, row) for row in rows]
+        # each row with its size, counted on the values as given (a bind processor may wrap
+        # bytes: psycopg.Binary)
+        values = [(self._values(c, row), _size(c.take(row))) for row in rows]
         if self.ordered:
-            values.sort()
-        arrays = [list(column) for column in zip(*values)]
+            values.sort(key=operator.itemgetter(0))
         sql = cols.returning if returning else cols.sql
         cursor = _cursor(conn)
         send_queued(conn)
-        try:
-            cursor.execute(sql, arrays)
-        except c.error as error:
-            _raise(conn, sql, (), error)
-        return cursor.fetchall() if returning else None
+        found = []
+        for chunk in _by_size(values):
+            try:
+                cursor.execute(sql, [list(column) for column in zip(*chunk)])
+            except c.error as error:
+                _raise(conn, sql, (), error)
+            if returning:
+                found += cursor.fetchall()
+        return found
 
     @staticmethod
     def _values(c: _Compiled, params: Mapping[str, Any]) -> tuple:
@@ -324,6 +329,30 @@ def _columns_of(fast: Fast, conn: Connection) -> _Columns | None:
     key = list(table.primary_key.columns)
     returning = f"{sql} RETURNING {quote.format_column(key[0])}" if len(key) == 1 else None
     return _Columns(sql, returning)
+
+
+# An array parameter is built whole in memory, and copied whole into libpq's output buffer: the
+# rows of one statement hold at most this many bytes of values (a batch may hold 64 MB of raw
+# messages below STREAM_RAW_FROM), the rest go in the statements after it.
+COLUMNS_AT_ONCE_BYTES = 4 * 1024 * 1024
+
+
+def _size(row: tuple) -> int:
+    return sum(len(v) for v in row if isinstance(v, (bytes, str)))
+
+
+def _by_size(values: list[tuple[tuple, int]]) -> Iterable[list[tuple]]:
+    """The rows of ``(row, its size)`` in consecutive runs of at most COLUMNS_AT_ONCE_BYTES
+    (a row larger than that alone)."""
+    chunk, size = [], 0
+    for row, weight in values:
+        if chunk and size + weight > COLUMNS_AT_ONCE_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += weight
+    if chunk:
+        yield chunk
 
 
 def _array_type(column) -> str | None:
