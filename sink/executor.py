@@ -30,8 +30,8 @@ _INSERT_ACTIVITY = Fast(insert(t.activities), (
     "message_id", "direction", "responsible_id", "type_id", "type_name", "scope", "subject",
     "text", "date", "contract_id", "order_id", "task_id", "ticket_id", "completed", "due",
     "original_filename"))
-# PostgreSQL: a message's activities in INSERTs of column arrays (Fast.insert_rows) of at most
-# this many rows each: a message naming thousands of employees makes bounded statements
+# PostgreSQL: a message's activities in INSERTs (Fast.insert_rows: VALUES, or column arrays) of
+# at most this many rows each - a message naming thousands of employees makes bounded statements
 ACTIVITIES_AT_ONCE = 32
 _INSERT_ACTIVITY_CONTACTS = Fast(insert(t.activity_contacts), ("activity_id", "contact_id"),
                                  many=True)
