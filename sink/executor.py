@@ -30,9 +30,6 @@ _INSERT_ACTIVITY = Fast(insert(t.activities), (
     "message_id", "direction", "responsible_id", "type_id", "type_name", "scope", "subject",
     "text", "date", "contract_id", "order_id", "task_id", "ticket_id", "completed", "due",
     "original_filename"))
-# PostgreSQL: a message's activities in INSERTs (Fast.insert_rows: VALUES, or column arrays) of
-# at most this many rows each - a message naming thousands of employees makes bounded statements
-ACTIVITIES_AT_ONCE = 32
 _INSERT_ACTIVITY_CONTACTS = Fast(insert(t.activity_contacts), ("activity_id", "contact_id"),
                                  many=True)
 _INSERT_ACTIVITY_COMPANIES = Fast(insert(t.activity_companies), ("activity_id", "company_id"),
@@ -53,27 +50,17 @@ def apply(conn: Connection, message_id: int, decision: Decision,
     return replace(decision, **changed) if changed else decision    # (most: as decided)
 
 
-def _store_activity(conn: Connection, message_id: int, action: ActivityAction,
-                    directory: Directory) -> ActivityAction:
-    action, row = _activity_row(conn, message_id, action, directory)
-    _link_activity(conn, _INSERT_ACTIVITY.insert(conn, row), action, directory)
-    return action
-
-
 def _store_activities(conn: Connection, message_id: int, actions: tuple[ActivityAction, ...],
                       directory: Directory) -> tuple[ActivityAction, ...]:
-    """Every activity of a message. On PostgreSQL two or more go in one INSERT (one round
-    trip instead of one each: a 4 KB message makes 1.4 on the bench load, issue 16); what
-    each reads first (its ticket, its task) reads no activity, so reading them all before
-    the insert reads what reading each before its own insert did."""
-    if len(actions) < 2 or conn.dialect.name != "postgresql":
-        return tuple(_store_activity(conn, message_id, a, directory) for a in actions)
+    """Every activity of a message, in one INSERT where the database takes one
+    (:meth:`Fast.insert_rows`: PostgreSQL, one round trip instead of one each - a 4 KB message
+    makes 1.4 on the bench load, issue 16). What each reads first (its ticket, its task) reads
+    no activity, so reading them all before the insert reads what reading each before its own
+    insert did."""
     made = [_activity_row(conn, message_id, a, directory) for a in actions]
-    for start in range(0, len(made), ACTIVITIES_AT_ONCE):
-        chunk = made[start:start + ACTIVITIES_AT_ONCE]
-        ids = _INSERT_ACTIVITY.insert_rows(conn, [row for _, row in chunk])
-        for activity_id, (action, _) in zip(ids, chunk, strict=True):
-            _link_activity(conn, activity_id, action, directory)
+    ids = _INSERT_ACTIVITY.insert_rows(conn, [row for _, row in made])
+    for activity_id, (action, _) in zip(ids, made, strict=True):
+        _link_activity(conn, activity_id, action, directory)
     return tuple(action for action, _ in made)
 
 

@@ -340,18 +340,18 @@ def test_only_a_sender_the_spam_filter_asks_about_and_the_database_takes_is_aske
         assert _askable(dataclasses.replace(parsed, sender=sender, sender_valid=valid)) is None
 
 
-@pytest.mark.parametrize("at_once", [None, 3])
-def test_a_messages_activities_in_one_insert_each_get_their_own_links(engine, at_once,
+@pytest.mark.parametrize("cached_params", [None, 64])
+def test_a_messages_activities_in_one_insert_each_get_their_own_links(engine, cached_params,
                                                                       monkeypatch):
-    """PostgreSQL writes two or more activities of a message in one INSERT (one round trip;
-    ``at_once`` 3: the four in two INSERTs, as a message with more than ACTIVITIES_AT_ONCE
-    goes) and gives each its links by the order of the ids it returned: every activity keeps
-    its own responsible user, contacts and companies, in the order decided - as one insert
-    each does (SQLite, and the test's run on it)."""
-    from sink import executor
+    """PostgreSQL writes two or more activities of a message in one INSERT (one round trip:
+    the four as column arrays, 64 parameters being more than psycopg caches; with
+    ``cached_params`` 64, as one VALUES of four rows) and gives each its links by the order of
+    the ids it returned: every activity keeps its own responsible user, contacts and
+    companies, in the order decided - as one insert each does (SQLite, and the test's run on
+    it)."""
     from sink.db.directory_store import load_directory
-    if at_once:
-        monkeypatch.setattr(executor, "ACTIVITIES_AT_ONCE", at_once)
+    if cached_params:
+        monkeypatch.setattr(fastpath, "PSYCOPG_CACHED_PARAMS", cached_params)
     from sink.pipeline.decision import ActivityAction, Decision
     [first] = store(Intake(engine), [make_mail(subject="Carrier of three")])
     people = [("bob@firma.cz", ("jan@acme.cz",), ("ACME",)),

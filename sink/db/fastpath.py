@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import bindparam, event, exc as sa_exc, insert
+from sqlalchemy import bindparam, event, exc as sa_exc, insert, types as sa_types
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
@@ -83,7 +83,7 @@ class Fast:
         self.ordered = ordered
         self._by_dialect: dict[str, _Compiled] = {}
         self._as_columns: _Columns | None | bool = False     # False: not looked at yet
-        self._values_of: dict[int, Fast] = {}                # insert_rows: n rows -> VALUES
+        self._rows_statements: dict[int, Fast] = {}          # insert_rows: n -> VALUES of n
 
     # ------------------------------------------------------------------------------ compile
     def _compiled(self, conn: Connection) -> _Compiled:
@@ -126,7 +126,7 @@ class Fast:
 
     # ------------------------------------------------------------------------------ run
     def _bind(self, c: _Compiled, params: Mapping[str, Any]):
-        values = self._values(c, params)
+        values = _processed(c, c.take(params))
         return values if c.positional else dict(zip(c.names, values))
 
     def _run(self, conn: Connection, params: Mapping[str, Any]):
@@ -205,8 +205,9 @@ class Fast:
 
     # ------------------------------------------------------------------ rows as column arrays
     def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-        """INSERT ``rows`` (PostgreSQL: in one statement) and return their new integer
-        primary keys, in the order of ``rows``."""
+        """INSERT ``rows`` and return their new integer primary keys, in the order of
+        ``rows``: on PostgreSQL in one statement (or one per COLUMNS_AT_ONCE_BYTES), elsewhere
+        one by one."""
         columns = self._columns(conn)
         if len(rows) < 2 or columns is None or columns.returning is None:
             return [self.insert(conn, row) for row in rows]
@@ -224,11 +225,11 @@ class Fast:
 
     def _rows_statement(self, n: int, names: tuple[str, ...]) -> "Fast":
         """INSERT ... VALUES of ``n`` rows, RETURNING the primary key (values bound already)."""
-        found = self._values_of.get(n)
+        found = self._rows_statements.get(n)
         if found is None:
             table = self.statement.table
             key, = table.primary_key.columns
-            found = self._values_of[n] = Fast(insert(table).values([
+            found = self._rows_statements[n] = Fast(insert(table).values([
                 {name: bindparam(f"{name}_{i}", type_=table.c[name].type) for name in names}
                 for i in range(n)]).returning(key))
         return found
@@ -246,7 +247,7 @@ class Fast:
         cols = self._columns(conn)
         # each row with its size, counted on the values as given (a bind processor may wrap
         # bytes: psycopg.Binary)
-        values = [(self._values(c, row), _size(c.take(row))) for row in rows]
+        values = [(_processed(c, taken), _size(taken)) for taken in map(c.take, rows)]
         if self.ordered:
             values.sort(key=operator.itemgetter(0))
         sql = cols.returning if returning else cols.sql
@@ -261,18 +262,6 @@ class Fast:
             if returning:
                 found += cursor.fetchall()
         return found
-
-    @staticmethod
-    def _values(c: _Compiled, params: Mapping[str, Any]) -> tuple:
-        """One row's values in the statement's order, through the dialect's processors (the
-        per-row cost of every statement: one C-level lookup of all values, then only the
-        processors there are: JSON, DateTime on SQLite, ...)."""
-        values = c.take(params)
-        if c.processed:
-            values = list(values)
-            for i, processor in c.processed:
-                values[i] = processor(values[i])
-        return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -297,9 +286,11 @@ PSYCOPG_CACHED_PARAMS = 50
 
 # The column types an array can carry as psycopg dumps them (binary), each cast to the base
 # type: a string to TEXT, so that a value too long for its column fails the INSERT as it did
-# (a CAST to VARCHAR(n) would cut it without a word).
-_ARRAY_TYPES = (("LargeBinary", "BYTEA"), ("Boolean", "BOOLEAN"), ("BigInteger", "BIGINT"),
-                ("Integer", "BIGINT"), ("String", "TEXT"), ("DateTime", None))
+# (a CAST to VARCHAR(n) would cut it without a word). In this order: an Enum is a String, but
+# no TEXT is assigned to a native enum; a BigInteger is an Integer.
+_ARRAY_TYPES = ((sa_types.Enum, None), (sa_types.LargeBinary, "BYTEA"),
+                (sa_types.Boolean, "BOOLEAN"), (sa_types.Integer, "BIGINT"),
+                (sa_types.String, "TEXT"))
 
 
 def _columns_of(fast: Fast, conn: Connection) -> _Columns | None:
@@ -317,8 +308,7 @@ def _columns_of(fast: Fast, conn: Connection) -> _Columns | None:
     for name in c.names:
         if name not in table.c:
             return None
-        column = table.c[name]
-        cast = _array_type(column)
+        cast = _array_type(table.c[name].type)
         if cast is None:
             return None
         casts.append(f"CAST(%b AS {cast}[])")
@@ -355,17 +345,25 @@ def _by_size(values: list[tuple[tuple, int]]) -> Iterable[list[tuple]]:
         yield chunk
 
 
-def _array_type(column) -> str | None:
-    kind = column.type
-    if any(cls.__name__ == "Enum" for cls in type(kind).__mro__):
-        return None                 # a String, but no TEXT is assigned to a native enum
-    for cls in type(kind).__mro__:
-        for name, sql in _ARRAY_TYPES:
-            if cls.__name__ == name:
-                if name == "DateTime":
-                    return "TIMESTAMP WITH TIME ZONE" if kind.timezone else "TIMESTAMP"
-                return sql
+def _array_type(kind) -> str | None:
+    if isinstance(kind, sa_types.DateTime):
+        return "TIMESTAMP WITH TIME ZONE" if kind.timezone else "TIMESTAMP"
+    for cls, sql in _ARRAY_TYPES:
+        if isinstance(kind, cls):
+            return sql
     return None
+
+
+def _processed(c: _Compiled, values: tuple) -> tuple:
+    """One row's values (``c.take``: one C-level lookup of all of them) through the dialect's
+    processors - only those there are (JSON, DateTime on SQLite, ...): the per-row cost of
+    every statement."""
+    if c.processed:
+        values = list(values)
+        for i, processor in c.processed:
+            values[i] = processor(values[i])
+        return tuple(values)
+    return values
 
 
 def _taker(names: tuple[str, ...], fixed: Mapping[str, Any], defaults: Mapping[str, Any]
