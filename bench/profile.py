@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--out", default=str(ROOT / "docs" / "bench"))
     args = p.parse_args(argv)
+    # Made before the run, not after it: a missing --out directory lost a whole profile.
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.server.startswith("dovecot"):
         raise SystemExit("py-spy samples Python processes; Dovecot is not one (use perf)")
     if not shutil.which("py-spy"):
