@@ -139,10 +139,13 @@ def test_compare_ratios_are_taken_inside_each_round_and_old_results_still_render
     assert _round_ratio(rounds, "4k-1", "sqlite", "dovecot") == 0.55
     assert _round_ratio(rounds, "4k-1", "sqlite", None) is None
     table = md_compare({"summary": [
-        _row("dovecot", 800, delivered=100, delivered_mismatch=0),
-        _row("sqlite", 440, ratio=0.3, ratio_dovecot=0.55),
+        _row("dovecot", 800, delivered=100, delivered_mismatch=0, exhausted=1),
+        _row("sqlite", 440, ratio=0.3, ratio_dovecot=0.55, exhausted=0),
         _row("postgres", 300, ratio=0.2)]})                 # a row written before Dovecot
     header, _, dovecot_row, sqlite_row, postgres_row, *notes = table.splitlines()
+    # a run that ran out of corpus measured a drain: said under the table, for that row only
+    short = [n for n in notes if n.startswith("**Ran out of corpus**")]
+    assert len(short) == 1 and short[0].endswith(": dovecot 4k-1 in 1 of 1 runs.")
     assert header.split(" | ")[3:5] == ["× dovecot", "× bare"]
     assert sqlite_row.split(" | ")[3:5] == ["0.55", "0.30"]
     assert postgres_row.split(" | ")[3:5] == ["", "0.20"]
