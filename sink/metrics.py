@@ -20,8 +20,11 @@ time (cached for :data:`DB_CACHE_SECONDS`), so every instance sharing it reports
   {source}`` from the database; ``sink_worker_restarts_total``; ``sink_suspended`` (0/1).
 
 ``/healthz`` is 200 when every listener accepts, the storage has a worker running (or stores
-in this process) and the database answered the suspension poll within
-:data:`HEALTHY_POLL_AGE` seconds; otherwise 503 with the reasons, one a line.
+in this process), the database answered the suspension poll within
+:data:`HEALTHY_POLL_AGE` seconds, and the storage has not answered nothing but 4xx for more
+than a minute (:meth:`sink.operations.Ops.deferring_problem`: a database file deleted under
+us, a full disk, a database that takes connections but no writes - the poll still reads);
+otherwise 503 with the reasons, one a line.
 """
 
 from __future__ import annotations
@@ -159,6 +162,9 @@ def health_problems(app) -> list[str]:
     last = app.suspension.last_read
     if last is None or time.monotonic() - last > HEALTHY_POLL_AGE:
         problems.append("database: not answering")
+    deferring = app.ops.deferring_problem()
+    if deferring:
+        problems.append(deferring)
     return problems
 
 

@@ -27,6 +27,7 @@ class Ops:
         self.clock = clock
         self.deferring_since: float | None = None        # monotonic, first 4xx of a streak
         self.deferring_wall: datetime | None = None
+        self.deferring_reason: str | None = None
         self.deferring_reported = False
 
     def refused_suspended(self) -> str:
@@ -45,8 +46,21 @@ class Ops:
         if transient:
             self._deferred(str(transient[0]))
         else:
-            self.deferring_since = self.deferring_wall = None
+            self.deferring_since = self.deferring_wall = self.deferring_reason = None
             self.deferring_reported = False
+
+    def deferring_problem(self) -> str | None:
+        """What ``/healthz`` says while storage has answered nothing but 4xx for more than
+        DEFERRING_ALERT_AFTER (the streak the ``storage_deferring`` mail reports; the next
+        stored message ends it): listeners that accept in front of a storage that answers
+        451 to every message are not healthy. None otherwise: a single 451 before a quiet
+        night is no outage."""
+        # (read from the metrics thread while the loop may end the streak: one read each)
+        reported, wall, reason = (self.deferring_reported, self.deferring_wall,
+                                  self.deferring_reason)
+        if not reported or wall is None:
+            return None
+        return f"storage: answering 4xx since {wall:%Y-%m-%d %H:%M:%S} UTC ({reason})"
 
     def _failed(self, outcome) -> None:
         if isinstance(outcome, BaseException) or outcome.already_stored:
@@ -65,6 +79,7 @@ class Ops:
 
     def _deferred(self, reason: str) -> None:
         now = self.clock()
+        self.deferring_reason = reason
         if self.deferring_since is None:
             self.deferring_since = now
             self.deferring_wall = datetime.now(timezone.utc)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.error
 import urllib.request
 
@@ -193,3 +194,38 @@ def test_a_failed_message_is_mailed_with_what_to_run(engine, db_url, relay):  # 
         asyncio.run_coroutine_threadsafe(app.stop(grace=5), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_healthz_is_503_while_storage_answers_nothing_but_4xx_for_a_minute(metered):
+    """Listeners that accept in front of a storage that answers 451 to every message (its
+    database file deleted, a full disk) are not healthy, though the suspension poll still
+    reads: 503 once the streak the storage_deferring mail reports has lasted a minute, and
+    200 again with the next stored message. A single 451 is no outage."""
+    from sink.errors import TransientStorageError
+    running, _ = metered
+    ops = running.app.ops
+    now = [5000.0]
+    ops.clock = lambda: now[0]
+    reason = "storage unavailable: the database file was deleted (/x/sink.db); restart the sink"
+
+    def observe(outcomes, replies):
+        done = threading.Event()
+        running.loop.call_soon_threadsafe(lambda: (ops.observe("lmtp", outcomes, replies, None),
+                                                   done.set()))
+        assert done.wait(5)
+    down = ([TransientStorageError(reason)], ["451 4.3.0 storage unavailable"])
+    observe(*down)
+    assert health(running.metrics_port) == (200, "ok\n")       # one 451: no outage yet
+    now[0] += 30
+    observe(*down)
+    assert health(running.metrics_port) == (200, "ok\n")       # half a minute of them
+    now[0] += 31
+    observe(*down)
+    status, body = health(running.metrics_port)
+    assert status == 503, body
+    assert "storage: answering 4xx since" in body and reason in body
+    client = MailClient(running.port)               # a message stored ends the streak
+    client.hello()
+    assert client.send(make_mail(subject="back again"))[-1][0] == 250
+    client.close()
+    assert wait_for(lambda: health(running.metrics_port) == (200, "ok\n"), 5)
