@@ -43,7 +43,7 @@ from sink.log import get_logger
 log = get_logger("sink.notify")
 
 KINDS = ("message_failed", "source_failing", "storage_deferring", "credential",
-         "worker_restarted")
+         "worker_restarted", "message_too_big")
 ATTEMPTS = 3
 RETRY_PAUSE = 5.0
 QUEUE_LIMIT = 1000              # notifications waiting; beyond that they are counted, not kept

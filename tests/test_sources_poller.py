@@ -198,3 +198,25 @@ def test_the_deploy_example_parses(tmp_path):
     config = parse_config({"boxes": [{"address": "crm@firma.cz"}], **data})
     assert [s.kind for s in config.sources] == ["imap", "imap", "emldir"]
     assert config.sources[0].move_to == "Archive" and config.sources[1].oauth is not None
+
+
+def test_a_message_left_on_the_server_is_logged_and_notified_once():
+    """SPEC 2.2: a message over max_message_size is left on the server, logged and notified -
+    once per message, however many passes find it there again; each pass counts it skipped."""
+    from sink.operations import Ops
+    config = parse()
+    worker = CountingWorker(config.sources[0], config)
+    sent = []
+
+    class Recorder:
+        def notify(self, kind, subject, body):
+            sent.append((kind, subject, body))
+    Poller(worker, ops=Ops(notifier=Recorder()))     # gives the worker the app's notifier
+    first, second = PassResult(), PassResult()
+    worker.leave_on_server(first, "uidl-7", 99_000_000, uidl="uidl-7")
+    worker.leave_on_server(second, "uidl-7", 99_000_000, uidl="uidl-7")     # the next pass
+    worker.leave_on_server(second, "uidl-8", None, uidl="uidl-8")
+    assert (first.skipped, second.skipped) == (1, 2)
+    assert [kind for kind, _, _ in sent] == ["message_too_big"] * 2
+    assert "uidl uidl-7; 99000000 bytes" in sent[0][2] and "never deleted" in sent[0][2]
+    assert "the server sent more" in sent[1][2]

@@ -8,6 +8,14 @@ the server has UIDPLUS), flagged \\Seen, moved (MOVE, else COPY + delete) or rem
 
 Between passes, when the server offers IDLE and ``idle = true``, the connection waits in IDLE on
 the first folder: an EXISTS starts the next pass at once.
+
+RFC822.SIZE is the server's word, and imaplib reads every literal whole, of the size the server
+announces. So the literals of one fetch are bounded before a byte of them is read
+(:class:`_LiteralBudget`): each at most ``max_message_size``, all of a BODY fetch at most what
+its messages declared plus one ``max_message_size``, of any other command 1 MiB each. A fetch
+that breaks the bound drops the connection; the pass starts again, fetching that batch's
+messages one at a time, and the one that was sent too large stays on the server like any other
+too large message (logged and notified once).
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from sink.log import get_logger
-from sink.sources.poller import LoginRefused, PassResult, Worker, deliver, pipelined
+from sink.sources.poller import (MAX_RESTARTS, LoginRefused, PassResult, SentTooMuch, Worker,
+                                 deliver, pipelined)
 from sink.sources.state import batches, imap_forget, imap_remember, imap_seen, uids_to_fetch
 
 log = get_logger("sink.sources.imap")
@@ -28,6 +37,35 @@ BATCH_BYTES = 32 * 1024 * 1024
 SIZE_CHUNK = 1000           # UIDs per RFC822.SIZE fetch
 IDLE_RENEW = 25 * 60        # RFC 2177: re-issue IDLE before the server's 30-minute timeout
 TIMEOUT = 60.0
+OTHER_LITERAL = 1024 * 1024     # a literal in an answer that is not a message's body
+
+
+class _LiteralTooBig(Exception):
+    pass
+
+
+class _LiteralBudget:
+    """Stands in for the imaplib connection's ``read``, which imaplib calls with the size of
+    each literal the server announced (``{N}``), before reading it whole: refuses a literal
+    beyond ``each`` bytes, or one that takes the command's literals beyond ``total``.
+    (IMAPClient keeps that connection in ``_imap``: :meth:`ImapWorker._connect` is the one
+    place that reaches into it.)"""
+
+    def __init__(self, read):
+        self._read = read
+        self.reset()
+
+    def allow(self, each: int, total: int) -> None:
+        self.each, self.total, self.used = each, total, 0
+
+    def reset(self) -> None:
+        self.allow(OTHER_LITERAL, 1 << 62)
+
+    def __call__(self, size: int) -> bytes:
+        if size > self.each or self.used + size > self.total:
+            raise _LiteralTooBig(size)
+        self.used += size
+        return self._read(size)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -40,7 +78,9 @@ class ImapWorker(Worker):
         super().__init__(source, config, storage, engine)
         self.tokens = tokens
         self.client: IMAPClient | None = None
-        self.too_big_logged: set[tuple] = set()
+        self.literals: _LiteralBudget | None = None
+        self.sent_too_much: set[tuple] = set()  # (folder, UIDVALIDITY, UID) sent too large
+        self.suspects: set[tuple] = set()       # fetched in a batch that was: one at a time
 
     # ------------------------------------------------------------------ connection (thread)
     def _connect(self) -> IMAPClient:
@@ -48,6 +88,7 @@ class ImapWorker(Worker):
         context = tls_context(s.ca_file)
         client = IMAPClient(s.host, s.port, ssl=s.tls == "ssl", ssl_context=context,
                             timeout=TIMEOUT)
+        self.literals = client._imap.read = _LiteralBudget(client._imap.read)
         try:
             if s.tls == "starttls":
                 client.starttls(context)
@@ -69,6 +110,12 @@ class ImapWorker(Worker):
         if client is not None:
             _quietly(client.logout)
 
+    def _abandon(self) -> None:
+        """Drop a connection that is mid-answer (no LOGOUT: that would read the rest)."""
+        client, self.client = self.client, None
+        if client is not None:
+            _quietly(client.shutdown)
+
     async def close(self) -> None:
         await self.call(self._logout)
 
@@ -80,11 +127,22 @@ class ImapWorker(Worker):
     # --------------------------------------------------------------------------- the pass
     async def run_pass(self) -> PassResult:
         result = PassResult()
-        client = await self._client()
-        for folder in self.source.folders:
-            if self.stopping.is_set():
+        while True:
+            try:
+                client = await self._client()
+                for folder in self.source.folders:
+                    if self.stopping.is_set():
+                        break
+                    await self._folder(client, folder, result)
                 break
-            await self._folder(client, folder, result)
+            except SentTooMuch as lie:
+                await self.call(self._abandon)
+                # the pass again: its plan leaves the one sent too large on the server, or
+                # fetches each message of the batch alone to find it
+                (self.sent_too_much if len(lie.keys) == 1 else self.suspects).update(lie.keys)
+                result.restarts += 1
+                if result.restarts > MAX_RESTARTS:
+                    raise
         if not (self.source.idle and b"IDLE" in self.capabilities):
             await self.close()
         return result
@@ -115,34 +173,48 @@ class ImapWorker(Worker):
     async def _folder(self, client: IMAPClient, folder: str, result: PassResult) -> None:
         validity, sized = await self.call(self._plan, client, folder)
         limit = self.source.max_message_size
-        fits = []
+        fits, alone = [], []
         for uid, size in sized:
+            key = (folder, validity, uid)
             if size > limit:
-                self._too_big(folder, validity, uid, size, result)
+                self.leave_on_server(result, key, size, folder=folder, uid=uid)
+            elif key in self.sent_too_much:
+                self.leave_on_server(result, key, None, folder=folder, uid=uid)
+            elif key in self.suspects:
+                alone.append([uid])
             else:
                 fits.append((uid, size))
+        declared = dict(sized)
 
         async def handle(batch: list[int], bodies: dict[int, bytes]) -> None:
-            uids = [u for u in batch if u in bodies and len(bodies[u]) <= limit]
+            for u in batch:
+                if u in bodies and len(bodies[u]) > limit:   # sent over the limit, within bounds
+                    self.leave_on_server(result, (folder, validity, u), len(bodies.pop(u)),
+                                         folder=folder, uid=u)
+                self.suspects.discard((folder, validity, u))
+            uids = [u for u in batch if u in bodies]
             result.fetched += len(uids)
             committed = await deliver(self.storage, self.source, self.box,
                                       [bodies.pop(u) for u in uids], result, self.hold)
             done = [u for u, ok in zip(uids, committed) if ok]
             if done:
                 result.removed += await self.call(self._after, client, folder, validity, done)
-        await pipelined(self, batches(fits, BATCH_BYTES, BATCH_COUNT),
-                        lambda batch: self._bodies(client, batch), handle)
+        await pipelined(self, alone + batches(fits, BATCH_BYTES, BATCH_COUNT),
+                        lambda batch: self._bodies(client, batch, folder, validity,
+                                                   sum(declared[u] for u in batch)), handle)
 
-    def _too_big(self, folder, validity, uid, size, result) -> None:
-        result.skipped += 1
-        if (folder, validity, uid) not in self.too_big_logged:
-            self.too_big_logged.add((folder, validity, uid))
-            log.warning("source.message_too_big", source=self.source.index, folder=folder,
-                        uid=uid, size=size, limit=self.source.max_message_size)
-
-    @staticmethod
-    def _bodies(client: IMAPClient, uids: list[int]) -> dict[int, bytes]:
-        answer = client.fetch(uids, ["BODY.PEEK[]"])
+    def _bodies(self, client: IMAPClient, uids: list[int], folder: str, validity: int,
+                declared: int) -> dict[int, bytes]:
+        limit = self.source.max_message_size
+        self.literals.allow(limit, declared + limit)
+        try:
+            answer = client.fetch(uids, ["BODY.PEEK[]"])
+        except _LiteralTooBig as big:
+            raise SentTooMuch([(folder, validity, u) for u in uids],
+                              f"a literal of {big.args[0]} bytes for {len(uids)} message(s) "
+                              f"that declared {declared}") from None
+        finally:
+            self.literals.reset()
         return {u: bytes(d[b"BODY[]"]) for u, d in answer.items() if d.get(b"BODY[]") is not None}
 
     def _after(self, client: IMAPClient, folder: str, validity: int, uids: list[int]) -> int:

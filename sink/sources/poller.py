@@ -34,6 +34,22 @@ class LoginRefused(Exception):
     """The server or Entra ID refused our credentials: retried only after a whole interval."""
 
 
+class SentTooMuch(Exception):
+    """The server sent more for a fetch than ``max_message_size`` (and the sizes it declared)
+    allow: the read stopped there, so the connection is mid-response and is dropped.
+    ``keys``: the messages of that fetch (one: that message is the one; several: each is
+    fetched alone on the next attempt, to find it)."""
+
+    def __init__(self, keys: Sequence, detail: str):
+        super().__init__(detail)
+        self.keys = tuple(keys)
+
+
+# A pass that meets a message sent larger than declared starts again without it (a new
+# connection: the old one is mid-response); this many times, then the pass fails.
+MAX_RESTARTS = 5
+
+
 # --------------------------------------------------------------------------- pause window
 
 def in_pause(now: time, start: time | None, stop: time | None) -> bool:
@@ -74,6 +90,7 @@ class PassResult:
     removed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    restarts: int = 0               # connections dropped for a message sent too large
 
     def as_json(self, source: SourceConfig) -> dict:
         return {"source": source.index, "kind": source.kind, "box": source.box,
@@ -123,12 +140,28 @@ async def pipelined(worker: "Worker", work: list, fetch, handle) -> None:
             await handle(batch, fetched)
             if worker.stopping.is_set():
                 break
+    except Exception:
+        # A fetch ahead that met a message sent too large left the connection mid-answer, and
+        # what ``handle`` then sent on it failed for that reason: say the cause, so that the
+        # pass starts again (what this batch committed is found already stored then).
+        if ahead is not None:
+            failure, ahead = await _failure(ahead), None
+            if isinstance(failure, SentTooMuch):
+                raise failure from None
+        raise
     finally:
         if ahead is not None:           # let the thread finish with it; the result is dropped
-            try:
-                await ahead
-            except Exception:
-                pass
+            await _failure(ahead)
+
+
+async def _failure(future: asyncio.Future) -> BaseException | None:
+    """``future``'s exception once it is done (None: it succeeded)."""
+    try:
+        await future
+    except Exception as exc:
+        return exc
+    return None
+
 
 
 class Worker:
@@ -142,7 +175,31 @@ class Worker:
         self.engine = engine
         self.stopping = asyncio.Event()
         self.hold = False               # set by the poller while `sink suspend --store` holds
+        self.notifier = None            # set by the poller in `sink serve` (sink.notify)
+        self.too_big_logged: set = set()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"source{source.index}")
+
+    def leave_on_server(self, result: PassResult, key, size: int | None, **where) -> None:
+        """A message larger than ``max_message_size`` - declared so (``size``), or sent so
+        (None: more than the limit arrived although less was declared) - stays on the server
+        and counts as skipped; it is logged and notified once (SPEC 2.2), never deleted."""
+        result.skipped += 1
+        if key in self.too_big_logged:
+            return
+        self.too_big_logged.add(key)
+        limit = self.source.max_message_size
+        log.warning("source.message_too_big", source=self.source.index, size=size,
+                    sent_more_than_declared=size is None, limit=limit, **where)
+        if self.notifier is not None:
+            what = ", ".join(f"{k} {v}" for k, v in where.items())
+            how = (f"{size} bytes" if size is not None else
+                   "declared smaller, but the server sent more than that")
+            self.notifier.notify(
+                "message_too_big", f"source {self.source.index}: a message too large to take",
+                f"Source {self.source.index} ({self.source.describe()}, box {self.source.box}) "
+                f"left a message on the server: {what}; {how}, max_message_size is {limit}."
+                f"\nIt is never deleted there. Raise max_message_size for the source, or "
+                f"deal with the message in the mailbox.\n\nRun: sink status")
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -173,6 +230,8 @@ class Poller:
                  lease: Lease | None = None, ops=None):
         self.worker = worker
         self.ops = ops                  # sink.operations.Ops: suspension, notifier (serve)
+        if ops is not None:
+            worker.notifier = ops.notifier
         self.source = worker.source
         self.clock = clock
         self.lease = lease or Lease(worker.engine, worker.source.key)

@@ -1,10 +1,15 @@
 """POP3 source (poplib): USER/PASS or XOAUTH2, UIDL, DELE after commit.
 
 A pass: UIDL and LIST (sizes), in keep mode minus the UIDLs remembered; messages larger than
-``max_message_size`` stay on the server (logged once); the rest are RETRieved in bounded batches,
-submitted together, and only the committed ones are DELEted (or remembered). POP3 applies
-DELE at QUIT: a connection lost before it deletes nothing, and the next pass finds those
-messages already stored.
+``max_message_size`` stay on the server (logged and notified once); the rest are RETRieved in
+bounded batches, submitted together, and only the committed ones are DELEted (or remembered).
+POP3 applies DELE at QUIT: a connection lost before it deletes nothing, and the next pass finds
+those messages already stored.
+
+LIST's sizes are the server's word. A RETR reads at most what ``max_message_size`` allows (in
+octets on the wire, dot-stuffing allowed for): a server that sends more for a message it
+declared smaller is stopped there, the connection dropped, and the pass starts again without
+that message, which stays on the server like any other too large one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import poplib
 from sink.log import get_logger
 from sink.sources.imap import tls_context
 from sink.sources.oauth import xoauth2_b64
-from sink.sources.poller import LoginRefused, PassResult, Worker, deliver, pipelined
+from sink.sources.poller import (MAX_RESTARTS, LoginRefused, PassResult, SentTooMuch, Worker,
+                                 deliver, pipelined)
 from sink.sources.state import batches, pop3_forget, pop3_remember, pop3_seen, uids_to_fetch
 
 log = get_logger("sink.sources.pop3")
@@ -24,9 +30,17 @@ TIMEOUT = 60.0
 MAX_LINE = 1024 * 1024     # poplib's 2,048 refuses real mail with long lines; still a bound
 
 
+class _OverBudget(Exception):
+    """More octets arrived than ``_Limits.budget`` allowed."""
+
+
 class _Limits:
     """poplib reads lines up to its module-wide 2,048 octets; mail (base64 without breaks,
-    long headers) has longer ones. This raises the bound for our connections only."""
+    long headers) has longer ones. This raises the bound for our connections only. And poplib
+    reads a multi-line answer whole, however long: ``budget`` (octets, None: no bound) bounds
+    what one answer may bring."""
+
+    budget: int | None = None
 
     def _getline(self):
         line = self.file.readline(MAX_LINE + 1)
@@ -35,6 +49,10 @@ class _Limits:
         if not line:
             raise poplib.error_proto("-ERR EOF")
         octets = len(line)
+        if self.budget is not None:
+            self.budget -= octets
+            if self.budget < 0:
+                raise _OverBudget()
         if line[-2:] == b"\r\n":
             return line[:-2], octets
         if line[:1] == b"\r":
@@ -58,7 +76,7 @@ class Pop3Worker(Worker):
     def __init__(self, source, config, storage, engine, tokens=None):
         super().__init__(source, config, storage, engine)
         self.tokens = tokens
-        self.too_big_logged: set[str] = set()
+        self.sent_too_much: set[str] = set()    # UIDLs a server sent larger than declared
 
     def _connect(self) -> poplib.POP3:
         s = self.source
@@ -108,10 +126,23 @@ class Pop3Worker(Worker):
             wanted = set(uids_to_fetch(wanted, seen))
         return [((n, u), sizes.get(n, 0)) for n, u in sorted(uidls.items()) if u in wanted]
 
-    @staticmethod
-    def _retrieve(client: poplib.POP3, numbers: list[int]) -> list[bytes]:
-        # poplib hands the lines back without their CRLF and un-dot-stuffed
-        return [b"\r\n".join(client.retr(n)[1]) + b"\r\n" for n in numbers]
+    def _retrieve(self, client: poplib.POP3, batch: list[tuple[int, str]]) -> list[bytes]:
+        limit = self.source.max_message_size
+        raws = []
+        for number, uidl in batch:
+            # on the wire: CRLFs (counted in the limit too), a dot for each stuffed line, the
+            # status and end lines - an eighth and 64 KiB more than the message is plenty
+            client.budget = limit + limit // 8 + 65536
+            try:
+                lines = client.retr(number)[1]
+            except _OverBudget:
+                raise SentTooMuch([(number, uidl)], f"RETR {number} sent more than "
+                                  f"max_message_size ({limit}) allows") from None
+            finally:
+                client.budget = None
+            # poplib hands the lines back without their CRLF and un-dot-stuffed
+            raws.append(b"\r\n".join(lines) + b"\r\n")
+        return raws
 
     def _after(self, client: poplib.POP3, taken: list[tuple[int, str]]) -> int:
         if self.source.after == "keep":
@@ -123,6 +154,18 @@ class Pop3Worker(Worker):
 
     async def run_pass(self) -> PassResult:
         result = PassResult()
+        while True:
+            try:
+                await self._pass(result)
+                return result
+            except SentTooMuch as lie:
+                (_, uidl), = lie.keys          # RETR takes one message at a time
+                self.sent_too_much.add(uidl)    # the pass again: its plan leaves it there
+                result.restarts += 1
+                if result.restarts > MAX_RESTARTS:
+                    raise
+
+    async def _pass(self, result: PassResult) -> None:
         client = await self.call(self._connect)
         try:
             plan = await self.call(self._plan, client)
@@ -130,29 +173,31 @@ class Pop3Worker(Worker):
             fits = []
             for ident, size in plan:
                 if size > limit:
-                    result.skipped += 1
-                    if ident[1] not in self.too_big_logged:
-                        self.too_big_logged.add(ident[1])
-                        log.warning("source.message_too_big", source=self.source.index,
-                                    uidl=ident[1], size=size, limit=limit)
+                    self.leave_on_server(result, ident[1], size, uidl=ident[1])
+                elif ident[1] in self.sent_too_much:
+                    self.leave_on_server(result, ident[1], None, uidl=ident[1])
                 else:
                     fits.append((ident, size))
 
             async def handle(batch, raws: list[bytes]) -> None:
-                result.fetched += len(raws)
-                ok = await deliver(self.storage, self.source, self.box, raws, result,
-                                   self.hold)
+                keep = [(ident, raw) for ident, raw in zip(batch, raws) if len(raw) <= limit]
+                for ident, raw in zip(batch, raws):
+                    if len(raw) > limit:        # within the wire budget, over the limit
+                        self.leave_on_server(result, ident[1], len(raw), uidl=ident[1])
                 raws.clear()
-                taken = [ident for ident, committed in zip(batch, ok) if committed]
+                result.fetched += len(keep)
+                ok = await deliver(self.storage, self.source, self.box, [r for _, r in keep],
+                                   result, self.hold)
+                taken = [ident for (ident, _), committed in zip(keep, ok) if committed]
+                keep.clear()
                 if taken:
                     result.removed += await self.call(self._after, client, taken)
             await pipelined(self, batches(fits, BATCH_BYTES, BATCH_COUNT),
-                            lambda batch: self._retrieve(client, [n for n, _ in batch]), handle)
+                            lambda batch: self._retrieve(client, batch), handle)
             await self.call(client.quit)        # the DELEs take effect here
         except BaseException:
-            await self.call(_close, client)
+            await self.call(_close, client)     # (mid-answer after SentTooMuch: no QUIT)
             raise
-        return result
 
 
 def _close(client: poplib.POP3) -> None:

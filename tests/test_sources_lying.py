@@ -1,0 +1,169 @@
+"""A server that declares a message small and then sends it large (SPEC 2.2 max_message_size:
+what a client - here a server - can make us hold is bounded). The server is the real Dovecot
+behind a proxy that rewrites only the sizes it declares (POP3 LIST, IMAP RFC822.SIZE) to 100
+octets; the message itself comes through as Dovecot sends it. What must happen: the message
+that is larger than max_message_size stays on the server (logged once, never deleted), the
+read of it stops at the bound, and the other messages are taken in the same pass."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import threading
+
+import pytest
+
+from sink.sources.imap import OTHER_LITERAL, _LiteralBudget, _LiteralTooBig
+from sink.sources.pop3 import MAX_LINE, POP3, _OverBudget
+from tests.sources_support import (USER, imap_source, pop3_source, run_poll, stored_raws,
+                                   write_config)
+from tests.support import make_mail
+
+LIMIT = 20_000
+
+
+class LyingProxy:
+    """Forwards 127.0.0.1:port to Dovecot; in the server's answers it writes 100 for every
+    size the server declares. ``kind`` pop3: the lines of a LIST answer; imap: every
+    ``RFC822.SIZE n`` outside literals (a literal's bytes pass as they are)."""
+
+    def __init__(self, target_port: int, kind: str):
+        self.target, self.kind = target_port, kind
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            listing = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, listing),
+                             daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, listing),
+                             daemon=True).start()
+
+    def _up(self, client, server, listing):
+        reader = client.makefile("rb")
+        try:
+            for line in iter(reader.readline, b""):
+                if self.kind == "pop3" and line.strip().upper() == b"LIST":
+                    listing.set()
+                server.sendall(line)
+        except OSError:
+            pass
+        finally:
+            _close(server)
+
+    def _down(self, server, client, listing):
+        reader = server.makefile("rb")
+        in_list = False
+        try:
+            while True:
+                line = reader.readline()
+                if not line:
+                    break
+                if self.kind == "pop3":
+                    if listing.is_set() and line.startswith(b"+OK"):
+                        listing.clear()
+                        in_list = True
+                    elif in_list and line == b".\r\n":
+                        in_list = False
+                    elif in_list:
+                        line = re.sub(rb"^(\d+) \d+", rb"\1 100", line)
+                    client.sendall(line)
+                    continue
+                line = re.sub(rb"RFC822\.SIZE \d+", b"RFC822.SIZE 100", line)
+                client.sendall(line)
+                literal = re.search(rb"\{(\d+)\}\r\n$", line)
+                if literal:
+                    client.sendall(reader.read(int(literal.group(1))))
+        except OSError:
+            pass
+        finally:
+            _close(client)
+
+    def close(self):
+        self.stopping = True
+        self.listener.close()
+
+
+def _close(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def too_big_lines(err: str) -> list[dict]:
+    found = []
+    for line in err.splitlines():
+        if '"source.message_too_big"' in line:
+            found.append(json.loads(line[line.index("{"):]))
+    return found
+
+
+@pytest.mark.parametrize("kind", ["pop3", "imap"])
+def test_a_message_sent_larger_than_declared_stays_and_the_rest_are_taken(
+        kind, dovecot, engine, db_url, tmp_path, capfd):
+    first, last = make_mail(subject="first"), make_mail(subject="last")
+    big = make_mail(subject="big", body="y" * (5 * LIMIT))     # declared as 100 octets
+    for raw in (first, big, last):
+        dovecot.drop(USER, raw)
+    proxy = LyingProxy(dovecot.ports[kind], kind)
+    try:
+        make = pop3_source if kind == "pop3" else imap_source
+        cfg = write_config(tmp_path / "sink.toml", db_url, [make(
+            dovecot, tmp_path / "pw", port=proxy.port, max_message_size=LIMIT)])
+        code, lines = run_poll(cfg)
+    finally:
+        proxy.close()
+    assert code == 0, json.dumps(lines)
+    assert (lines[0]["stored"], lines[0]["skipped"], lines[0]["errors"]) == (2, 1, []), lines
+    assert lines[0]["removed"] == 2
+    assert sorted(stored_raws(engine)) == sorted([first, last])
+    assert dovecot.contents(USER) == [big]                      # never deleted
+    logged = too_big_lines(capfd.readouterr().err)
+    assert len(logged) == 1 and logged[0]["sent_more_than_declared"] is True, logged
+    assert logged[0]["limit"] == LIMIT
+
+
+def test_the_imap_literal_bound_refuses_before_reading():
+    reads = []
+    budget = _LiteralBudget(lambda size: reads.append(size) or b"x" * size)
+    assert budget(OTHER_LITERAL) == b"x" * OTHER_LITERAL       # outside a BODY fetch: 1 MiB
+    with pytest.raises(_LiteralTooBig):
+        budget(OTHER_LITERAL + 1)
+    budget.allow(each=1000, total=1500)
+    budget(1000)
+    with pytest.raises(_LiteralTooBig):
+        budget(600)                                 # each within, the fetch's total beyond
+    with pytest.raises(_LiteralTooBig):
+        budget(1001)
+    assert reads == [OTHER_LITERAL, 1000]           # nothing refused was read at all
+
+
+def test_the_pop3_answer_bound_stops_reading_at_the_budget():
+    class Endless(io.RawIOBase):        # a server that sends lines for ever
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            chunk = (b"z" * 998 + b"\r\n") * (len(buffer) // 1000)
+            buffer[:len(chunk)] = chunk
+            return len(chunk)
+    client = POP3.__new__(POP3)
+    client.file = io.BufferedReader(Endless(), 65536)
+    client.budget = 50_000
+    read = 0
+    with pytest.raises(_OverBudget):
+        while True:
+            read += client._getline()[1]
+    assert 49_000 <= read <= 50_000 + MAX_LINE
