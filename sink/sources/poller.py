@@ -163,7 +163,6 @@ async def _failure(future: asyncio.Future) -> BaseException | None:
     return None
 
 
-
 class Worker:
     """What a source kind implements; blocking work goes through :meth:`call` (its own thread,
     so a slow server never blocks the event loop the listeners share)."""
