@@ -3,7 +3,9 @@ what a client - here a server - can make us hold is bounded). The server is the 
 behind a proxy that rewrites only the sizes it declares (POP3 LIST, IMAP RFC822.SIZE) to 100
 octets; the message itself comes through as Dovecot sends it. What must happen: the message
 that is larger than max_message_size stays on the server (logged once, never deleted), the
-read of it stops at the bound, and the other messages are taken in the same pass."""
+read of it stops at the bound, and the other messages are taken in the same pass. And a
+server whose answer never ends (a listing, untagged lines) fails the pass at a bound instead
+of filling our memory."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import threading
 
 import pytest
 
-from sink.sources.imap import OTHER_LITERAL, _LiteralBudget, _LiteralTooBig
-from sink.sources.pop3 import MAX_LINE, POP3, _OverBudget
+from sink.sources.imap import (ANSWER_LINES, OTHER_LITERAL, AnswerTooLong, _AnswerBudget,
+                               _LiteralTooBig)
+from sink.sources.pop3 import LISTING, MAX_LINE, POP3, _OverBudget
 from tests.sources_support import (USER, imap_source, pop3_source, run_poll, stored_raws,
                                    write_config)
 from tests.support import make_mail
@@ -29,8 +32,9 @@ class LyingProxy:
     size the server declares. ``kind`` pop3: the lines of a LIST answer; imap: every
     ``RFC822.SIZE n`` outside literals (a literal's bytes pass as they are)."""
 
-    def __init__(self, target_port: int, kind: str):
-        self.target, self.kind = target_port, kind
+    def __init__(self, target_port: int, kind: str, flood: bool = False):
+        self.target, self.kind, self.flood = target_port, kind, flood
+        self.flooded = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.stopping = False
@@ -53,8 +57,13 @@ class LyingProxy:
         reader = client.makefile("rb")
         try:
             for line in iter(reader.readline, b""):
+                command = line.split(b" ")[-1 if self.kind == "pop3" else 1:][:1]
                 if self.kind == "pop3" and line.strip().upper() == b"LIST":
                     listing.set()
+                if self.flood and command and command[0].strip().upper() in (b"UIDL",
+                                                                             b"SELECT"):
+                    self._flood(client)
+                    return
                 server.sendall(line)
         except OSError:
             pass
@@ -88,6 +97,19 @@ class LyingProxy:
             pass
         finally:
             _close(client)
+
+    def _flood(self, client):
+        """An answer that never ends: lines of 1,000 octets until the client hangs up."""
+        line = (b"1 " if self.kind == "pop3" else b"* OK ") + b"f" * 993 + b"\r\n"
+        chunk = line[:1000] * 1024
+        start = b"+OK flood\r\n" if self.kind == "pop3" else b""
+        try:
+            client.sendall(start)
+            while not self.stopping:
+                client.sendall(chunk)
+                self.flooded += len(chunk)
+        except OSError:
+            pass
 
     def close(self):
         self.stopping = True
@@ -135,19 +157,62 @@ def test_a_message_sent_larger_than_declared_stays_and_the_rest_are_taken(
     assert logged[0]["limit"] == LIMIT
 
 
+@pytest.mark.parametrize("kind", ["pop3", "imap"])
+def test_an_answer_that_never_ends_fails_the_pass_at_its_bound(kind, dovecot, engine, db_url,
+                                                                tmp_path):
+    dovecot.drop(USER, make_mail(subject="waits"))
+    proxy = LyingProxy(dovecot.ports[kind], kind, flood=True)
+    try:
+        make = pop3_source if kind == "pop3" else imap_source
+        cfg = write_config(tmp_path / "sink.toml", db_url, [make(
+            dovecot, tmp_path / "pw", port=proxy.port)])
+        code, lines = run_poll(cfg)
+    finally:
+        proxy.close()
+    assert code == 1, json.dumps(lines)
+    assert "ran past" in lines[0]["errors"][0], lines
+    bound = LISTING if kind == "pop3" else ANSWER_LINES
+    assert bound <= proxy.flooded < 4 * bound       # it read to the bound, and stopped there
+    assert len(dovecot.files(USER)) == 1 and stored_raws(engine) == []
+
+
+class FakeImap:
+    def __init__(self):
+        self.reads = []
+
+    def read(self, size):
+        self.reads.append(size)
+        return b"x" * size
+
+    def readline(self):
+        return b"* OK " + b"f" * 993 + b"\r\n"
+
+
 def test_the_imap_literal_bound_refuses_before_reading():
-    reads = []
-    budget = _LiteralBudget(lambda size: reads.append(size) or b"x" * size)
-    assert budget(OTHER_LITERAL) == b"x" * OTHER_LITERAL       # outside a BODY fetch: 1 MiB
+    imap = FakeImap()
+    budget = _AnswerBudget(imap)                    # installs itself as read and readline
+    assert imap.read(OTHER_LITERAL) == b"x" * OTHER_LITERAL    # outside a BODY fetch: 1 MiB
     with pytest.raises(_LiteralTooBig):
-        budget(OTHER_LITERAL + 1)
+        imap.read(OTHER_LITERAL + 1)
     budget.allow(each=1000, total=1500)
-    budget(1000)
+    imap.read(1000)
     with pytest.raises(_LiteralTooBig):
-        budget(600)                                 # each within, the fetch's total beyond
+        imap.read(600)                              # each within, the fetch's total beyond
     with pytest.raises(_LiteralTooBig):
-        budget(1001)
-    assert reads == [OTHER_LITERAL, 1000]           # nothing refused was read at all
+        imap.read(1001)
+    assert budget._read.__self__.reads == [OTHER_LITERAL, 1000]    # nothing refused was read
+
+
+def test_the_imap_answer_lines_are_bounded_per_command():
+    imap = FakeImap()
+    budget = _AnswerBudget(imap)
+    read = 0
+    with pytest.raises(AnswerTooLong):
+        while True:
+            read += len(imap.readline())
+    assert ANSWER_LINES - 1000 <= read <= ANSWER_LINES
+    budget.reset()                                  # the next command starts again
+    assert imap.readline().startswith(b"* OK")
 
 
 def test_the_pop3_answer_bound_stops_reading_at_the_budget():

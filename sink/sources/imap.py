@@ -11,8 +11,9 @@ the first folder: an EXISTS starts the next pass at once.
 
 RFC822.SIZE is the server's word, and imaplib reads every literal whole, of the size the server
 announces. So the literals of one fetch are bounded before a byte of them is read
-(:class:`_LiteralBudget`): each at most ``max_message_size``, all of a BODY fetch at most what
-its messages declared plus one ``max_message_size``, of any other command 1 MiB each. A fetch
+(:class:`_AnswerBudget`): each at most ``max_message_size``, all of a BODY fetch at most what
+its messages declared plus one ``max_message_size``, of any other command 1 MiB each; the
+lines of one answer (which imaplib keeps until the command completes) at most 64 MiB. A fetch
 that breaks the bound drops the connection; the pass starts again, fetching that batch's
 messages one at a time, and the one that was sent too large stays on the server like any other
 too large message (logged and notified once).
@@ -38,34 +39,50 @@ SIZE_CHUNK = 1000           # UIDs per RFC822.SIZE fetch
 IDLE_RENEW = 25 * 60        # RFC 2177: re-issue IDLE before the server's 30-minute timeout
 TIMEOUT = 60.0
 OTHER_LITERAL = 1024 * 1024     # a literal in an answer that is not a message's body
+ANSWER_LINES = 64 * 1024 * 1024     # the lines of one command's answer (a SEARCH of 1M UIDs: 8 MB)
 
 
 class _LiteralTooBig(Exception):
     pass
 
 
-class _LiteralBudget:
-    """Stands in for the imaplib connection's ``read``, which imaplib calls with the size of
-    each literal the server announced (``{N}``), before reading it whole: refuses a literal
-    beyond ``each`` bytes, or one that takes the command's literals beyond ``total``.
-    (IMAPClient keeps that connection in ``_imap``: :meth:`ImapWorker._connect` is the one
-    place that reaches into it.)"""
+class AnswerTooLong(Exception):
+    """The server's answer to one command ran past :data:`ANSWER_LINES` bytes of lines."""
 
-    def __init__(self, read):
-        self._read = read
+
+class _AnswerBudget:
+    """Stands in for the imaplib connection's ``read`` and ``readline``, so that what one
+    command's answer makes us hold is bounded. imaplib calls ``read`` with the size of each
+    literal the server announced (``{N}``), before reading it whole: a literal beyond ``each``
+    bytes, or one that takes the command's literals beyond ``total``, is refused unread.
+    imaplib keeps every untagged line of an answer until the command completes: the lines
+    are bounded by :data:`ANSWER_LINES`. (IMAPClient keeps that connection in ``_imap``:
+    :meth:`ImapWorker._connect` is the one place that reaches into it.)"""
+
+    def __init__(self, imap):
+        self._read, self._readline = imap.read, imap.readline
+        imap.read, imap.readline = self.read, self.readline
         self.reset()
 
     def allow(self, each: int, total: int) -> None:
-        self.each, self.total, self.used = each, total, 0
+        self.each, self.total, self.used, self.lines = each, total, 0, 0
 
     def reset(self) -> None:
+        """Before each command of ours: the bounds of an answer that is not a body fetch."""
         self.allow(OTHER_LITERAL, 1 << 62)
 
-    def __call__(self, size: int) -> bytes:
+    def read(self, size: int) -> bytes:
         if size > self.each or self.used + size > self.total:
             raise _LiteralTooBig(size)
         self.used += size
         return self._read(size)
+
+    def readline(self) -> bytes:
+        line = self._readline()
+        self.lines += len(line)
+        if self.lines > ANSWER_LINES:
+            raise AnswerTooLong(f"the server's answer ran past {ANSWER_LINES} bytes of lines")
+        return line
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -78,7 +95,7 @@ class ImapWorker(Worker):
         super().__init__(source, config, storage, engine)
         self.tokens = tokens
         self.client: IMAPClient | None = None
-        self.literals: _LiteralBudget | None = None
+        self.answers: _AnswerBudget | None = None
         self.sent_too_much: set[tuple] = set()  # (folder, UIDVALIDITY, UID) sent too large
         self.suspects: set[tuple] = set()       # fetched in a batch that was: one at a time
 
@@ -88,7 +105,7 @@ class ImapWorker(Worker):
         context = tls_context(s.ca_file)
         client = IMAPClient(s.host, s.port, ssl=s.tls == "ssl", ssl_context=context,
                             timeout=TIMEOUT)
-        self.literals = client._imap.read = _LiteralBudget(client._imap.read)
+        self.answers = _AnswerBudget(client._imap)
         try:
             if s.tls == "starttls":
                 client.starttls(context)
@@ -149,11 +166,13 @@ class ImapWorker(Worker):
 
     def _plan(self, client: IMAPClient, folder: str) -> tuple[int, list[tuple[int, int]]]:
         keep = self.source.after == "keep"
+        self.answers.reset()
         info = client.select_folder(folder, readonly=keep)
         validity = int(info[b"UIDVALIDITY"])
         # ALL, \Deleted ones included: one we flagged just before a crash (committed, not yet
         # expunged) is fetched once more, found already stored, and expunged this time
         criteria = ["UNSEEN"] if self.source.fetch == "unseen" else ["ALL"]
+        self.answers.reset()
         uids = client.search(criteria)
         if keep:
             seen = imap_seen(self.engine, self.source.key, folder, validity)
@@ -165,6 +184,7 @@ class ImapWorker(Worker):
             uids = sorted(uids)
         sized: list[tuple[int, int]] = []
         for i in range(0, len(uids), SIZE_CHUNK):
+            self.answers.reset()
             answer = client.fetch(uids[i:i + SIZE_CHUNK], ["RFC822.SIZE"])
             sized += [(u, int(answer[u][b"RFC822.SIZE"])) for u in uids[i:i + SIZE_CHUNK]
                       if u in answer]
@@ -206,7 +226,7 @@ class ImapWorker(Worker):
     def _bodies(self, client: IMAPClient, uids: list[int], folder: str, validity: int,
                 declared: int) -> dict[int, bytes]:
         limit = self.source.max_message_size
-        self.literals.allow(limit, declared + limit)
+        self.answers.allow(limit, declared + limit)
         try:
             answer = client.fetch(uids, ["BODY.PEEK[]"])
         except _LiteralTooBig as big:
@@ -214,11 +234,12 @@ class ImapWorker(Worker):
                               f"a literal of {big.args[0]} bytes for {len(uids)} message(s) "
                               f"that declared {declared}") from None
         finally:
-            self.literals.reset()
+            self.answers.reset()
         return {u: bytes(d[b"BODY[]"]) for u, d in answer.items() if d.get(b"BODY[]") is not None}
 
     def _after(self, client: IMAPClient, folder: str, validity: int, uids: list[int]) -> int:
         """What ``after`` says, for committed messages only; how many left the folder."""
+        self.answers.reset()
         after = self.source.after
         if after == "keep":
             imap_remember(self.engine, self.source.key, folder, validity, uids)
@@ -253,11 +274,13 @@ class ImapWorker(Worker):
 
     def _idle(self, client: IMAPClient, seconds: float) -> None:
         """IDLE on the first folder until new mail, ``seconds`` pass, or stop."""
+        self.answers.reset()
         client.select_folder(self.source.folders[0], readonly=True)
         deadline = time.monotonic() + min(seconds, IDLE_RENEW)
         client.idle()
         try:
             while time.monotonic() < deadline and not self.stopping.is_set():
+                self.answers.reset()
                 responses = client.idle_check(timeout=1)
                 if any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
                     return

@@ -28,6 +28,7 @@ BATCH_COUNT = 100
 BATCH_BYTES = 32 * 1024 * 1024
 TIMEOUT = 60.0
 MAX_LINE = 1024 * 1024     # poplib's 2,048 refuses real mail with long lines; still a bound
+LISTING = 64 * 1024 * 1024  # octets of a UIDL or LIST answer (100,000 messages: ~3 MB)
 
 
 class _OverBudget(Exception):
@@ -111,11 +112,11 @@ class Pop3Worker(Worker):
 
     def _plan(self, client: poplib.POP3) -> list[tuple[tuple[int, str], int]]:
         uidls: dict[int, str] = {}
-        for line in client.uidl()[1]:
+        for line in _listing(client, client.uidl):
             number, _, uidl = _text(line).partition(" ")
             uidls[int(number)] = uidl.strip()
         sizes = {}
-        for line in client.list()[1]:
+        for line in _listing(client, client.list):
             number, _, size = _text(line).partition(" ")
             sizes[int(number)] = int(size.split()[0])
         wanted = set(uidls.values())
@@ -198,6 +199,18 @@ class Pop3Worker(Worker):
         except BaseException:
             await self.call(_close, client)     # (mid-answer after SentTooMuch: no QUIT)
             raise
+
+
+def _listing(client: poplib.POP3, command) -> list[bytes]:
+    """The lines of a UIDL or LIST answer, which poplib reads whole: at most LISTING octets
+    (an answer that runs on is a protocol error, and the pass fails with it)."""
+    client.budget = LISTING
+    try:
+        return command()[1]
+    except _OverBudget:
+        raise poplib.error_proto(f"the server's listing ran past {LISTING} octets") from None
+    finally:
+        client.budget = None
 
 
 def _close(client: poplib.POP3) -> None:
