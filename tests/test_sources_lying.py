@@ -35,6 +35,7 @@ class LyingProxy:
     def __init__(self, target_port: int, kind: str, flood: bool = False):
         self.target, self.kind, self.flood = target_port, kind, flood
         self.flooded = 0
+        self.hung_up = threading.Event()        # the client closed a flooded connection
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.stopping = False
@@ -109,7 +110,7 @@ class LyingProxy:
                 client.sendall(chunk)
                 self.flooded += len(chunk)
         except OSError:
-            pass
+            self.hung_up.set()
 
     def close(self):
         self.stopping = True
@@ -167,6 +168,7 @@ def test_an_answer_that_never_ends_fails_the_pass_at_its_bound(kind, dovecot, en
         cfg = write_config(tmp_path / "sink.toml", db_url, [make(
             dovecot, tmp_path / "pw", port=proxy.port)])
         code, lines = run_poll(cfg)
+        assert proxy.hung_up.wait(10)               # the connection closed, not left open
     finally:
         proxy.close()
     assert code == 1, json.dumps(lines)

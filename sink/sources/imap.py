@@ -126,6 +126,9 @@ class ImapWorker(Worker):
         client, self.client = self.client, None
         if client is not None:
             _quietly(client.logout)
+            # imaplib shuts the socket only when LOGOUT was answered (not after an answer ran
+            # past its bound, say): then it would stay open until the collector found it
+            _quietly(client.shutdown)
 
     def _abandon(self) -> None:
         """Drop a connection that is mid-answer (no LOGOUT: that would read the rest)."""
