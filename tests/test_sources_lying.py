@@ -203,6 +203,13 @@ def test_the_imap_literal_bound_refuses_before_reading():
     with pytest.raises(_LiteralTooBig):
         imap.read(1001)
     assert budget._read.__self__.reads == [OTHER_LITERAL, 1000]    # nothing refused was read
+    budget.reset()                      # another command: 1 MiB literals, 64 MiB of them at most
+    taken = 0
+    with pytest.raises(_LiteralTooBig):
+        while True:
+            imap.read(OTHER_LITERAL)
+            taken += OTHER_LITERAL
+    assert taken == ANSWER_LINES
 
 
 def test_the_imap_answer_lines_are_bounded_per_command():

@@ -12,8 +12,9 @@ the first folder: an EXISTS starts the next pass at once.
 RFC822.SIZE is the server's word, and imaplib reads every literal whole, of the size the server
 announces. So the literals of one fetch are bounded before a byte of them is read
 (:class:`_AnswerBudget`): each at most ``max_message_size``, all of a BODY fetch at most what
-its messages declared plus one ``max_message_size``, of any other command 1 MiB each; the
-lines of one answer (which imaplib keeps until the command completes) at most 64 MiB. A fetch
+its messages declared plus one ``max_message_size``, of any other command 1 MiB each and
+64 MiB in all; the lines of one answer (which imaplib keeps until the command completes) at
+most 64 MiB. A fetch
 that breaks the bound drops the connection; the pass starts again, fetching that batch's
 messages one at a time, and the one that was sent too large stays on the server like any other
 too large message (logged and notified once).
@@ -69,7 +70,7 @@ class _AnswerBudget:
 
     def reset(self) -> None:
         """Before each command of ours: the bounds of an answer that is not a body fetch."""
-        self.allow(OTHER_LITERAL, 1 << 62)
+        self.allow(OTHER_LITERAL, ANSWER_LINES)
 
     def read(self, size: int) -> bytes:
         if size > self.each or self.used + size > self.total:
