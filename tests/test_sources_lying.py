@@ -14,6 +14,7 @@ import json
 import re
 import socket
 import threading
+import time
 
 import pytest
 
@@ -32,8 +33,9 @@ class LyingProxy:
     size the server declares. ``kind`` pop3: the lines of a LIST answer; imap: every
     ``RFC822.SIZE n`` outside literals (a literal's bytes pass as they are)."""
 
-    def __init__(self, target_port: int, kind: str, flood: bool = False):
-        self.target, self.kind, self.flood = target_port, kind, flood
+    def __init__(self, target_port: int, kind: str, flood: bool = False,
+                 trickle: bool = False):
+        self.target, self.kind, self.flood, self.trickle = target_port, kind, flood, trickle
         self.flooded = 0
         self.hung_up = threading.Event()        # the client closed a flooded connection
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -61,9 +63,9 @@ class LyingProxy:
                 command = line.split(b" ")[-1 if self.kind == "pop3" else 1:][:1]
                 if self.kind == "pop3" and line.strip().upper() == b"LIST":
                     listing.set()
-                if self.flood and command and command[0].strip().upper() in (b"UIDL",
-                                                                             b"SELECT"):
-                    self._flood(client)
+                if (self.flood or self.trickle) and command and \
+                        command[0].strip().upper() in (b"UIDL", b"SELECT"):
+                    (self._flood if self.flood else self._trickle)(client)
                     return
                 server.sendall(line)
         except OSError:
@@ -109,6 +111,15 @@ class LyingProxy:
             while not self.stopping:
                 client.sendall(chunk)
                 self.flooded += len(chunk)
+        except OSError:
+            self.hung_up.set()
+
+    def _trickle(self, client):
+        """An answer that never ends, slowly: a byte every 0.2 s, never a line end."""
+        try:
+            while not self.stopping:
+                client.sendall(b"f")
+                time.sleep(0.2)
         except OSError:
             self.hung_up.set()
 
@@ -175,6 +186,31 @@ def test_an_answer_that_never_ends_fails_the_pass_at_its_bound(kind, dovecot, en
     assert "ran past" in lines[0]["errors"][0], lines
     bound = LISTING if kind == "pop3" else ANSWER_LINES
     assert bound <= proxy.flooded < 4 * bound       # it read to the bound, and stopped there
+    assert len(dovecot.files(USER)) == 1 and stored_raws(engine) == []
+
+
+@pytest.mark.parametrize("kind", ["pop3", "imap"])
+def test_a_server_that_trickles_is_cut_at_the_deadline(kind, dovecot, engine, db_url, tmp_path,
+                                                       monkeypatch):
+    """A byte every 0.2 s keeps every read within the socket's 60 s timeout for ever: the
+    exchange's own deadline cuts it (here 0.5 s an answer, so the plan's 8 answers: 4 s)."""
+    from sink.sources import poller
+    monkeypatch.setattr(poller, "ANSWER_DEADLINE", 0.5)
+    dovecot.drop(USER, make_mail(subject="waits"))
+    proxy = LyingProxy(dovecot.ports[kind], kind, trickle=True)
+    try:
+        make = pop3_source if kind == "pop3" else imap_source
+        cfg = write_config(tmp_path / "sink.toml", db_url, [make(
+            dovecot, tmp_path / "pw", port=proxy.port)])
+        started = time.monotonic()
+        code, lines = run_poll(cfg)
+        took = time.monotonic() - started
+        assert proxy.hung_up.wait(10)               # the connection was cut
+    finally:
+        proxy.close()
+    assert code == 1, json.dumps(lines)
+    assert lines[0]["errors"][0].startswith("ServerTooSlow: no complete answer within 4 s")
+    assert 4 <= took < 30, took
     assert len(dovecot.files(USER)) == 1 and stored_raws(engine) == []
 
 

@@ -22,6 +22,7 @@ too large message (logged and notified once).
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 
@@ -29,8 +30,8 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from sink.log import get_logger
-from sink.sources.poller import (MAX_RESTARTS, LoginRefused, PassResult, SentTooMuch, Worker,
-                                 deliver, pipelined)
+from sink.sources.poller import (MAX_RESTARTS, PLAN_ANSWERS, LoginRefused, PassResult,
+                                 SentTooMuch, Worker, deliver, pipelined)
 from sink.sources.state import batches, imap_forget, imap_remember, imap_seen, uids_to_fetch
 
 log = get_logger("sink.sources.imap")
@@ -137,6 +138,11 @@ class ImapWorker(Worker):
         if client is not None:
             _quietly(client.shutdown)
 
+    def cut(self) -> None:
+        client = self.client
+        if client is not None:
+            _quietly(lambda: client.socket().shutdown(socket.SHUT_RDWR))
+
     async def close(self) -> None:
         await self.call(self._logout)
 
@@ -195,7 +201,7 @@ class ImapWorker(Worker):
         return validity, sized
 
     async def _folder(self, client: IMAPClient, folder: str, result: PassResult) -> None:
-        validity, sized = await self.call(self._plan, client, folder)
+        validity, sized = await self.talk(self._plan, client, folder, answers=PLAN_ANSWERS)
         limit = self.source.max_message_size
         fits, alone = [], []
         for uid, size in sized:
@@ -222,10 +228,12 @@ class ImapWorker(Worker):
                                       [bodies.pop(u) for u in uids], result, self.hold)
             done = [u for u, ok in zip(uids, committed) if ok]
             if done:
-                result.removed += await self.call(self._after, client, folder, validity, done)
+                result.removed += await self.talk(self._after, client, folder, validity, done)
+        def size(batch: list[int]) -> int:
+            return sum(declared[u] for u in batch)
         await pipelined(self, alone + batches(fits, BATCH_BYTES, BATCH_COUNT),
-                        lambda batch: self._bodies(client, batch, folder, validity,
-                                                   sum(declared[u] for u in batch)), handle)
+                        lambda batch: self._bodies(client, batch, folder, validity, size(batch)),
+                        handle, declared=size)
 
     def _bodies(self, client: IMAPClient, uids: list[int], folder: str, validity: int,
                 declared: int) -> dict[int, bytes]:
@@ -270,7 +278,8 @@ class ImapWorker(Worker):
             await super().wait(seconds)
             return
         try:
-            await self.call(self._idle, self.client, seconds)
+            await self.talk(self._idle, self.client, seconds,
+                            waiting=min(seconds, IDLE_RENEW))
         except Exception as exc:            # the next pass reconnects and says why if it must
             log.info("source.idle_ended", source=self.source.index,
                      reason=type(exc).__name__)

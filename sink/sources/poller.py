@@ -50,6 +50,19 @@ class SentTooMuch(Exception):
 MAX_RESTARTS = 5
 
 
+class ServerTooSlow(Exception):
+    """The server did not complete an answer within its deadline; the connection was cut."""
+
+
+# Every exchange with a server has a deadline (Worker.talk): ANSWER_DEADLINE seconds, plus one
+# second per MIN_RATE bytes a body fetch declared; a pass's plan (the listing and the sizes of
+# a whole mailbox) PLAN_ANSWERS times that. The socket's own timeout does not bound a server
+# that trickles a byte every 59 seconds.
+ANSWER_DEADLINE = 120.0
+MIN_RATE = 64 * 1024
+PLAN_ANSWERS = 8
+
+
 # --------------------------------------------------------------------------- pause window
 
 def in_pause(now: time, start: time | None, stop: time | None) -> bool:
@@ -125,18 +138,22 @@ async def deliver(storage, source: SourceConfig, box: BoxConfig, raws: Sequence[
     return committed
 
 
-async def pipelined(worker: "Worker", work: list, fetch, handle) -> None:
-    """``fetch(batch)`` (blocking, in the worker's thread) for each batch, then
+async def pipelined(worker: "Worker", work: list, fetch, handle,
+                    declared: Callable[[list], int] = lambda batch: 0) -> None:
+    """``fetch(batch)`` (blocking, in the worker's thread, within its deadline for the
+    ``declared(batch)`` bytes: :meth:`Worker.talk`) for each batch, then
     ``await handle(batch, fetched)``; the next batch is fetched while this one commits, so at
     most two batches are in hand. Stops between batches when the worker is stopping."""
+    def start(batch):
+        return asyncio.ensure_future(worker.talk(fetch, batch, size=declared(batch)))
     ahead = None
     try:
         for i, batch in enumerate(work):
-            current = ahead or asyncio.ensure_future(worker.call(fetch, batch))
+            current = ahead or start(batch)
             ahead = None
             fetched = await current
             if i + 1 < len(work) and not worker.stopping.is_set():
-                ahead = asyncio.ensure_future(worker.call(fetch, work[i + 1]))
+                ahead = start(work[i + 1])
             await handle(batch, fetched)
             if worker.stopping.is_set():
                 break
@@ -202,6 +219,26 @@ class Worker:
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def talk(self, fn, *args, size: int = 0, answers: int = 1, waiting: float = 0.0):
+        """:meth:`call` for work that waits on the server: ``answers`` exchanges' deadline
+        (ANSWER_DEADLINE each), a second per MIN_RATE of the ``size`` declared, and the
+        ``waiting`` that is the work's own (IDLE). Past it the connection is cut from this
+        thread (:meth:`cut`: the blocked read then returns) and ServerTooSlow raised; the
+        pass fails and is tried again after the backoff."""
+        seconds = ANSWER_DEADLINE * answers + size / MIN_RATE + waiting
+        future = asyncio.ensure_future(self.call(fn, *args))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), seconds)
+        except asyncio.TimeoutError:
+            self.cut()
+            await _failure(future)
+            raise ServerTooSlow(f"no complete answer within {seconds:.0f} s; the connection "
+                                f"was cut") from None
+
+    def cut(self) -> None:
+        """Shut the server connection's socket, from any thread (the kinds that talk to a
+        server say how)."""
 
     async def run_pass(self) -> PassResult:
         raise NotImplementedError

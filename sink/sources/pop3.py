@@ -15,12 +15,13 @@ that message, which stays on the server like any other too large one.
 from __future__ import annotations
 
 import poplib
+import socket
 
 from sink.log import get_logger
 from sink.sources.imap import tls_context
 from sink.sources.oauth import xoauth2_b64
-from sink.sources.poller import (MAX_RESTARTS, LoginRefused, PassResult, SentTooMuch, Worker,
-                                 deliver, pipelined)
+from sink.sources.poller import (MAX_RESTARTS, PLAN_ANSWERS, LoginRefused, PassResult,
+                                 SentTooMuch, Worker, deliver, pipelined)
 from sink.sources.state import batches, pop3_forget, pop3_remember, pop3_seen, uids_to_fetch
 
 log = get_logger("sink.sources.pop3")
@@ -78,6 +79,15 @@ class Pop3Worker(Worker):
         super().__init__(source, config, storage, engine)
         self.tokens = tokens
         self.sent_too_much: set[str] = set()    # UIDLs a server sent larger than declared
+        self.connection: poplib.POP3 | None = None      # the pass's, for cut()
+
+    def cut(self) -> None:
+        client = self.connection
+        if client is not None and client.sock is not None:
+            try:
+                client.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _connect(self) -> poplib.POP3:
         s = self.source
@@ -167,9 +177,9 @@ class Pop3Worker(Worker):
                     raise
 
     async def _pass(self, result: PassResult) -> None:
-        client = await self.call(self._connect)
+        client = self.connection = await self.call(self._connect)
         try:
-            plan = await self.call(self._plan, client)
+            plan = await self.talk(self._plan, client, answers=PLAN_ANSWERS)
             limit = self.source.max_message_size
             fits = []
             for ident, size in plan:
@@ -192,10 +202,12 @@ class Pop3Worker(Worker):
                 taken = [ident for (ident, _), committed in zip(keep, ok) if committed]
                 keep.clear()
                 if taken:
-                    result.removed += await self.call(self._after, client, taken)
+                    result.removed += await self.talk(self._after, client, taken)
+            sizes = dict(fits)
             await pipelined(self, batches(fits, BATCH_BYTES, BATCH_COUNT),
-                            lambda batch: self._retrieve(client, batch), handle)
-            await self.call(client.quit)        # the DELEs take effect here
+                            lambda batch: self._retrieve(client, batch), handle,
+                            declared=lambda batch: sum(sizes[ident] for ident in batch))
+            await self.talk(client.quit)        # the DELEs take effect here
         except BaseException:
             await self.call(_close, client)     # (mid-answer after SentTooMuch: no QUIT)
             raise
