@@ -144,6 +144,26 @@ def too_big_lines(err: str) -> list[dict]:
     return found
 
 
+def poll_through(kind: str, dovecot, db_url, tmp_path, proxy: dict | None = None,
+                 hang_up: bool = False, **source):
+    """`sink poll` of one ``kind`` source reading Dovecot through a LyingProxy(**proxy):
+    (exit code, its lines, the proxy, seconds taken). ``hang_up``: wait for the client to
+    close the connection (not leave it open)."""
+    lying = LyingProxy(dovecot.ports[kind], kind, **(proxy or {}))
+    try:
+        make = pop3_source if kind == "pop3" else imap_source
+        cfg = write_config(tmp_path / "sink.toml", db_url, [make(
+            dovecot, tmp_path / "pw", port=lying.port, **source)])
+        started = time.monotonic()
+        code, lines = run_poll(cfg)
+        took = time.monotonic() - started
+        if hang_up:
+            assert lying.hung_up.wait(10)
+    finally:
+        lying.close()
+    return code, lines, lying, took
+
+
 @pytest.mark.parametrize("kind", ["pop3", "imap"])
 def test_a_message_sent_larger_than_declared_stays_and_the_rest_are_taken(
         kind, dovecot, engine, db_url, tmp_path, capfd):
@@ -151,14 +171,7 @@ def test_a_message_sent_larger_than_declared_stays_and_the_rest_are_taken(
     big = make_mail(subject="big", body="y" * (5 * LIMIT))     # declared as 100 octets
     for raw in (first, big, last):
         dovecot.drop(USER, raw)
-    proxy = LyingProxy(dovecot.ports[kind], kind)
-    try:
-        make = pop3_source if kind == "pop3" else imap_source
-        cfg = write_config(tmp_path / "sink.toml", db_url, [make(
-            dovecot, tmp_path / "pw", port=proxy.port, max_message_size=LIMIT)])
-        code, lines = run_poll(cfg)
-    finally:
-        proxy.close()
+    code, lines, _, _ = poll_through(kind, dovecot, db_url, tmp_path, max_message_size=LIMIT)
     assert code == 0, json.dumps(lines)
     assert (lines[0]["stored"], lines[0]["skipped"], lines[0]["errors"]) == (2, 1, []), lines
     assert lines[0]["removed"] == 2
@@ -173,15 +186,8 @@ def test_a_message_sent_larger_than_declared_stays_and_the_rest_are_taken(
 def test_an_answer_that_never_ends_fails_the_pass_at_its_bound(kind, dovecot, engine, db_url,
                                                                 tmp_path):
     dovecot.drop(USER, make_mail(subject="waits"))
-    proxy = LyingProxy(dovecot.ports[kind], kind, flood=True)
-    try:
-        make = pop3_source if kind == "pop3" else imap_source
-        cfg = write_config(tmp_path / "sink.toml", db_url, [make(
-            dovecot, tmp_path / "pw", port=proxy.port)])
-        code, lines = run_poll(cfg)
-        assert proxy.hung_up.wait(10)               # the connection closed, not left open
-    finally:
-        proxy.close()
+    code, lines, proxy, _ = poll_through(kind, dovecot, db_url, tmp_path, {"flood": True},
+                                         hang_up=True)
     assert code == 1, json.dumps(lines)
     assert "ran past" in lines[0]["errors"][0], lines
     bound = LISTING if kind == "pop3" else ANSWER_LINES
@@ -197,17 +203,8 @@ def test_a_server_that_trickles_is_cut_at_the_deadline(kind, dovecot, engine, db
     from sink.sources import poller
     monkeypatch.setattr(poller, "ANSWER_DEADLINE", 0.5)
     dovecot.drop(USER, make_mail(subject="waits"))
-    proxy = LyingProxy(dovecot.ports[kind], kind, trickle=True)
-    try:
-        make = pop3_source if kind == "pop3" else imap_source
-        cfg = write_config(tmp_path / "sink.toml", db_url, [make(
-            dovecot, tmp_path / "pw", port=proxy.port)])
-        started = time.monotonic()
-        code, lines = run_poll(cfg)
-        took = time.monotonic() - started
-        assert proxy.hung_up.wait(10)               # the connection was cut
-    finally:
-        proxy.close()
+    code, lines, _, took = poll_through(kind, dovecot, db_url, tmp_path, {"trickle": True},
+                                        hang_up=True)
     assert code == 1, json.dumps(lines)
     assert lines[0]["errors"][0].startswith("ServerTooSlow: no complete answer within 4 s")
     assert 4 <= took < 30, took
