@@ -14,10 +14,9 @@ announces. So the literals of one fetch are bounded before a byte of them is rea
 (:class:`_AnswerBudget`): each at most ``max_message_size``, all of a BODY fetch at most what
 its messages declared plus one ``max_message_size``, of any other command 1 MiB each and
 64 MiB in all; the lines of one answer (which imaplib keeps until the command completes) at
-most 64 MiB. A fetch
-that breaks the bound drops the connection; the pass starts again, fetching that batch's
-messages one at a time, and the one that was sent too large stays on the server like any other
-too large message (logged and notified once).
+most 64 MiB. A fetch that breaks the bound drops the connection; the pass starts again,
+fetching that batch's messages one at a time, and the one that was sent too large stays on
+the server like any other too large message (logged and notified once).
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from sink.log import get_logger
-from sink.sources.poller import (MAX_RESTARTS, PLAN_ANSWERS, LoginRefused, PassResult,
-                                 SentTooMuch, Worker, deliver, pipelined)
+from sink.sources.poller import (PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
+                                 deliver, pipelined)
 from sink.sources.state import batches, imap_forget, imap_remember, imap_seen, uids_to_fetch
 
 log = get_logger("sink.sources.imap")
@@ -98,7 +97,6 @@ class ImapWorker(Worker):
         self.tokens = tokens
         self.client: IMAPClient | None = None
         self.answers: _AnswerBudget | None = None
-        self.sent_too_much: set[tuple] = set()  # (folder, UIDVALIDITY, UID) sent too large
         self.suspects: set[tuple] = set()       # fetched in a batch that was: one at a time
 
     # ------------------------------------------------------------------ connection (thread)
@@ -154,25 +152,24 @@ class ImapWorker(Worker):
     # --------------------------------------------------------------------------- the pass
     async def run_pass(self) -> PassResult:
         result = PassResult()
-        while True:
-            try:
-                client = await self._client()
-                for folder in self.source.folders:
-                    if self.stopping.is_set():
-                        break
-                    await self._folder(client, folder, result)
-                break
-            except SentTooMuch as lie:
-                await self.call(self._abandon)
-                # the pass again: its plan leaves the one sent too large on the server, or
-                # fetches each message of the batch alone to find it
-                (self.sent_too_much if len(lie.keys) == 1 else self.suspects).update(lie.keys)
-                result.restarts += 1
-                if result.restarts > MAX_RESTARTS:
-                    raise
+
+        async def attempt() -> None:
+            client = await self._client()
+            for folder in self.source.folders:
+                if self.stopping.is_set():
+                    break
+                await self._folder(client, folder, result)
+        await self.restarting(attempt)
         if not (self.source.idle and b"IDLE" in self.capabilities):
             await self.close()
         return result
+
+    async def sent_too_much_in(self, keys: tuple) -> None:
+        # keys are (folder, UIDVALIDITY, UID); the connection is mid-answer: drop it. The
+        # next plan leaves the one message on the server, or fetches each of several alone
+        # to find the one
+        await self.call(self._abandon)
+        (self.sent_too_much if len(keys) == 1 else self.suspects).update(keys)
 
     def _plan(self, client: IMAPClient, folder: str) -> tuple[int, list[tuple[int, int]]]:
         keep = self.source.after == "keep"

@@ -103,7 +103,6 @@ class PassResult:
     removed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
-    restarts: int = 0               # connections dropped for a message sent too large
 
     def as_json(self, source: SourceConfig) -> dict:
         return {"source": source.index, "kind": source.kind, "box": source.box,
@@ -193,6 +192,7 @@ class Worker:
         self.hold = False               # set by the poller while `sink suspend --store` holds
         self.notifier = None            # set by the poller in `sink serve` (sink.notify)
         self.too_big_logged: set = set()
+        self.sent_too_much: set = set()     # messages a server sent larger than it declared
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"source{source.index}")
 
     def leave_on_server(self, result: PassResult, key, size: int | None, **where) -> None:
@@ -216,6 +216,25 @@ class Worker:
                 f"left a message on the server: {what}; {how}, max_message_size is {limit}."
                 f"\nIt is never deleted there. Raise max_message_size for the source, or "
                 f"deal with the message in the mailbox.\n\nRun: sink status")
+
+    async def restarting(self, attempt) -> None:
+        """``await attempt()``, and again after each SentTooMuch (its connection dropped, its
+        message marked: :meth:`sent_too_much_in`), at most MAX_RESTARTS times."""
+        restarts = 0
+        while True:
+            try:
+                return await attempt()
+            except SentTooMuch as lie:
+                if restarts >= MAX_RESTARTS:
+                    raise
+                restarts += 1
+                await self.sent_too_much_in(lie.keys)
+
+    async def sent_too_much_in(self, keys: tuple) -> None:
+        """A fetch of the messages ``keys`` brought more than allowed, and its connection is
+        already closed. Here (one message a fetch) the key is that message: the next plan
+        leaves it on the server. A kind that fetches several at once says how to find it."""
+        self.sent_too_much.update(keys)
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

@@ -20,8 +20,8 @@ import socket
 from sink.log import get_logger
 from sink.sources.imap import tls_context
 from sink.sources.oauth import xoauth2_b64
-from sink.sources.poller import (MAX_RESTARTS, PLAN_ANSWERS, LoginRefused, PassResult,
-                                 SentTooMuch, Worker, deliver, pipelined)
+from sink.sources.poller import (PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
+                                 deliver, pipelined)
 from sink.sources.state import batches, pop3_forget, pop3_remember, pop3_seen, uids_to_fetch
 
 log = get_logger("sink.sources.pop3")
@@ -78,7 +78,6 @@ class Pop3Worker(Worker):
     def __init__(self, source, config, storage, engine, tokens=None):
         super().__init__(source, config, storage, engine)
         self.tokens = tokens
-        self.sent_too_much: set[str] = set()    # UIDLs a server sent larger than declared
         self.connection: poplib.POP3 | None = None      # the pass's, for cut()
 
     def cut(self) -> None:
@@ -147,7 +146,7 @@ class Pop3Worker(Worker):
             try:
                 lines = client.retr(number)[1]
             except _OverBudget:
-                raise SentTooMuch([(number, uidl)], f"RETR {number} sent more than "
+                raise SentTooMuch([uidl], f"RETR {number} sent more than "
                                   f"max_message_size ({limit}) allows") from None
             finally:
                 client.budget = None
@@ -165,16 +164,8 @@ class Pop3Worker(Worker):
 
     async def run_pass(self) -> PassResult:
         result = PassResult()
-        while True:
-            try:
-                await self._pass(result)
-                return result
-            except SentTooMuch as lie:
-                (_, uidl), = lie.keys          # RETR takes one message at a time
-                self.sent_too_much.add(uidl)    # the pass again: its plan leaves it there
-                result.restarts += 1
-                if result.restarts > MAX_RESTARTS:
-                    raise
+        await self.restarting(lambda: self._pass(result))
+        return result
 
     async def _pass(self, result: PassResult) -> None:
         client = self.connection = await self.call(self._connect)
@@ -191,10 +182,12 @@ class Pop3Worker(Worker):
                     fits.append((ident, size))
 
             async def handle(batch, raws: list[bytes]) -> None:
-                keep = [(ident, raw) for ident, raw in zip(batch, raws) if len(raw) <= limit]
+                keep = []
                 for ident, raw in zip(batch, raws):
                     if len(raw) > limit:        # within the wire budget, over the limit
                         self.leave_on_server(result, ident[1], len(raw), uidl=ident[1])
+                    else:
+                        keep.append((ident, raw))
                 raws.clear()
                 result.fetched += len(keep)
                 ok = await deliver(self.storage, self.source, self.box, [r for _, r in keep],
