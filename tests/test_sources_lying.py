@@ -31,11 +31,14 @@ LIMIT = 20_000
 class LyingProxy:
     """Forwards 127.0.0.1:port to Dovecot; in the server's answers it writes 100 for every
     size the server declares. ``kind`` pop3: the lines of a LIST answer; imap: every
-    ``RFC822.SIZE n`` outside literals (a literal's bytes pass as they are)."""
+    ``RFC822.SIZE n`` outside literals (a literal's bytes pass as they are). ``greeting``
+    ``"silent"`` or ``"trickle"``: no server behind it; a connection is accepted and then
+    hears nothing, or a greeting that never ends."""
 
     def __init__(self, target_port: int, kind: str, flood: bool = False,
-                 trickle: bool = False):
+                 trickle: bool = False, greeting: str | None = None):
         self.target, self.kind, self.flood, self.trickle = target_port, kind, flood, trickle
+        self.greeting = greeting
         self.flooded = 0
         self.hung_up = threading.Event()        # the client closed a flooded connection
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -49,6 +52,9 @@ class LyingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.greeting:
+                threading.Thread(target=self._greet, args=(client,), daemon=True).start()
+                continue
             server = socket.create_connection(("127.0.0.1", self.target))
             listing = threading.Event()
             threading.Thread(target=self._up, args=(client, server, listing),
@@ -122,6 +128,17 @@ class LyingProxy:
                 time.sleep(0.2)
         except OSError:
             self.hung_up.set()
+
+    def _greet(self, client):
+        if self.greeting == "trickle":
+            self._trickle(client)
+            return
+        try:                            # silent: wait for the client to hang up
+            while not self.stopping and client.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.hung_up.set()
 
     def close(self):
         self.stopping = True
@@ -209,6 +226,23 @@ def test_a_server_that_trickles_is_cut_at_the_deadline(kind, dovecot, engine, db
     assert lines[0]["errors"][0].startswith("ServerTooSlow: no complete answer within 4 s")
     assert 4 <= took < 30, took
     assert len(dovecot.files(USER)) == 1 and stored_raws(engine) == []
+
+
+@pytest.mark.parametrize("kind,tls,greeting", [
+    ("pop3", "none", "trickle"), ("imap", "none", "trickle"),
+    ("pop3", "ssl", "silent"), ("imap", "ssl", "silent")])
+def test_a_connection_that_never_gets_going_is_cut_at_the_deadline(
+        kind, tls, greeting, dovecot, engine, db_url, tmp_path, monkeypatch):
+    """The set-up too has a deadline (two answers'): a greeting trickling a byte every 0.2 s,
+    and a TLS handshake the server never answers (cut before the socket's own 60 s)."""
+    from sink.sources import poller
+    monkeypatch.setattr(poller, "ANSWER_DEADLINE", 0.5)
+    code, lines, _, took = poll_through(kind, dovecot, db_url, tmp_path, {"greeting": greeting},
+                                        hang_up=True, tls=tls)
+    assert code == 1, json.dumps(lines)
+    assert lines[0]["errors"][0].startswith("ServerTooSlow: no complete answer within 1 s"), \
+        lines
+    assert 1 <= took < 20, took
 
 
 class FakeImap:

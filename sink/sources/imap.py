@@ -25,11 +25,11 @@ import socket
 import ssl
 import time
 
-from imapclient import IMAPClient
+from imapclient import IMAPClient, imap4, tls
 from imapclient.exceptions import LoginError
 
 from sink.log import get_logger
-from sink.sources.poller import (PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
+from sink.sources.poller import (CONNECT_ANSWERS, PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
                                  deliver, pipelined)
 from sink.sources.state import batches, imap_forget, imap_remember, imap_seen, uids_to_fetch
 
@@ -58,7 +58,8 @@ class _AnswerBudget:
     bytes, or one that takes the command's literals beyond ``total``, is refused unread.
     imaplib keeps every untagged line of an answer until the command completes: the lines
     are bounded by :data:`ANSWER_LINES`. (IMAPClient keeps that connection in ``_imap``:
-    :meth:`ImapWorker._connect` is the one place that reaches into it.)"""
+    :meth:`ImapWorker._connect` and :class:`_WatchedClient` are the places that reach into
+    the libraries' privates.)"""
 
     def __init__(self, imap):
         self._read, self._readline = imap.read, imap.readline
@@ -86,6 +87,49 @@ class _AnswerBudget:
         return line
 
 
+class _WatchedClient(IMAPClient):
+    """IMAPClient that hands its TCP socket to ``on_socket`` the moment it is connected:
+    IMAPClient connects and reads the greeting in its constructor, and a deadline for that
+    (:meth:`Worker.talk`) needs a socket to cut. IMAPClient's ``_create_IMAP4`` and imaplib's
+    ``_create_socket`` are the hooks below the constructor (private, as is the ``_imap``
+    that :meth:`ImapWorker._connect` hands to :class:`_AnswerBudget`)."""
+
+    def __init__(self, *args, on_socket, **kwargs):
+        self._on_socket = on_socket
+        super().__init__(*args, **kwargs)
+
+    def _create_IMAP4(self):
+        timeout = getattr(self._timeout, "connect", None)
+        if self.ssl:
+            return _WatchedTLS(self.host, self.port, self.ssl_context, timeout,
+                               on_socket=self._on_socket)
+        return _WatchedPlain(self.host, self.port, timeout, on_socket=self._on_socket)
+
+
+class _WatchedPlain(imap4.IMAP4WithTimeout):
+    def __init__(self, *args, on_socket):
+        self._on_socket = on_socket
+        super().__init__(*args)
+
+    def _create_socket(self, timeout=None):
+        sock = super()._create_socket(timeout)
+        self._on_socket(sock)
+        return sock
+
+
+class _WatchedTLS(tls.IMAP4_TLS):
+    def __init__(self, *args, on_socket):
+        self._on_socket = on_socket
+        super().__init__(*args)
+
+    def _create_socket(self, timeout=None):
+        # IMAP4_TLS's own, with the socket handed over before the handshake
+        sock = socket.create_connection((self.host, self.port),
+                                        timeout if timeout is not None else self._timeout)
+        self._on_socket(sock)
+        return tls.wrap_socket(sock, self.ssl_context, self.host)
+
+
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """Certificate and host name verified; ``ca_file`` for a private CA."""
     return ssl.create_default_context(cafile=ca_file)
@@ -100,18 +144,22 @@ class ImapWorker(Worker):
         self.suspects: set[tuple] = set()       # fetched in a batch that was: one at a time
 
     # ------------------------------------------------------------------ connection (thread)
-    def _connect(self) -> IMAPClient:
+    def _connect(self, token: str | None) -> IMAPClient:
         s = self.source
         context = tls_context(s.ca_file)
-        client = IMAPClient(s.host, s.port, ssl=s.tls == "ssl", ssl_context=context,
-                            timeout=TIMEOUT)
+        try:
+            client = _WatchedClient(s.host, s.port, ssl=s.tls == "ssl", ssl_context=context,
+                                    timeout=TIMEOUT, on_socket=self.watch)
+        except BaseException:
+            self.unwatch()
+            raise
         self.answers = _AnswerBudget(client._imap)
         try:
             if s.tls == "starttls":
                 client.starttls(context)
             try:
                 if s.oauth is not None:
-                    client.oauth2_login(s.user, self.tokens.token())
+                    client.oauth2_login(s.user, token)
                 else:
                     client.login(s.user, s.password.reveal())
             except LoginError as exc:
@@ -119,6 +167,7 @@ class ImapWorker(Worker):
             self.capabilities = set(client.capabilities())
         except BaseException:
             _quietly(client.shutdown)
+            self.unwatch()
             raise
         return client
 
@@ -129,24 +178,23 @@ class ImapWorker(Worker):
             # imaplib shuts the socket only when LOGOUT was answered (not after an answer ran
             # past its bound, say): then it would stay open until the collector found it
             _quietly(client.shutdown)
+        self.unwatch()
 
     def _abandon(self) -> None:
         """Drop a connection that is mid-answer (no LOGOUT: that would read the rest)."""
         client, self.client = self.client, None
         if client is not None:
             _quietly(client.shutdown)
-
-    def cut(self) -> None:
-        client = self.client
-        if client is not None:
-            _quietly(lambda: client.socket().shutdown(socket.SHUT_RDWR))
+        self.unwatch()
 
     async def close(self) -> None:
         await self.call(self._logout)
 
     async def _client(self) -> IMAPClient:
         if self.client is None:
-            self.client = await self.call(self._connect)
+            # the token first: Entra ID's time is not the server's (msal bounds its own)
+            token = await self.call(self.tokens.token) if self.source.oauth else None
+            self.client = await self.talk(self._connect, token, answers=CONNECT_ANSWERS)
         return self.client
 
     # --------------------------------------------------------------------------- the pass

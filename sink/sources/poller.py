@@ -15,6 +15,7 @@ flags, moves or remembers only those.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time as _time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,11 +57,13 @@ class ServerTooSlow(Exception):
 
 # Every exchange with a server has a deadline (Worker.talk): ANSWER_DEADLINE seconds, plus one
 # second per MIN_RATE bytes a body fetch declared; a pass's plan (the listing and the sizes of
-# a whole mailbox) PLAN_ANSWERS times that. The socket's own timeout does not bound a server
-# that trickles a byte every 59 seconds.
+# a whole mailbox) PLAN_ANSWERS times that, and the connection's set-up (greeting, TLS, login)
+# CONNECT_ANSWERS times. The socket's own timeout does not bound a server that trickles a byte
+# every 59 seconds.
 ANSWER_DEADLINE = 120.0
 MIN_RATE = 64 * 1024
 PLAN_ANSWERS = 8
+CONNECT_ANSWERS = 2     # the connection: TCP, greeting, STARTTLS or the TLS handshake, login
 
 
 # --------------------------------------------------------------------------- pause window
@@ -193,6 +196,7 @@ class Worker:
         self.notifier = None            # set by the poller in `sink serve` (sink.notify)
         self.too_big_logged: set = set()
         self.sent_too_much: set = set()     # messages a server sent larger than it declared
+        self.wire: socket.socket | None = None  # the connection's socket, for cut() (watch)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"source{source.index}")
 
     def leave_on_server(self, result: PassResult, key, size: int | None, **where) -> None:
@@ -255,9 +259,29 @@ class Worker:
             raise ServerTooSlow(f"no complete answer within {seconds:.0f} s; the connection "
                                 f"was cut") from None
 
+    def watch(self, sock: socket.socket) -> None:
+        """Called by the connecting thread the moment the TCP connection stands, before the
+        greeting or a TLS handshake is read: from then on :meth:`cut` can end it. A duplicate
+        descriptor of the same socket: it stays valid when TLS wraps (detaches) the original,
+        and shutting it down ends the connection for both."""
+        self.unwatch()
+        self.wire = sock.dup()
+
+    def unwatch(self) -> None:
+        """The connection is closed (or was never made): forget its socket."""
+        wire, self.wire = self.wire, None
+        if wire is not None:
+            wire.close()
+
     def cut(self) -> None:
-        """Shut the server connection's socket, from any thread (the kinds that talk to a
-        server say how)."""
+        """Shut the server connection's socket, from any thread: the read blocked on it in
+        the source's thread returns."""
+        wire = self.wire
+        if wire is not None:
+            try:
+                wire.shutdown(socket.SHUT_RDWR)
+            except OSError:                 # already closed, by either side
+                pass
 
     async def run_pass(self) -> PassResult:
         raise NotImplementedError

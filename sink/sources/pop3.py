@@ -15,12 +15,11 @@ that message, which stays on the server like any other too large one.
 from __future__ import annotations
 
 import poplib
-import socket
 
 from sink.log import get_logger
 from sink.sources.imap import tls_context
 from sink.sources.oauth import xoauth2_b64
-from sink.sources.poller import (PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
+from sink.sources.poller import (CONNECT_ANSWERS, PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
                                  deliver, pipelined)
 from sink.sources.state import batches, pop3_forget, pop3_remember, pop3_seen, uids_to_fetch
 
@@ -43,6 +42,17 @@ class _Limits:
     what one answer may bring."""
 
     budget: int | None = None
+    on_socket = None    # called with the TCP socket before the greeting is read (Worker.watch)
+
+    def __init__(self, *args, on_socket=None, **kwargs):
+        self.on_socket = on_socket
+        super().__init__(*args, **kwargs)
+
+    def _tcp_socket(self, timeout):
+        sock = poplib.POP3._create_socket(self, timeout)
+        if self.on_socket is not None:
+            self.on_socket(sock)
+        return sock
 
     def _getline(self):
         line = self.file.readline(MAX_LINE + 1)
@@ -63,11 +73,14 @@ class _Limits:
 
 
 class POP3(_Limits, poplib.POP3):
-    pass
+    def _create_socket(self, timeout):
+        return self._tcp_socket(timeout)
 
 
 class POP3_SSL(_Limits, poplib.POP3_SSL):
-    pass
+    def _create_socket(self, timeout):
+        # poplib's own, with the socket handed over before the TLS handshake
+        return self.context.wrap_socket(self._tcp_socket(timeout), server_hostname=self.host)
 
 
 def _text(value: bytes) -> str:
@@ -78,40 +91,37 @@ class Pop3Worker(Worker):
     def __init__(self, source, config, storage, engine, tokens=None):
         super().__init__(source, config, storage, engine)
         self.tokens = tokens
-        self.connection: poplib.POP3 | None = None      # the pass's, for cut()
 
-    def cut(self) -> None:
-        client = self.connection
-        if client is not None and client.sock is not None:
-            try:
-                client.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def _connect(self) -> poplib.POP3:
+    def _connect(self, token: str | None) -> poplib.POP3:
         s = self.source
         context = tls_context(s.ca_file)
-        if s.tls == "ssl":
-            client = POP3_SSL(s.host, s.port, timeout=TIMEOUT, context=context)
-        else:
-            client = POP3(s.host, s.port, timeout=TIMEOUT)
+        try:
+            if s.tls == "ssl":
+                client = POP3_SSL(s.host, s.port, timeout=TIMEOUT, context=context,
+                                  on_socket=self.watch)
+            else:
+                client = POP3(s.host, s.port, timeout=TIMEOUT, on_socket=self.watch)
+        except BaseException:
+            self.unwatch()
+            raise
         try:
             if s.tls == "starttls":
                 client.stls(context)
-            self._login(client)
+            self._login(client, token)
         except BaseException:
             _close(client)
+            self.unwatch()
             raise
         return client
 
-    def _login(self, client: poplib.POP3) -> None:
+    def _login(self, client: poplib.POP3, token: str | None) -> None:
         s = self.source
         try:
             if s.oauth is not None:
                 # RFC 5034 AUTH; poplib has no public call for it, so the two lines are sent
                 # with its own command helper (a "+ " continuation, then the initial response)
                 client._shortcmd("AUTH XOAUTH2")
-                client._shortcmd(xoauth2_b64(s.user, self.tokens.token()))
+                client._shortcmd(xoauth2_b64(s.user, token))
             else:
                 client.user(s.user)
                 client.pass_(s.password.reveal())
@@ -168,7 +178,9 @@ class Pop3Worker(Worker):
         return result
 
     async def _pass(self, result: PassResult) -> None:
-        client = self.connection = await self.call(self._connect)
+        # the token first: Entra ID's time is not the server's (msal bounds its own)
+        token = await self.call(self.tokens.token) if self.source.oauth else None
+        client = await self.talk(self._connect, token, answers=CONNECT_ANSWERS)
         try:
             plan = await self.talk(self._plan, client, answers=PLAN_ANSWERS)
             limit = self.source.max_message_size
@@ -204,6 +216,8 @@ class Pop3Worker(Worker):
         except BaseException:
             await self.call(_close, client)     # (mid-answer after SentTooMuch: no QUIT)
             raise
+        finally:
+            self.unwatch()
 
 
 def _listing(client: poplib.POP3, command) -> list[bytes]:
