@@ -224,6 +224,58 @@ def test_auth_brute_force_is_limited_per_client(serve, tls_files, ca, tmp_path):
         assert code == 421
 
 
+def test_password_checks_run_beside_the_event_loop(serve, tls_files, ca, tmp_path,
+                                                   monkeypatch):
+    """scrypt takes ~50-100 ms of CPU: four logins at once checked on the event loop held every
+    other session of the process for all four. Now they run in AUTH_CHECKS's threads while
+    another session's NOOPs are answered."""
+    from sink.sources import auth
+    started = time.perf_counter()
+    auth.verify_password(b"guess", auth.hash_password("x"))
+    one_check = time.perf_counter() - started
+    threads_used = set()
+    check = auth.Authenticator.check
+
+    def recording(self, login, password):
+        threads_used.add(threading.current_thread().name)
+        return check(self, login, password)
+    monkeypatch.setattr(auth.Authenticator, "check", recording)
+    server = auth_door(serve, tls_files, tmp_path)
+    sessions = []
+    for _ in range(4):          # four wrong guesses: the limiter allows five per address
+        smtp = smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30)
+        smtp.starttls(context=client_context(ca))
+        smtp.ehlo()
+        sessions.append(smtp)
+    watcher = smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30)
+    watcher.ehlo()
+    go, codes = threading.Barrier(len(sessions) + 1), []
+
+    def guess(smtp):
+        go.wait()
+        codes.append(smtp.docmd("AUTH", "PLAIN " + base64.b64encode(
+            b"\0connector\0guess").decode())[0])
+    guessing = [threading.Thread(target=guess, args=(s,)) for s in sessions]
+    for thread in guessing:
+        thread.start()
+    go.wait()
+    waits = []
+    while any(thread.is_alive() for thread in guessing):
+        sent = time.perf_counter()
+        assert watcher.noop()[0] == 250
+        waits.append(time.perf_counter() - sent)
+    for thread in guessing:
+        thread.join()
+    for smtp in sessions + [watcher]:
+        smtp.close()
+    assert codes == [535] * 4
+    assert threads_used and all(name.startswith("sink-auth") for name in threads_used), \
+        threads_used
+    print(f"\n[auth beside the loop] one check {one_check * 1000:.1f} ms; {len(waits)} NOOPs "
+          f"meanwhile, the longest {max(waits) * 1000:.1f} ms")
+    assert len(waits) >= 4 and max(waits) < one_check / 2, (max(waits), one_check, len(waits))
+
+
 def test_passwd_hash_verifies_and_is_no_plain_text(tmp_path):
     from sink.sources.auth import Authenticator, load_users
     path = users_file(tmp_path)

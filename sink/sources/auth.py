@@ -111,7 +111,8 @@ class FailureLimiter:
 
 
 class Authenticator:
-    """aiosmtpd's ``authenticator`` callable for one listener."""
+    """aiosmtpd's ``authenticator`` callable for one listener (called from the threads of
+    ``sink.sources.smtp_protocol.AUTH_CHECKS``: what it shares is locked or atomic)."""
 
     # an unknown user costs a real scrypt too (same time as a wrong password)
     _DUMMY = hash_password("sink-dummy-password")
@@ -119,8 +120,9 @@ class Authenticator:
     def __init__(self, users_file: str, limiter: FailureLimiter | None = None):
         self.users = load_users(users_file)
         self.limiter = limiter or FailureLimiter()
-        # scrypt runs on the event loop (~50 ms): a connector that logs in on every connection
-        # pays it once; the key is random per process, so the set reveals nothing
+        # scrypt costs ~50-100 ms of CPU (in a thread of smtp_protocol.AUTH_CHECKS, beside
+        # the event loop): a connector that logs in on every connection pays it once; the key
+        # is random per process, so the set reveals nothing
         self._key = os.urandom(32)
         self._verified: set[bytes] = set()
 

@@ -2,7 +2,8 @@
 
 This is the one module that reaches into aiosmtpd's private attributes (``_reader``,
 ``_writer``, ``_timeout_handle``, ``_reset_timeout``, ``_set_post_data_state``,
-``_call_handler_hook``, ``_original_transport``, ``_getaddr``), the module function
+``_call_handler_hook``, ``_original_transport``, ``_getaddr``, ``_authenticate``,
+``_authenticator``), the module function
 ``aiosmtpd.smtp.sanitized_log`` (replaced: see :func:`_sanitized_log`) and asyncio's
 ``StreamReader._buffer`` and ``._limit``; keep it so: no other module of the sink may touch
 them. ``tests/test_door.py`` (:data:`AIOSMTPD_PRIVATES`) names them, so an aiosmtpd upgrade
@@ -19,6 +20,11 @@ connections are limited per client address too; the whole DATA phase has a deadl
 limit counts the message as stored (RFC 1870: dot-stuffing excluded); MAIL needs STARTTLS when
 ``require_tls`` and AUTH when ``auth = "required"``; AUTH failures are limited per address; at
 shutdown new transactions get ``421 4.3.2`` and every message in DATA is answered first.
+
+AUTH's password check (scrypt: ~50-100 ms of CPU and 16 MiB) runs in a thread of
+:data:`AUTH_CHECKS`, never on the event loop that every other session shares: aiosmtpd calls
+its ``authenticator`` synchronously, so :meth:`_Guarded._authenticate` keeps what the
+client sent and ``auth_PLAIN`` / ``auth_LOGIN`` verify it in the thread.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import asyncio
 import ipaddress
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import aiosmtpd.smtp
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from sink.config import ListenerConfig
 from sink.log import get_logger
@@ -46,8 +53,12 @@ COMMAND_LINE_LIMIT = 4096          # SPEC 2.1, whatever max_message_size is
 DATA_PIECE = 1024 * 1024           # DATA is read in pieces of at most this (memory)
 AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
                      "_set_post_data_state", "_call_handler_hook", "_original_transport",
-                     "_getaddr")
+                     "_getaddr", "_authenticate", "_authenticator")
 STREAM_PRIVATES = ("_buffer", "_limit")
+# Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
+# sessions waiting for one wait on the loop without holding it up.
+AUTH_CHECKS = ThreadPoolExecutor(2, thread_name_prefix="sink-auth")
+_NOT_VERIFIED = AuthResult(success=False, handled=False)    # 535, should aiosmtpd ever use it
 
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
 _aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
@@ -229,6 +240,33 @@ class _Guarded:
             log.warning("auth.blocked", peer=self._client, listener=self.state.address)
             return await self._refuse_and_close(REPLY_AUTH_BLOCKED)
         return await super().smtp_AUTH(arg)
+
+    _auth_data = None
+
+    def _authenticate(self, mechanism, auth_data):
+        # aiosmtpd's built-in auth_PLAIN and auth_LOGIN end with this synchronous call to the
+        # authenticator; keep what they read for the thread (below) instead of running it here
+        self._auth_data = (mechanism, auth_data)
+        return _NOT_VERIFIED
+
+    async def auth_PLAIN(self, _, args):
+        return await self._verified(super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _, args):
+        return await self._verified(super().auth_LOGIN(_, args))
+
+    async def _verified(self, reading):
+        """The AuthResult of the client's exchange ``reading``, its check run in AUTH_CHECKS."""
+        self._auth_data = None
+        result = await reading
+        if result is not _NOT_VERIFIED or self._auth_data is None:
+            return result                   # it ended before a check (bad base64, "*")
+        (mechanism, auth_data), self._auth_data = self._auth_data, None
+        if self._authenticator is None:     # no `auth` configured: aiosmtpd's refusal
+            return SMTP._authenticate(self, mechanism, auth_data)
+        return await asyncio.get_running_loop().run_in_executor(
+            AUTH_CHECKS, self._authenticator, self, self.session, self.envelope, mechanism,
+            auth_data)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
