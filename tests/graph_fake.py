@@ -188,7 +188,7 @@ class FakeMicrosoft:
         if event_id is None:
             return _error(405, "ErrorInvalidRequest", "list events is not faked")
         if method == "GET":
-            return tenant.get(user_id, event_id)
+            return tenant.get(user_id, event_id, query.get("$select"))
         if method == "PATCH":
             return tenant.patch(user_id, event_id, payload or {})
         if method == "DELETE":

@@ -176,6 +176,45 @@ def test_a_series_with_an_exception_and_a_cancelled_occurrence(cal):
     assert cal.rows("alice@firma.cz") == []
 
 
+def test_an_occurrence_cancelled_before_the_first_sync_is_a_cancelled_row(cal):
+    """The calendar view never lists a cancelled occurrence: only the master's
+    cancelledOccurrences names it. It becomes a row once, however often the master is read,
+    and an occurrence cancelled after the first sync is not doubled by it."""
+    master, instances = cal.tenant.add_series(cal.alice, "Weekly sync", hour(7), 4,
+                                              attendees=["jan@acme.cz"])
+    gone_start = cal.tenant.events[cal.alice][instances[1]]["originalStart"]
+    cal.tenant.remove(cal.alice, instances[1])            # before the sink ever saw it
+    report = cal.run("alice@firma.cz")["alice@firma.cz"]
+    assert report.pulled["cancelled"] == 1
+    assert any("cancelledOccurrences" in p for p in cal.graph_calls("GET"))
+    rows = [r for r in cal.rows("alice@firma.cz") if r.series_master_id == master]
+    assert len(rows) == 4
+    [before] = [r for r in rows if r.cancelled]
+    assert before.graph_id is None and before.event_type == "occurrence"
+    assert before.start.replace(tzinfo=None) == hour(14).replace(tzinfo=None)
+    assert before.original_start.replace(tzinfo=None).isoformat() == gone_start[:19]
+    assert (before.end - before.start) == timedelta(hours=1)
+    assert before.subject == "Weekly sync" and before.outlook
+    assert linked(cal, t.calendar_activity_contacts, "contact_id", before.id) == {"Jan"}
+    assert [e.detail for e in cal.trace("cancelled-in-outlook")] == [
+        f"cancelled before it was synchronised: {hour(14).date()}"]
+
+    cal.tenant.remove(cal.alice, instances[2])            # after: its @removed marks it
+    report = cal.run("alice@firma.cz")["alice@firma.cz"]
+    assert report.pulled["cancelled"] == 1 and report.pushed == dict.fromkeys(report.pushed, 0)
+    cal.tenant.expire_delta_tokens()                      # a full round reads the master again
+    report = cal.run("alice@firma.cz")["alice@firma.cz"]
+    assert report.full_sync and report.pulled["cancelled"] == 0
+    rows = [r for r in cal.rows("alice@firma.cz") if r.series_master_id == master]
+    assert len(rows) == 4 and sum(r.cancelled for r in rows) == 2
+    cal.crm_edit(before.id, cancelled=False)              # Graph cannot restore it
+    cal.run("alice@firma.cz")
+    assert [r.cancelled for r in cal.rows("alice@firma.cz") if r.id == before.id] == [True]
+    assert [e.detail for e in cal.trace("refused-by-outlook")] == [
+        "a cancelled occurrence cannot be restored"]
+    assert not cal.graph_calls("POST")                    # nothing sent back to Outlook
+
+
 def test_a_deletion_on_each_side(cal):
     kept = cal.tenant.add_event(cal.alice, "Kept", hour(1))
     in_outlook = cal.tenant.add_event(cal.alice, "Deleted in Outlook", hour(2))

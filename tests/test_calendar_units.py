@@ -250,3 +250,29 @@ def test_a_failing_pass_is_one_error_mail_of_its_kind(status, kind):
     assert [m[0] for m in sent] == ([kind] if kind else [])
     if kind:
         assert "alice@firma.cz" in sent[0][2] or "AADSTS7000215" in sent[0][2]
+
+
+def test_cancelled_occurrences_start_at_the_series_time_in_its_zone():
+    """OID dates are in the recurrence's zone: a series at 10:00 Prague time started in
+    summer (08:00 UTC) has its December occurrence at 09:00 UTC. Other series' ids, junk and
+    impossible dates are left out; a Windows zone name and an IANA one both work."""
+    from sink.calendar.events import cancelled_occurrences, from_graph, zone_of
+    master = {"id": "M1", "type": "seriesMaster", "subject": "Standup",
+              "start": {"dateTime": "2026-06-01T08:00:00.0000000", "timeZone": "UTC"},
+              "end": {"dateTime": "2026-06-01T08:30:00.0000000", "timeZone": "UTC"},
+              "recurrence": {"pattern": {"type": "weekly", "interval": 1},
+                             "range": {"type": "noEnd", "startDate": "2026-06-01",
+                                       "recurrenceTimeZone": "Central Europe Standard Time"}},
+              "cancelledOccurrences": ["OID.M1.2026-12-07", "OID.M1.2026-07-06", "OID.M2.2026-12-08",
+                                       "junk", 5, "OID.M1.2026-13-01", "OID.M1.2026-12-07"]}
+    found = cancelled_occurrences(master, from_graph(master))
+    assert [(r["start"].isoformat(), r["end"].isoformat()) for r in found] == [
+        ("2026-12-07T09:00:00+00:00", "2026-12-07T09:30:00+00:00"),
+        ("2026-07-06T08:00:00+00:00", "2026-07-06T08:30:00+00:00")]
+    assert all(r["cancelled"] and r["graph_id"] is None and r["series_master_id"] == "M1"
+               and r["original_start"] == r["start"] and r["subject"] == "Standup"
+               for r in found)
+    assert str(zone_of("Europe/Prague")) == "Europe/Prague"
+    assert zone_of("Mars Standard Time") == zone_of(None) == zone_of("x" * 200)
+    master["cancelledOccurrences"] = "OID.M1.2026-12-07"             # not a list: nothing
+    assert cancelled_occurrences(master, from_graph(master)) == []

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+import re
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from sink.mail.textnorm import fold_address
 
@@ -19,6 +22,8 @@ TYPES = {"singleInstance", "occurrence", "exception", "seriesMaster"}
 ATTENDEE_TYPES = {"required", "optional", "resource"}
 MAX_ATTENDEES = 500
 MAX_RECURRENCE = 8192                 # bytes of JSON: a pattern and a range are far smaller
+MAX_CANCELLED = 1000                  # occurrences of one series read as cancelled
+_OCCURRENCE_ID = re.compile(r"OID\.(.{1,500})\.(\d{4}-\d{2}-\d{2})")
 SYNCED = ("subject", "location", "start", "end", "all_day", "attendees", "recurrence",
           "cancelled")
 
@@ -176,3 +181,49 @@ def digest(fields) -> str:
             value = value or ""
         canonical[key] = value
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def zone_of(name) -> ZoneInfo | timezone:
+    """A Graph time zone name (Windows' "Central Europe Standard Time", or IANA's) as a
+    zone; UTC when it is neither."""
+    if isinstance(name, str) and 0 < len(name) < 100 and name != "UTC":
+        for candidate in (name, WINDOWS_TO_OLSON.get(name)):
+            if candidate:
+                try:
+                    return ZoneInfo(candidate)
+                except (ZoneInfoNotFoundError, ValueError):
+                    pass
+    return timezone.utc
+
+
+def cancelled_occurrences(master: dict, fields: dict) -> list[dict]:
+    """The row fields of the occurrences a series master lists as cancelled
+    (``cancelledOccurrences``: ``OID.{master id}.{date}``, the date in the recurrence's time
+    zone). Graph says nothing else of them; they start, on their date, at the master's time
+    of day in that zone, last as long as it, and carry its subject, place and people."""
+    listed = master.get("cancelledOccurrences")
+    start, end = fields["start"], fields["end"]
+    if not isinstance(listed, list) or start is None or fields["graph_id"] is None:
+        return []
+    zone = zone_of(_get(master, "recurrence", "range", "recurrenceTimeZone")
+                   or master.get("originalStartTimeZone"))
+    local = start.astimezone(zone)
+    length = (end - start) if end is not None and end >= start else timedelta(0)
+    out, seen = [], set()
+    for item in listed[:MAX_CANCELLED]:
+        found = _OCCURRENCE_ID.fullmatch(item) if isinstance(item, str) else None
+        if found is None or found.group(1) != fields["graph_id"]:
+            continue
+        try:
+            day = date.fromisoformat(found.group(2))
+            at = utc(datetime.combine(day, local.timetz().replace(tzinfo=None), tzinfo=zone))
+        except (OverflowError, ValueError):
+            continue
+        if at in seen:
+            continue
+        seen.add(at)
+        out.append({**fields, "graph_id": None, "change_key": None, "event_type": "occurrence",
+                    "series_master_id": fields["graph_id"], "original_start": at,
+                    "recurrence": None, "cancelled": True, "start": at, "end": at + length})
+    return out
+

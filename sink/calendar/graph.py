@@ -201,10 +201,12 @@ class GraphClient:
         url = f"/users/{quote(user_id, safe='')}/events"
         return url if event_id is None else f"{url}/{quote(event_id, safe='')}"
 
-    def get_event(self, user_id: str, event_id: str) -> dict | None:
+    def get_series_master(self, user_id: str, event_id: str) -> dict | None:
+        """A series master with the dates of its cancelled occurrences (Graph returns
+        ``cancelledOccurrences`` only when selected, only on a GET of a master), or None."""
         try:
             return self.request("GET", self._event_url(user_id, event_id)
-                                + f"?$select={EVENT_FIELDS}",
+                                + f"?$select={EVENT_FIELDS},cancelledOccurrences",
                                 headers={"Prefer": 'outlook.timezone="UTC"'})
         except GraphError as exc:
             if exc.status == 404 and not isinstance(exc, MailboxUnavailable):

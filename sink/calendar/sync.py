@@ -25,7 +25,7 @@ from datetime import timedelta
 from sqlalchemy import delete, insert, update
 
 from sink.calendar import store
-from sink.calendar.events import digest, from_graph, to_graph, utc
+from sink.calendar.events import cancelled_occurrences, digest, from_graph, to_graph, utc
 from sink.calendar.graph import GraphClient, GraphError, MailboxUnavailable, SyncStateGone
 from sink.calendar.token import TokenError
 from sink.config.calendar import CalendarConfig
@@ -221,22 +221,52 @@ class CalendarSyncer:
         if row is not None and row.graph_id is not None and self._crm_changed(row) \
                 and self._crm_wins(conn, rnd, row, fields):
             return
-        values = {**fields, "synced_hash": digest(fields), "synced_at": store.now(),
-                  "outlook": True, "crm_deleted": False, "invitation_id": store.invitation_for(conn, uid,
-                                                                         fields["ical_uid"])}
+        values = self._synced(conn, rnd, fields)
         if row is None:
-            if rnd.type_id is None:
-                rnd.type_id = store.activity_type(conn, self.config.activity_type) or 0
-            values.update(user_id=uid, type_name=self.config.activity_type,
-                          type_id=rnd.type_id or None)
-            activity_id = conn.execute(insert(A).values(**values)).inserted_primary_key[0]
+            activity_id = self._insert(conn, rnd, values)
             rnd.report.pulled["created"] += 1
         else:
             activity_id = row.id
             conn.execute(update(A).where(A.c.id == row.id).values(**values))
             rnd.report.pulled["updated"] += 1
+        self._link(conn, rnd, activity_id, fields)
+
+    @staticmethod
+    def _synced(conn, rnd: _Round, fields: dict) -> dict:
+        """A row's values from Outlook's fields, agreed by both sides as of now."""
+        return {**fields, "synced_hash": digest(fields), "synced_at": store.now(),
+                "outlook": True, "crm_deleted": False,
+                "invitation_id": store.invitation_for(conn, rnd.user["id"], fields["ical_uid"])}
+
+    def _insert(self, conn, rnd: _Round, values: dict) -> int:
+        if rnd.type_id is None:
+            rnd.type_id = store.activity_type(conn, self.config.activity_type) or 0
+        values = {**values, "user_id": rnd.user["id"], "type_name": self.config.activity_type,
+                  "type_id": rnd.type_id or None}
+        return conn.execute(insert(A).values(**values)).inserted_primary_key[0]
+
+    @staticmethod
+    def _link(conn, rnd: _Round, activity_id: int, fields: dict) -> None:
         parties = {a["email"] for a in fields["attendees"]} | {fields["organizer"]} - {None}
         store.link_parties(conn, activity_id, parties - set(rnd.user["addresses"]))
+
+    def _cancelled_before(self, conn, rnd: _Round, master: dict) -> None:
+        """Occurrences cancelled in Outlook before this sink saw them: the calendar view never
+        lists a cancelled occurrence, only its master's ``cancelledOccurrences`` does. Each one
+        in the window that is no row yet becomes one, cancelled (an occurrence cancelled after
+        it was synchronised is already a row: its ``@removed`` marked it)."""
+        start, end = self._window()
+        uid = rnd.user["id"]
+        for fields in cancelled_occurrences(master, from_graph(master)):
+            if not start <= fields["start"] <= end or store.occurrence_at(
+                    conn, uid, fields["series_master_id"], fields["original_start"]):
+                continue
+            activity_id = self._insert(conn, rnd, self._synced(conn, rnd, fields))
+            self._link(conn, rnd, activity_id, fields)
+            store.trace(conn, uid, "cancelled-in-outlook",
+                        f"cancelled before it was synchronised: {fields['start'].date()}",
+                        activity_id=activity_id, graph_id=fields["series_master_id"])
+            rnd.report.pulled["cancelled"] += 1
 
     @staticmethod
     def _crm_changed(row) -> bool:
@@ -303,10 +333,11 @@ class CalendarSyncer:
 
     def _refresh_masters(self, graph_user: str, rnd: _Round) -> None:
         for master_id in sorted(rnd.masters):
-            event = self.graph.get_event(graph_user, master_id)
+            event = self.graph.get_series_master(graph_user, master_id)
             with self.engine.begin() as conn:
                 if event is not None:
                     self._apply(conn, rnd, event)
+                    self._cancelled_before(conn, rnd, event)
                     continue
                 row = store.by_graph_id(conn, rnd.user["id"], master_id)
                 if row is not None:
@@ -338,6 +369,18 @@ class CalendarSyncer:
         log.warning("calendar.push_refused", user=user["email"], activity=row.id,
                     status=exc.status, code=exc.code)
 
+    def _not_restored(self, user: dict, row) -> None:
+        """The CRM un-cancelled an occurrence that Outlook cancelled before we saw it (it has
+        no Graph id): Graph has no call that restores an occurrence, and a new single event
+        would not be one of the series. Outlook's state stands, and the trace says why."""
+        values = {**row._mapping, "cancelled": True}
+        with self.engine.begin() as conn:
+            conn.execute(update(A).where(A.c.id == row.id).values(
+                cancelled=True, synced_hash=digest(values), synced_at=store.now()))
+            store.trace(conn, user["id"], "refused-by-outlook",
+                        "a cancelled occurrence cannot be restored", activity_id=row.id,
+                        graph_id=row.series_master_id)
+
     def _push_row(self, user, graph_user, report, row) -> None:
         uid = user["id"]
         if row.crm_deleted or (row.cancelled and row.series_master_id):
@@ -352,6 +395,9 @@ class CalendarSyncer:
                 store.trace(conn, uid, "deleted-in-outlook-by-crm", activity_id=row.id,
                             graph_id=row.graph_id)
             report.pushed["deleted"] += 1
+            return
+        if row.graph_id is None and row.series_master_id:
+            self._not_restored(user, row)
             return
         body = to_graph(row)
         if row.graph_id is None:
