@@ -55,6 +55,7 @@ class SinkApp:
 
     async def start(self) -> list[tuple[str, int]]:
         """Start everything; the bound (host, port) of each listener, in config order."""
+        self.listeners.prepare()        # a listener's unusable file: before anything runs
         await self.notifier.start()     # first and last: every part may notify meanwhile
         await self.storage.start()
         if hasattr(self.suspension, "start"):

@@ -132,6 +132,67 @@ def test_messages_has_a_header_naming_the_columns(config_file, tmp_path):
     assert as_json.startswith("{")          # no header for programs
 
 
+def _serve_with(config_file, tmp_path, listener: str) -> tuple[int, list[str]]:
+    """`sink serve` with one more [[listeners]] entry; its exit code and the lines of its
+    standard error that are not JSON log lines."""
+    path = tmp_path / "serve.toml"
+    path.write_text(config_file.read_text() + "[[listeners]]\n" + listener)
+    result = sink(path, "serve")
+    return result.returncode, [line for line in result.stderr.decode().splitlines()
+                               if not line.startswith("{")]
+
+
+def test_serve_names_the_key_of_a_file_or_address_it_cannot_use(config_file, tmp_path):
+    """Before: "storage unavailable" (exit 1, as if the database were down, and systemd
+    restarted it for ever) or two tracebacks (the users file)."""
+    import socket
+    import trustme
+    server = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    smtp = 'protocol = "smtp"\naddress = "127.0.0.1:0"\n'
+    tls = f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+    missing = tmp_path / "missing.pem"
+    cases = {
+        f'tls_cert = "{missing}"\ntls_key = "{key}"\n':
+            f"listeners[0].tls_cert / tls_key: not a usable certificate and key ({missing}",
+        f'tls_cert = "{key}"\ntls_key = "{cert}"\n':     # swapped
+            "listeners[0].tls_cert / tls_key: not a usable certificate and key",
+        tls + f'tls_client_ca = "{missing}"\n':
+            f"listeners[0].tls_client_ca: not a usable CA file ({missing}",
+        tls + f'auth = "required"\nauth_users_file = "{missing}"\n':
+            f"listeners[0].auth_users_file: {missing}: cannot read",
+    }
+    for more, said in cases.items():
+        code, err = _serve_with(config_file, tmp_path, smtp + more)
+        assert code == 2 and len(err) == 1 and err[0].startswith("sink: error: " + said), \
+            (more, code, err)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = _serve_with(config_file, tmp_path,
+                                f'protocol = "lmtp"\naddress = "127.0.0.1:{port}"\n')
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"sink: error: listeners[0].address: cannot listen on "
+                             f"127.0.0.1:{port} (") and "in use" in err[0]
+
+
+def test_a_reader_that_stops_early_is_no_storage_failure(config_file, tmp_path):
+    """`sink show 1 --raw | head -c 10`: said "storage unavailable" (Broken pipe), exit 1."""
+    mail = tmp_path / "in.eml"
+    mail.write_bytes(make_mail(body="y" * 400_000))
+    sink(config_file, "ingest", mail, check=True)
+    for args in (["show", "1", "--raw"], ["show", "1"]):
+        proc = subprocess.Popen([sys.executable, "-m", "sink", "--config", str(config_file),
+                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout.read(10)
+        proc.stdout.close()                 # the reader goes away, as head does
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 0 and "unavailable" not in err and "Traceback" not in err, err
+
+
 def test_a_never_upgraded_database_is_not_created_by_a_command(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/data/sink.db"\n'

@@ -5,34 +5,51 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from sink.config import Config, ListenerConfig
+from sink.config import Config, ConfigError, ListenerConfig
 from sink.log import get_logger
 from sink.sources.smtp_handler import Handler, InFlight
-from sink.sources.auth import Authenticator
+from sink.sources.auth import Authenticator, UsersFileError
 from sink.sources.smtp_protocol import COMMAND_LINE_LIMIT, ListenerState, SinkLMTP, SinkSMTP
 
 log = get_logger("sink.sources.listeners")
 
 
-def _tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+def _tls_context(listener: ListenerConfig, key: str) -> ssl.SSLContext | None:
     """TLS 1.2 or later; with ``tls_client_ca`` a client certificate is asked for and, when
     shown, must verify against that CA (whether one must be shown, and its name, is decided
-    after the handshake: :meth:`Handler.handle_STARTTLS`)."""
+    after the handshake: :meth:`Handler.handle_STARTTLS`). A file that cannot be used is a
+    ConfigError naming its key (``key``: ``listeners[N]``), never "storage unavailable"."""
     if not listener.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(listener.tls_cert, listener.tls_key)
+    try:
+        context.load_cert_chain(listener.tls_cert, listener.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"{key}.tls_cert / tls_key: not a usable certificate and key "
+                          f"({listener.tls_cert}, {listener.tls_key}: {_reason(error)})") from None
     if listener.tls_client_ca:
-        context.load_verify_locations(cafile=listener.tls_client_ca)
+        try:
+            context.load_verify_locations(cafile=listener.tls_client_ca)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"{key}.tls_client_ca: not a usable CA file "
+                              f"({listener.tls_client_ca}: {_reason(error)})") from None
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
-def _authenticator(listener: ListenerConfig, state: ListenerState):
+def _authenticator(listener: ListenerConfig, state: ListenerState, key: str):
     if listener.auth != "required":
         return None
-    return Authenticator(listener.auth_users_file, state.limiter)
+    try:
+        return Authenticator(listener.auth_users_file, state.limiter)
+    except UsersFileError as error:
+        raise ConfigError(f"{key}.auth_users_file: {error}") from None
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error) \
+        or type(error).__name__
 
 
 class Listeners:
@@ -47,9 +64,16 @@ class Listeners:
         self.servers: list[asyncio.AbstractServer] = []
         self.live: set = set()      # open sessions of every listener, closed at shutdown
         self.states: list[ListenerState] = []
+        self._factories: list | None = None
 
+    def prepare(self) -> None:
+        """Build every listener's TLS context and AUTH users before anything starts: a file
+        that cannot be used stops ``sink serve`` with a ConfigError (exit 2) naming its key."""
+        if self._factories is None:
+            self._factories = [self._factory(listener, f"listeners[{i}]")
+                               for i, listener in enumerate(self.config.listeners)]
 
-    def _factory(self, listener: ListenerConfig):
+    def _factory(self, listener: ListenerConfig, key: str):
         handler = Handler(self.config, self.storage, listener, self.tracker, self.ops)
         base = SinkLMTP if listener.protocol == "lmtp" else SinkSMTP
         # One protocol class per listener: its state, and the stream limit for command lines
@@ -61,8 +85,8 @@ class Listeners:
             "state": state,
             "line_length_limit": COMMAND_LINE_LIMIT,
         })
-        tls = _tls_context(listener)
-        authenticator = _authenticator(listener, state)
+        tls = _tls_context(listener, key)
+        authenticator = _authenticator(listener, state, key)
         return state, lambda: protocol(handler, data_size_limit=listener.max_message_size,
                                 enable_SMTPUTF8=True, decode_data=False,
                                 hostname=listener.hostname, ident="crm-sink", tls_context=tls,
@@ -73,10 +97,15 @@ class Listeners:
     async def start(self) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         bound = []
-        for listener in self.config.listeners:
-            state, factory = self._factory(listener)
+        self.prepare()
+        for i, (listener, (state, factory)) in enumerate(zip(self.config.listeners,
+                                                             self._factories)):
             self.states.append(state)
-            server = await loop.create_server(factory, listener.host, listener.port)
+            try:
+                server = await loop.create_server(factory, listener.host, listener.port)
+            except OSError as error:        # in use, not an address of this host, a low port
+                raise ConfigError(f"listeners[{i}].address: cannot listen on "
+                                  f"{listener.address} ({_reason(error)})") from None
             self.servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
             bound.append((host, port))
