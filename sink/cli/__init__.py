@@ -7,6 +7,7 @@ parsers and sets ``func``; :data:`COMMAND_MODULES` is the list, in the order ``-
 
 from __future__ import annotations
 
+import os
 import sys
 
 from sink.cli import admin, calendar, inspect, mail, operations, passwd, poll, spam
@@ -40,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(None, args)
         config = load_config(args.config)
         configure(config.log.level, config.log.file)
-        return args.func(config, args)
+        code = args.func(config, args)
+        sys.stdout.flush()          # here, where a reader that went away is caught below
+        return code
+    except BrokenPipeError:
+        # `sink show 1 | head`: the reader has what it wanted. Not "storage unavailable";
+        # and nothing more may reach the closed pipe (not even at the interpreter's exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, ConfigError) as exc:
         print(f"sink: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
