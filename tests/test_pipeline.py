@@ -238,6 +238,10 @@ def test_box_keyword_override(directory):
     assert only(run(directory, settings=settings, subject="Smlouva:2023-015")).contract \
         == "2023-015"
     assert only(run(directory, settings=settings, subject="Contract:2023-015")).contract is None
+    # an empty list replaces the default too: no word of it is a contract keyword then
+    settings = {"keywords": {"contract_keywords": []}}
+    assert only(run(directory, settings=settings, subject="Contract:2023-015")).contract is None
+    assert only(run(directory, subject="Contract:2023-015")).contract == "2023-015"
 
 
 def test_internal_domains_setting(directory):

@@ -37,7 +37,8 @@ class BoxConfig:
 
     def rule_list(self, name: str) -> tuple[str, ...]:
         """A keyword/phrase list: the box's override, else the shipped default."""
-        return self.keywords.get(name) or default_list(name)
+        # a box's own list replaces the default, an empty one too (that rule then finds none)
+        return self.keywords[name] if name in self.keywords else default_list(name)
 
 
 _BOX_KEYS = {
