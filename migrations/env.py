@@ -2,7 +2,6 @@
 
 from alembic import context
 
-from sink.db.engine import make_engine
 from sink.db.schema import metadata
 
 config = context.config
@@ -10,13 +9,9 @@ config = context.config
 
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
-    with engine.connect() as conn:
-        _run(conn)
-    engine.dispose()
+    if connection is None:      # the URL (and its password) is never put in alembic's config
+        raise RuntimeError("run migrations with `sink db upgrade`, not the alembic command")
+    _run(connection)
 
 
 def _run(connection) -> None:

@@ -193,6 +193,29 @@ def test_a_reader_that_stops_early_is_no_storage_failure(config_file, tmp_path):
         assert proc.wait(60) == 0 and "unavailable" not in err and "Traceback" not in err, err
 
 
+@pytest.mark.postgres
+def test_a_password_with_url_escapes_works_and_is_never_shown(tmp_path, pg_available):
+    """SQLAlchemy writes '@', ':', '%' ... of a password as %XX; alembic's ConfigParser took
+    that '%' for interpolation: every command failed with a traceback holding the password."""
+    import uuid
+    from tests.conftest import create_pg_database, drop_pg_database
+    require(pg_available, "PostgreSQL at 127.0.0.1:5432")
+    name = f"sink_test_{uuid.uuid4().hex[:12]}"
+    url = create_pg_database(name)      # trust auth: the password is sent, and not checked
+    secret = "S3cr%40t%25-Pa55"         # the password S3cr@t%-Pa55
+    config = tmp_path / "c.toml"
+    config.write_text(f'[database]\nurl = "{url.replace("postgres@", f"postgres:{secret}@")}"'
+                      '\n[[boxes]]\naddress = "crm@firma.cz"\n')
+    try:
+        for command in (["db", "upgrade"], ["status"], ["messages"]):
+            result = sink(config, *command)
+            said = (result.stdout + result.stderr).decode()
+            assert result.returncode == 0, said
+            assert "Pa55" not in said and "Traceback" not in said, said
+    finally:
+        drop_pg_database(name)
+
+
 def test_a_never_upgraded_database_is_not_created_by_a_command(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/data/sink.db"\n'

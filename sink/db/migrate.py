@@ -12,9 +12,12 @@ from sqlalchemy.engine import Engine
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
+    """The scripts' location only. The connection is handed over in ``cfg.attributes``
+    (:func:`upgrade`), never the URL: alembic's ConfigParser reads a ``%`` (SQLAlchemy
+    percent-encodes ``@ : / %`` ... in a password) as interpolation, so a URL there made
+    every command fail with a traceback that showed the password."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(resources.files("sink.migrations")))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return cfg
 
 
