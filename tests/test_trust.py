@@ -129,6 +129,35 @@ def test_journal_report_only_from_journal_senders(directory):
     assert trusted("journal", parsed, box, directory, False, "x@evil.example")[0] is False
 
 
+def test_a_forged_journal_report_cannot_vouch_for_what_it_carries(engine):
+    """Found in review: a stranger's 'journal report' (its From is the journal sender, known
+    to anyone) carrying an opt-out with a forged Authentication-Results of our own MTA. No MTA
+    removes headers inside an attachment: that header is the stranger's word. Unwrapped (SPEC
+    2.3), but its content is unauthenticated, so the opt-out changes nothing."""
+    sender = "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@firma.cz"
+    box = box_with(journal_senders=[sender], trusted_authserv_ids=["mx.firma.cz"],
+                   authenticated_side_effects=True)
+    inner = b"Authentication-Results: mx.firma.cz; dkim=pass header.d=partner.cz\r\n" + \
+        make_mail(sender="vip@partner.cz", to=("alice@firma.cz",), subject="nechci")
+    raw = carrier(f"Microsoft Exchange <{sender}>", "journal", [inner],
+                  headers={"X-MS-Journal-Report": ""})
+    stranger = Envelope("smtp", "attacker@evil.example", ("crm@firma.cz",))
+    [delivery] = Intake(engine).deliver(raw, stranger, [box])
+    assert delivery.verdict == "UNWRAPPED" and len(delivery.carried) == 1
+    assert flags_of(engine, "vip@partner.cz") == (True, True)
+    outer = [r for r in stored(engine) if r.id == delivery.message_id][0]
+    [unwrap_entry] = [e for e in outer.trace if e["rule"] == "unwrap"]
+    assert "not authenticated, so neither is what it carries" in unwrap_entry["detail"]
+    # such a report vouched for by our MTA: what it carries is believed
+    inner = b"Authentication-Results: mx.firma.cz; dkim=pass header.d=partner.cz\r\n" + \
+        make_mail(sender="vip@partner.cz", to=("alice@firma.cz",), subject="nechci, opravdu")
+    raw = carrier(f"Microsoft Exchange <{sender}>", "journal 2", [inner], headers={
+        "X-MS-Journal-Report": "",
+        "Authentication-Results": "mx.firma.cz; dkim=pass header.d=firma.cz"})
+    Intake(engine).deliver(raw, stranger, [box])
+    assert flags_of(engine, "vip@partner.cz") == (False, False)
+
+
 def test_pec_only_when_the_box_says_so(directory):
     parsed = parse_message(make_mail())
     assert trusted("pec", parsed, box_with(), directory, True)[0] is False

@@ -52,16 +52,27 @@ def for_box(parsed, carried, dkim_result: str, box, directory, mail_from: str | 
 
     ``parsed`` gets the box's DKIM result (a trusted Authentication-Results header wins over
     dkimpy's own ``dkim_result``) and ``authenticated``; ``carried`` is kept only when
-    :func:`trusted` says so, else the note says why it was not unwrapped. A carried message is
-    judged by its own trusted Authentication-Results only (no DNS for what a carrier holds)."""
+    :func:`trusted` says so, else the note says why it was not unwrapped.
+
+    A carried message is judged by its own trusted Authentication-Results (no DNS for what a
+    carrier holds), and only inside a carrier that is authenticated itself. Our MTA removes
+    incoming copies of its own authserv-id from the headers of what it receives - not from a
+    message attached to it: inside a carrier nobody vouches for (a journal report is trusted
+    by its sender's address alone, SPEC 2.3), such a header is whatever its author wrote, and
+    the carried message counts as unauthenticated (``authenticated_side_effects``)."""
     parsed = authenticate(parsed, box, dkim_result)
     if carried is None:
         return parsed, None, None
     ok, why = trusted(carried.kind, parsed, box, directory, parsed.authenticated, mail_from)
     if not ok:
         return parsed, None, {"rule": "unwrap", "outcome": "skip", "detail": why}
-    inner = tuple(dataclasses.replace(i, parsed=authenticate(i.parsed, box, NONE))
-                  for i in carried.inner)
+    if parsed.authenticated:
+        inner = tuple(dataclasses.replace(i, parsed=authenticate(i.parsed, box, NONE))
+                      for i in carried.inner)
+    else:
+        inner = tuple(dataclasses.replace(i, parsed=dataclasses.replace(
+            i.parsed, dkim=NONE, authenticated=False)) for i in carried.inner)
+        why += "; the carrier is not authenticated, so neither is what it carries"
     return parsed, dataclasses.replace(carried, inner=inner), \
         {"rule": "unwrap", "outcome": "hit", "detail": why}
 
