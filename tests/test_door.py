@@ -276,6 +276,46 @@ def test_password_checks_run_beside_the_event_loop(serve, tls_files, ca, tmp_pat
     assert len(waits) >= 4 and max(waits) < one_check / 2, (max(waits), one_check, len(waits))
 
 
+def test_guesses_sent_side_by_side_are_limited_too(serve, tls_files, ca, tmp_path,
+                                                   monkeypatch):
+    """Found in review: the limit was asked when AUTH arrived and a failure counted once its
+    check had run, so ten connections guessing at once got ten checks (the limit is five).
+    Now a client's checks take turns: five are checked, the other five shown the door."""
+    from sink.sources import auth
+    checked = []
+    check = auth.Authenticator.check
+
+    def counting(self, login, password):
+        checked.append(login)
+        return check(self, login, password)
+    monkeypatch.setattr(auth.Authenticator, "check", counting)
+    server = auth_door(serve, tls_files, tmp_path)
+    sessions = []
+    for _ in range(10):
+        smtp = smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30)
+        smtp.starttls(context=client_context(ca))
+        smtp.ehlo()
+        sessions.append(smtp)
+    go, codes = threading.Barrier(len(sessions)), []
+
+    def guess(smtp):
+        go.wait()
+        try:
+            codes.append(smtp.docmd("AUTH", "PLAIN " + base64.b64encode(
+                b"\0connector\0guess").decode())[0])
+        except smtplib.SMTPServerDisconnected:
+            codes.append("closed")
+    threads = [threading.Thread(target=guess, args=(s,)) for s in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for smtp in sessions:
+        smtp.close()
+    assert sorted(codes, key=str) == [421] * 5 + [535] * 5, codes
+    assert len(checked) == 5
+
+
 def test_passwd_hash_verifies_and_is_no_plain_text(tmp_path):
     from sink.sources.auth import Authenticator, load_users
     path = users_file(tmp_path)

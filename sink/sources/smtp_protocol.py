@@ -30,6 +30,7 @@ client sent and ``auth_PLAIN`` / ``auth_LOGIN`` verify it in the thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -128,8 +129,23 @@ class ListenerState:
         self.connections = 0
         self.per_client: dict[str, int] = {}
         self.limiter = FailureLimiter()
+        self._auth_turns: dict[str, list] = {}      # client -> [lock, sessions using it]
         self.stopping = False       # SIGTERM: no new transaction
         self.in_data = 0            # sessions between DATA and the reply to it
+
+    @contextlib.asynccontextmanager
+    async def auth_turn(self, client: str):
+        """The client's turn to have a password checked (a lock per client, dropped when no
+        session of it waits: bounded by the connections the listener admits)."""
+        turn = self._auth_turns.setdefault(client, [asyncio.Lock(), 0])
+        turn[1] += 1
+        try:
+            async with turn[0]:
+                yield
+        finally:
+            turn[1] -= 1
+            if turn[1] == 0:
+                del self._auth_turns[client]
 
     def client_of(self, peer) -> str:
         return str(peer[0]).split("%")[0] if peer else "?"
@@ -264,9 +280,19 @@ class _Guarded:
         (mechanism, auth_data), self._auth_data = self._auth_data, None
         if self._authenticator is None:     # no `auth` configured: aiosmtpd's refusal
             return SMTP._authenticate(self, mechanism, auth_data)
-        return await asyncio.get_running_loop().run_in_executor(
-            AUTH_CHECKS, self._authenticator, self, self.session, self.envelope, mechanism,
-            auth_data)
+        # One check per client address at a time: guesses sent side by side on many
+        # connections each wait for the one before and then see its failure, so the failure
+        # limit holds for them too (before, 20 connections got 20 checks, not 5). A right
+        # password waits for one check at most: the ones after it are answered from the
+        # cache of verified logins.
+        async with self.state.auth_turn(self._client):
+            if self.state.limiter.blocked(self._client):
+                log.warning("auth.blocked", peer=self._client, listener=self.state.address)
+                await self._refuse_and_close(REPLY_AUTH_BLOCKED)
+                return AuthResult(success=False, handled=True)
+            return await asyncio.get_running_loop().run_in_executor(
+                AUTH_CHECKS, self._authenticator, self, self.session, self.envelope,
+                mechanism, auth_data)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
