@@ -368,6 +368,47 @@ def test_finding3_one_host_cannot_take_every_slot(serve):
     again.close()
 
 
+def test_a_session_that_sends_no_mail_cannot_keep_its_slot(serve, sqlite_engine):
+    """Found in review: every command restarted the session's timeout, so NOOP (or RSET ...)
+    just inside it kept a connection slot for ever. Now a session that answered no message
+    for longer than ``timeout`` is closed at the next such command; one delivering mail is
+    not (a message resets the clock)."""
+    server = serve(timeout=1)
+    idle, busy = MailClient(server.smtp_port), MailClient(server.smtp_port)
+    idle.hello(lmtp=False)
+    busy.hello(lmtp=False)
+    started, codes, sent = time.monotonic(), [], 0
+    while time.monotonic() - started < 4.0 and "closed" not in codes:
+        time.sleep(0.4)
+        try:
+            codes.append(idle.cmd("NOOP")[0])
+        except (ConnectionError, OSError):
+            codes.append("closed")
+        replies = busy.send(make_mail(subject=f"n{sent}"), lmtp=False)
+        assert replies[-1][0] == 250, replies
+        sent += 1
+        assert busy.cmd("RSET")[0] == 250
+    assert codes[0] == 250 and 421 in codes, codes      # cut once a second passed without mail
+    assert busy.cmd("NOOP")[0] == 250                   # still there, with its messages
+    busy.close()
+    idle.abort()
+    assert stored(sqlite_engine) == sent >= 3
+
+
+def test_an_ipv6_client_is_counted_by_its_slash_64():
+    """A host has a whole /64 to pick addresses from: per address, one host could take every
+    slot and every AUTH guess budget (found in review)."""
+    from sink.config import ListenerConfig
+    from sink.sources.smtp_protocol import ListenerState
+    state = ListenerState(ListenerConfig(protocol="smtp", host="::", port=25), set())
+    assert state.client_of(("2001:db8:1:2::1", 25, 0, 0)) == \
+        state.client_of(("2001:db8:1:2:ffff::9", 25, 0, 0)) == "2001:db8:1:2::/64"
+    assert state.client_of(("2001:db8:1:3::1", 25, 0, 0)) == "2001:db8:1:3::/64"
+    assert state.client_of(("::ffff:192.0.2.7", 25, 0, 0)) == "192.0.2.7"
+    assert state.client_of(("192.0.2.7", 25)) == "192.0.2.7"
+    assert state.client_of(("fe80::1%eth0", 25, 0, 2)) == "fe80::/64"
+
+
 def test_finding3_trickling_data_is_cut_at_the_deadline(serve, sqlite_engine):
     server = serve(data_deadline=1.5, timeout=30)
     client = MailClient(server.smtp_port)

@@ -23,6 +23,8 @@ too many failed AUTHs from one address      ``421 4.7.0``, then close
 client certificate missing or not named     ``554 5.7.1`` to every command after STARTTLS
 in ``tls_client_names``
 DATA phase longer than ``data_deadline``    ``421 4.4.2``, then close
+NOOP, RSET, EHLO ... when no message came   ``421 4.4.2``, then close
+for longer than ``timeout``
 MAIL or DATA while shutting down            ``421 4.3.2``, then close
 ==========================================  =================================================
 
@@ -48,6 +50,7 @@ REPLY_NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 REPLY_AUTH_BLOCKED = "421 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_CERT_REFUSED = "554 5.7.1 Client certificate not accepted"
 REPLY_DATA_DEADLINE = "421 4.4.2 DATA took too long, closing connection"
+REPLY_NO_MAIL = "421 4.4.2 No message within {seconds:.0f} seconds, closing connection"
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 
 # aiosmtpd's own replies that must not reach an MTA as they are (a bare 500 for a long line

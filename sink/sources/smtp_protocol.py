@@ -44,8 +44,8 @@ from sink.config import ListenerConfig
 from sink.log import get_logger
 from sink.sources.auth import FailureLimiter
 from sink.sources.replies import (REPLY_AUTH_BLOCKED, REPLY_BUSY, REPLY_BUSY_CLIENT,
-                                  REPLY_DATA_DEADLINE, REPLY_NEED_TLS, REPLY_NOT_ALLOWED,
-                                  REPLY_SHUTTING_DOWN, REWRITE)
+                                  REPLY_DATA_DEADLINE, REPLY_NEED_TLS, REPLY_NO_MAIL,
+                                  REPLY_NOT_ALLOWED, REPLY_SHUTTING_DOWN, REWRITE)
 
 log = get_logger("sink.sources.smtp")
 
@@ -148,7 +148,19 @@ class ListenerState:
                 del self._auth_turns[client]
 
     def client_of(self, peer) -> str:
-        return str(peer[0]).split("%")[0] if peer else "?"
+        """Who a connection counts against for ``max_connections_per_client`` and the AUTH
+        failure limit: its IPv4 address, or the /64 of its IPv6 address (one host has a whole
+        /64 to choose addresses from)."""
+        host = str(peer[0]).split("%")[0] if peer else "?"
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return host
+        if address.version == 6:
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return host
 
     def allowed(self, peer) -> bool:
         if not peer:
@@ -168,6 +180,7 @@ class _Guarded:
     state: ListenerState
     _refused = False
     _client = "?"
+    _progress_at = 0.0          # loop time of the session's start, or of its last DATA
 
     def connection_made(self, transport):
         if getattr(self, "_original_transport", None) is not None:
@@ -197,6 +210,7 @@ class _Guarded:
         state.connections += 1
         state.per_client[client] = state.per_client.get(client, 0) + 1
         self._client = client
+        self._progress_at = asyncio.get_running_loop().time()
         state.live.add(self)
         log.info("connection.open", peer=_peer(peer), listener=state.address,
                  protocol=state.listener.protocol)
@@ -402,6 +416,7 @@ class _Guarded:
                 self._reset_timeout()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+        self._progress_at = asyncio.get_running_loop().time()   # a message: see _NO_MAIL_COMMANDS
 
     _receiving_data = False
 
@@ -449,6 +464,35 @@ def unstuffed(content: bytes) -> bytes:
             at += 2
     pieces.append(content[start:])
     return b"".join(pieces)
+
+
+# Commands that carry no mail. aiosmtpd restarts the session's timeout on every command, so a
+# client sending NOOP (or RSET, EHLO ...) just inside ``timeout`` held a connection slot for
+# ever: a few addresses could hold every slot (found in review). A session that has answered
+# no message for longer than the listener's ``timeout`` is closed at the next of these.
+_NO_MAIL_COMMANDS = ("NOOP", "RSET", "HELO", "EHLO", "HELP", "VRFY", "EXPN")
+
+
+def _without_mail(name: str):
+    base = getattr(SMTP, f"smtp_{name}")
+
+    async def command(self, arg):
+        loop = asyncio.get_running_loop()
+        seconds = self.state.listener.timeout
+        if loop.time() - self._progress_at > seconds:
+            log.warning("session.no_mail", peer=self._client, listener=self.state.address,
+                        command=name, seconds=seconds)
+            return await self._refuse_and_close(REPLY_NO_MAIL.format(seconds=seconds))
+        return await getattr(super(_Guarded, self), f"smtp_{name}")(arg)
+    command.__name__ = command.__qualname__ = f"smtp_{name}"
+    for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+        if hasattr(base, attr):         # aiosmtpd's HELP reads them
+            setattr(command, attr, getattr(base, attr))
+    return command
+
+
+for _name in _NO_MAIL_COMMANDS:
+    setattr(_Guarded, f"smtp_{_name}", _without_mail(_name))
 
 
 class SinkSMTP(_Guarded, SMTP):
