@@ -72,6 +72,34 @@ def test_systemd_unit_runs_serve_as_a_user_restarts_and_is_hardened():
     assert service["KillSignal"] == "SIGTERM" and int(service["TimeoutStopSec"]) > 60
     for key, expected in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
                           ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
-                          ("CapabilityBoundingSet", "")):
+                          ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
+                          ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
+                          ("RestartPreventExitStatus", "2")):
         assert service[key] == expected, key
+    # the directories the documented set-up writes to: state, log, an emldir source
+    import tomllib
+    sources = tomllib.loads((ROOT / "deploy" / "sources.example.toml").read_text())
+    emldirs = [s["path"] for s in sources.get("sources", []) if s.get("kind") == "emldir"]
+    writable = service["ReadWritePaths"].replace("-", "").split()
+    assert emldirs and all(any(d.startswith(w) for w in writable) for d in emldirs), emldirs
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_every_toml_example_of_the_documentation_parses():
+    """An admin pastes these: the README's Microsoft 365 source spread an inline table over
+    three lines, which TOML refuses (found in review)."""
+    import re
+    import textwrap
+    import tomllib
+    documents = [ROOT / "README.md", *sorted((ROOT / "deploy").rglob("*.md")),
+                 *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = 0
+    for document in documents:
+        for block in re.findall(r"^([ \t]*)```toml\n(.*?)^\1```", document.read_text(),
+                                re.S | re.M):
+            try:
+                tomllib.loads(textwrap.dedent(block[1]))
+            except tomllib.TOMLDecodeError as error:
+                raise AssertionError(f"{document.name}: {error}\n{block[1]}") from None
+            blocks += 1
+    assert blocks >= 8, blocks
