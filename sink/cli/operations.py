@@ -60,7 +60,7 @@ def cmd_status(config: Config, args) -> int:
         print(f"state:     {mode} since {report['since']}"
               + (f" ({report['reason']})" if report["reason"] else ""))
     else:
-        print("state:     running")
+        print("state:     not suspended (taking mail wherever a listener accepts)")
     for listener in report["listeners"]:
         print(f"listener:  {listener['protocol']} {listener['address']} "
               f"{'accepting' if listener['accepting'] else 'NOT accepting'}")
