@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import uuid
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -268,3 +269,18 @@ def dkim_test_key() -> tuple[bytes, bytes]:
     public = private.public_key().public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def side_by_side(work, items, timeout: float = 60) -> None:
+    """``work(item)`` for every item at once, each in its own thread, all released together
+    (a barrier), and joined: what several MTAs or connections do at the same moment."""
+    go = threading.Barrier(len(items))
+
+    def run(item):
+        go.wait()
+        work(item)
+    threads = [threading.Thread(target=run, args=(item,)) for item in items]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)

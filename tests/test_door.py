@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sink.db import schema as t
 from sink.intake import Intake
 from tests.conftest import RunningServer, config_for, seeded
-from tests.support import MailClient, dot_stuff, make_mail, wait_for
+from tests.support import MailClient, dot_stuff, make_mail, side_by_side, wait_for
 
 PASSWORD = "correct horse battery staple"
 
@@ -296,20 +296,15 @@ def test_guesses_sent_side_by_side_are_limited_too(serve, tls_files, ca, tmp_pat
         smtp.starttls(context=client_context(ca))
         smtp.ehlo()
         sessions.append(smtp)
-    go, codes = threading.Barrier(len(sessions)), []
+    codes = []
 
     def guess(smtp):
-        go.wait()
         try:
             codes.append(smtp.docmd("AUTH", "PLAIN " + base64.b64encode(
                 b"\0connector\0guess").decode())[0])
         except smtplib.SMTPServerDisconnected:
             codes.append("closed")
-    threads = [threading.Thread(target=guess, args=(s,)) for s in sessions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    side_by_side(guess, sessions)
     for smtp in sessions:
         smtp.close()
     assert sorted(codes, key=str) == [421] * 5 + [535] * 5, codes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 from sqlalchemy import func, select
@@ -10,7 +9,7 @@ from sqlalchemy import func, select
 from sink.db import schema as t
 from sink.db.engine import make_engine
 from sink.db.migrate import upgrade
-from tests.support import (MailClient, SinkProcess, free_port, make_mail,
+from tests.support import (MailClient, SinkProcess, free_port, make_mail, side_by_side,
                            write_config)
 
 
@@ -31,17 +30,11 @@ def test_two_instances_on_one_postgres_record_a_message_once(pg_engine, tmp_path
             clients = [MailClient(s.port) for s in sinks]
             for c in clients:
                 c.hello()
-            barrier = threading.Barrier(2)
             replies = [None, None]
 
             def send(i):
-                barrier.wait()
                 replies[i] = clients[i].send(copies[i])[-1]
-            threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join(30)
+            side_by_side(send, range(2), timeout=30)
             for c in clients:
                 c.close()
             assert [r[0] for r in replies] == [250, 250], replies
