@@ -96,6 +96,29 @@ def test_authenticated_user_wrapper_is_unwrapped(engine):
     assert stored(engine)[0].dkim == "pass"
 
 
+def test_a_wrappers_number_links_every_message_it_carries(engine):
+    """SPEC 2.3 / seed 004: "> @CREATOR #NUMBER subject" links every carried message to the
+    task or ticket NUMBER (found in review: it linked none). The carried messages name no
+    number themselves."""
+    from sink.mail.unwrap import wrapper_number
+    assert wrapper_number("> @E-mails #10009555 log file with exception") == "10009555"
+    assert wrapper_number("> #T-100 no creator") == "T-100"
+    assert wrapper_number("> @E-mails log file") is None
+    assert wrapper_number("Re: > @x #5") is None
+    box = parse_config({"boxes": [{"address": "crm@firma.cz",
+                                   "trusted_authserv_ids": ["mx.firma.cz"]}]}).boxes[0]
+    carried = [make_mail(sender="jan@acme.cz", to=("alice@firma.cz",), subject=f"login {i}")
+               for i in range(2)]
+    raw = carrier("alice@firma.cz", "> @alice #T-100 customer mail", carried, headers={
+        "Authentication-Results": "mx.firma.cz; dkim=pass header.d=firma.cz"})
+    [delivery] = Intake(engine).deliver(raw, Envelope("lmtp", "mta@firma.cz"), [box])
+    assert delivery.verdict == "UNWRAPPED" and len(delivery.carried) == 2
+    with engine.connect() as conn:
+        linked = conn.execute(select(t.tasks.c.number).join(
+            t.activities, t.activities.c.task_id == t.tasks.c.id)).scalars().all()
+    assert linked == ["T-100", "T-100"]
+
+
 def test_untrusted_authserv_id_does_not_authenticate(engine):
     box = parse_config({"boxes": [{"address": "crm@firma.cz",
                                    "trusted_authserv_ids": ["mx.firma.cz"]}]}).boxes[0]

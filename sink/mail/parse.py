@@ -78,6 +78,9 @@ class ParsedMessage:
     # the From (set by sink.intake per box; the pure rules read ``authenticated``)
     dkim: str = "none"
     authenticated: bool = False
+    # seed 004: the ``#NUMBER`` of the wrapper that carried this message (``> @CREATOR
+    # #NUMBER subject``): it links the message to that task or ticket (SPEC 2.3)
+    carrier_link: str | None = None
     message: Message | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.parser
+import re
 from dataclasses import dataclass
 from email.message import Message
 from email.policy import compat32
@@ -154,6 +155,20 @@ def _unwrap(parsed: ParsedMessage) -> Unwrapped | None:
     if kind == JOURNAL:
         envelope = _journal_envelope(msg)
         inner = tuple(Inner(r, _with_envelope(parse_message(r), envelope)) for r in raws)
+    elif kind == WRAPPER and (number := wrapper_number(parsed.subject)):
+        inner = tuple(Inner(r, dataclasses.replace(parse_message(r), carrier_link=number))
+                      for r in raws)
     else:
         inner = tuple(Inner(r, parse_message(r)) for r in raws)
     return Unwrapped(kind, inner) if inner else None
+
+
+# seed 004: "> @<email creator name> [#<activity creator name or activity#>] <subject>"
+_WRAPPER_NUMBER = re.compile(r">\s+(?:@\S+\s+)?#([A-Za-z0-9][A-Za-z0-9_./-]{0,98})")
+
+
+def wrapper_number(subject: str) -> str | None:
+    """The ``#NUMBER`` a wrapper's subject names for every message it carries, or None."""
+    found = _WRAPPER_NUMBER.match(subject[:2000])
+    number = found.group(1).rstrip(".,;:/-") if found else ""
+    return number or None

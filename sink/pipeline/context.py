@@ -202,12 +202,14 @@ class Context:
 
     @cached_property
     def links(self) -> Links:
-        """The message's own references, then ``#NUMBER`` of an existing task or ticket, then
-        what the message it replies to was linked to (SPEC 5 "Threads"); the ticket this
-        message creates or updates first of all."""
+        """The message's own references, then ``#NUMBER`` of an existing task or ticket (the
+        carrying wrapper's number first, SPEC 2.3), then what the message it replies to was
+        linked to (SPEC 5 "Threads"); the ticket this message creates or updates first of
+        all."""
         own, thread = self.own_links, self.thread
         hashed_task = hashed_ticket = None
-        for number in threads.hash_numbers(self.msg.subject):
+        carrier = (self.msg.carrier_link,) if self.msg.carrier_link else ()
+        for number in carrier + threads.hash_numbers(self.msg.subject):   # the wrapper's first
             folded = fold(number)
             record = self.directory.tasks.get(folded)
             task = record.number if record else self.records.task_number(folded)
