@@ -128,12 +128,13 @@ class RunningServer:
     storage worker processes as ``sink serve`` runs it, or, given an ``intake`` (rules that are
     test doubles), storing in this process."""
 
-    def __init__(self, config, intake: Intake | None = None, workers: int = 2, **options):
+    def __init__(self, config, intake: Intake | None = None, workers: int = 2,
+                 loop_factory=asyncio.new_event_loop, **options):
         from sink.app import SinkApp
         from sink.storage import make_storage
         self.server = SinkApp(config, make_storage(config, intake=intake, workers=workers,
                                                    **options))
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()      # uvloop.new_event_loop: as `sink serve` runs
         self.ports = self.loop.run_until_complete(self.server.start())
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

@@ -3,7 +3,7 @@
 This is the one module that reaches into aiosmtpd's private attributes (``_reader``,
 ``_writer``, ``_timeout_handle``, ``_reset_timeout``, ``_set_post_data_state``,
 ``_call_handler_hook``, ``_original_transport``, ``_getaddr``, ``_authenticate``,
-``_authenticator``), the module function
+``_authenticator``, ``_handler_coroutine``), the module function
 ``aiosmtpd.smtp.sanitized_log`` (replaced: see :func:`_sanitized_log`) and asyncio's
 ``StreamReader._buffer`` and ``._limit``; keep it so: no other module of the sink may touch
 them. ``tests/test_door.py`` (:data:`AIOSMTPD_PRIVATES`) names them, so an aiosmtpd upgrade
@@ -54,7 +54,7 @@ COMMAND_LINE_LIMIT = 4096          # SPEC 2.1, whatever max_message_size is
 DATA_PIECE = 1024 * 1024           # DATA is read in pieces of at most this (memory)
 AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
                      "_set_post_data_state", "_call_handler_hook", "_original_transport",
-                     "_getaddr", "_authenticate", "_authenticator")
+                     "_getaddr", "_authenticate", "_authenticator", "_handler_coroutine")
 STREAM_PRIVATES = ("_buffer", "_limit")
 # Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
 # sessions waiting for one wait on the loop without holding it up.
@@ -233,7 +233,20 @@ class _Guarded:
     def eof_received(self):
         if self._refused:
             return False
-        return super().eof_received()
+        keep_open = super().eof_received()
+        # aiosmtpd cancels the session's task here and leaves the connection to it. A task
+        # cancelled before its command loop - while the greeting is written, as when a probe
+        # (`sink status`, a TCP monitor) connects and closes at once - closed nothing: the
+        # connection sat in CLOSE-WAIT holding a slot until the timeout, and 20 of them
+        # locked the local MTA out (found in review). Once the task has ended, close it.
+        task = self._handler_coroutine
+        if task is not None:
+            task.add_done_callback(self._close_after_session)
+        return keep_open
+
+    def _close_after_session(self, _task) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     async def push(self, status):
         if isinstance(status, str):
