@@ -29,6 +29,8 @@ class Ops:
         self.deferring_wall: datetime | None = None
         self.deferring_reason: str | None = None
         self.deferring_reported = False
+        if hasattr(self.suspension, "on_failed"):   # resumed messages the rules fail on
+            self.suspension.on_failed = self._failed
 
     def refused_suspended(self) -> str:
         self.metrics.count_reply(REPLY_SUSPENDED, None)

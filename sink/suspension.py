@@ -78,10 +78,13 @@ class Resumed:
 
 
 def resume(engine: Engine, boxes: Iterable[BoxConfig], *, lift: bool = True,
-           progress: Callable[[int], None] | None = None) -> Resumed:
+           progress: Callable[[int], None] | None = None,
+           on_failed: Callable | None = None) -> Resumed:
     """Decide every pending message in arrival order; with ``lift``, end the suspension in the
     transaction that finds none left (without: stop early when the state is suspended with
-    ``--store`` again, the straggler case)."""
+    ``--store`` again, the straggler case). A message the rules fail on is logged
+    (``message.failed``, its error) and handed to ``on_failed`` (``sink serve``: the error
+    mail, SPEC 7)."""
     from sink.intake import Intake
     intake = Intake(engine)
     by_address = {b.address: b for b in boxes}
@@ -108,6 +111,11 @@ def resume(engine: Engine, boxes: Iterable[BoxConfig], *, lift: bool = True,
         done.failed += delivery.status == "failed"
         log.info("message.resumed", id=message.id, box=box.address, status=delivery.status,
                  verdict=delivery.verdict)
+        if delivery.status == "failed":
+            log.error("message.failed", id=message.id, box=box.address, error=delivery.error,
+                      during="resume")
+            if on_failed is not None:
+                on_failed(delivery)
         if progress is not None:
             progress(1)
     if done.lifted:
@@ -173,6 +181,7 @@ class Suspension:
         self._reader = poll_engine(engine)
         self._task: asyncio.Task | None = None
         self._stragglers: asyncio.Task | None = None
+        self.on_failed: Callable | None = None     # set by sink.operations.Ops: error mails
 
     @property
     def active(self) -> bool:
@@ -223,7 +232,8 @@ class Suspension:
         loop = asyncio.get_running_loop()
         try:
             done = await loop.run_in_executor(
-                None, lambda: resume(self.engine, self.boxes, lift=False))
+                None, lambda: resume(self.engine, self.boxes, lift=False,
+                                     on_failed=self.on_failed))
         except Exception as error:
             log.warning("resume.stragglers_failed", error=type(error).__name__)
             return

@@ -277,3 +277,34 @@ def test_status_shows_sources_and_counts(engine, db_url, tmp_path):
     assert by_name["eml-drop"]["last_error"] is None
     text = sink_cli(path, "status")[1]
     assert "source:    imap-office last success 2026-12-01" in text and "login refused" in text
+
+
+def test_a_message_the_rules_fail_on_at_resume_is_logged_and_mailed(engine, monkeypatch):
+    """Found in review: a held message that failed its rules on resume left one
+    `message.resumed` line without the error, and no error mail (SPEC 7: "a message stored
+    failed (its id and error)")."""
+    from sink import suspension
+    from sink.config import parse_config
+    from sink.operations import Ops
+    from sink.pipeline import chain as chain_module
+    box = parse_config({"boxes": [{"address": "crm@firma.cz"}]}).boxes[0]
+    [held] = Intake(engine).deliver(make_mail(subject="held"),
+                                    Envelope("lmtp", "mta@firma.cz", hold=True), [box])
+    assert held.status == "pending"
+
+    def boom(ctx):
+        raise RuntimeError("rule exploded")
+    monkeypatch.setattr(chain_module, "chain_for",
+                        lambda box, own=(): (chain_module.Rule("boom", boom),))
+    import structlog
+    failed = []
+    with structlog.testing.capture_logs() as logged:
+        done = suspension.resume(engine, [box], on_failed=failed.append)
+    assert done.failed == 1 and [(d.message_id, d.status) for d in failed] == [
+        (held.message_id, "failed")]
+    said = [e for e in logged if e["event"] == "message.failed"]
+    assert len(said) == 1 and "rule exploded" in said[0]["error"], logged
+    assert said[0]["id"] == held.message_id and said[0]["log_level"] == "error"
+    # in `sink serve` the suspension's failures go to the error mails
+    ops = Ops(suspension.Suspension(engine, [box]))
+    assert ops.suspension.on_failed == ops._failed
