@@ -105,9 +105,10 @@ def build(config: Config, engine) -> SinkApp:
     if hasattr(storage, "on_restart"):
         storage.on_restart = lambda number, status, lost: notifier.notify(
             "worker_restarted", f"storage worker {number} restarted",
-            f"Storage worker {number} exited (exit status {status}) and was started again; "
-            f"{lost} message(s) it had in hand were answered 451 and will be resent by the "
-            f"MTA.\n\nSee the log (worker.exited) and: sink status")
+            f"Storage worker {number} exited (exit status {status}); another is being "
+            f"started in its place (the log says worker.started, or worker.restart_failed "
+            f"while it cannot be). {lost} message(s) it had in hand were answered 451 and "
+            f"will be resent by the MTA.\n\nSee the log (worker.exited) and: sink status")
     from sink.sources.poller import make_sources
     app.sources.extend(make_sources(config, storage, engine, app.ops))
     if config.calendar is not None:     # issue 15: in the background, never on a mail's path

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select
 
@@ -112,9 +113,14 @@ def test_a_killed_worker_costs_a_resend_and_nothing_is_stored_twice(engine, star
         th.start()
     assert wait_for(lambda: len(victim.pending) >= 1), "the stopped worker was given no mail"
     in_hand = len(victim.pending)
-    os.kill(old_pid, signal.SIGKILL)
-    for th in threads:
-        th.join(60)
+    with structlog.testing.capture_logs() as logged:
+        os.kill(old_pid, signal.SIGKILL)
+        for th in threads:
+            th.join(60)
+    # each 451 is in the log with its reason, though no worker wrote it (found in review)
+    gone = [e for e in logged if e["event"] == "message.deferred"
+            and e["reason"] == "storage worker exited"]
+    assert len(gone) >= in_hand and all(e["box"] == "crm@firma.cz" for e in gone), logged
     assert all(codes[-1] == 250 for codes in replies.values()), replies
     deferred = [i for i, codes in replies.items() if 451 in codes]
     assert len(deferred) >= in_hand >= 1          # what it held was answered 451, then resent

@@ -97,7 +97,11 @@ class WorkerPool:
         future = loop.create_future()
         alive = [w for w in self.workers if w.alive]
         if self._closing or not alive:
-            future.set_exception(WorkerGone("no storage worker is running"))
+            reason = "no storage worker is running"
+            # answered 4xx here, in the protocol process: no worker logs it
+            log.warning("message.deferred", box=",".join(b.address for b in boxes),
+                        channel=envelope.channel, size=len(raw), reason=reason)
+            future.set_exception(WorkerGone(reason))
             return future
         worker = min(alive, key=lambda w: len(w.pending))
         job_id = next(self._ids)
@@ -187,8 +191,10 @@ class WorkerPool:
             worker.alive = False
             lost = list(worker.pending.values())
             worker.pending.clear()
-            for future, _ in lost:
+            for future, addresses in lost:
                 if not future.done():
+                    log.warning("message.deferred", box=",".join(addresses),
+                                worker=worker.number, reason="storage worker exited")
                     future.set_exception(WorkerGone("storage worker exited"))
             if worker.writer is not None:
                 worker.writer.close()
