@@ -118,6 +118,8 @@ def build(config: Config, engine) -> SinkApp:
         from sink.backup import Backup      # writes committed messages, after their reply
         app.background.append(Backup(config.backup, engine, notify=lambda kind, text:
                                      notifier.notify(kind, "backup directory failing", text)))
+    from sink.expiry import CertificateWatch     # certificates about to expire (SPEC 7)
+    app.background.append(CertificateWatch(config, notifier.notify))
     if config.metrics is not None:
         from sink.metrics import MetricsServer
         app.background.append(MetricsServer(config.metrics, app, engine))

@@ -18,9 +18,11 @@ Storage worker processes do not call it: the listener process sees their outcome
 stored ``failed``, 4xx answers, :mod:`sink.sources.smtp_handler`) and their restarts
 (:class:`sink.storage.pool.WorkerPool` ``on_restart``) and notifies from there.
 
-Wiring still to do elsewhere: a source failing -> ``notify("source_failing", f"source {name}
-failing", f"since {since}: {reason}\\nRun: sink status")``; the calendar's token or certificate
-about to expire or refused -> ``notify("credential", ...)``; a backup -> its own kind.
+Who notifies what: a message stored failed (the listener, and resume), a source failing
+(:mod:`sink.sources.poller`), storage answering 4xx for a minute (:mod:`sink.operations`), a
+worker restarted (:mod:`sink.app`), a message too large left on a server (the sources), a
+certificate about to expire (:mod:`sink.expiry`) or a secret refused (the calendar):
+``credential``; the backup directory failing (:mod:`sink.backup`).
 
 Sending: aiosmtplib to ``smtp_server``, :data:`ATTEMPTS` tries with a pause between; a mail
 that cannot be sent is logged (``notify.failed``) and dropped - never retried for ever, never a
