@@ -57,7 +57,14 @@ _STATE = select(t.operation_state.c.suspended, t.operation_state.c.store,
 def read_state(conn: Connection) -> State:
     row = conn.execute(_STATE).first()
     return State() if row is None else State(bool(row.suspended), bool(row.store), row.reason,
-                                             row.since)
+                                             _utc(row.since))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """UTC, said so (SQLite hands back the naive UTC it stored): `sink status` prints it."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def suspend(engine: Engine, *, store: bool, reason: str | None) -> State:
@@ -126,7 +133,7 @@ def resume(engine: Engine, boxes: Iterable[BoxConfig], *, lift: bool = True,
 def _lock_state(conn: Connection) -> State:
     row = conn.execute(_STATE.with_for_update()).first()
     return State() if row is None else State(bool(row.suspended), bool(row.store), row.reason,
-                                             row.since)
+                                             _utc(row.since))
 
 
 def _next_pending(conn: Connection, skipped: list[int]):

@@ -65,6 +65,7 @@ def test_suspend_answers_451_432_within_a_second_and_resume_takes_mail_again(ser
     assert '"suspended": true' in out and "CRM upgrade" in out
     text = sink_cli(path, "status")[1]
     assert "state:     suspended since" in text and "(CRM upgrade)" in text
+    assert "+00:00 (CRM upgrade)" in text       # UTC, said so (SQLite's is naive)
     assert "failed:    0" in text and "pending:   0" in text
     assert sink_cli(path, "resume")[0] == 0
     assert wait_for(lambda: not running.app.suspension.active, 1.5)
