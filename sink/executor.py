@@ -296,8 +296,23 @@ def _next_ticket_number(conn: Connection) -> int:
                      .on_conflict_do_nothing())
         value = conn.execute(select(c.value).where(c.name == "tickets").with_for_update()
                              ).scalar_one()
-    conn.execute(update(t.counters).where(c.name == "tickets").values(value=value + 1))
-    return value + 1
+    number = value + 1
+    while _ticket_number_taken(conn, number):  # one an update_ticket rule created with its own
+        number += 1
+    conn.execute(update(t.counters).where(c.name == "tickets").values(value=number))
+    return number
+
+
+def _ticket_number_taken(conn: Connection, number: int) -> bool:
+    return conn.execute(select(t.tickets.c.id).where(t.tickets.c.number == number)
+                        ).first() is not None
+
+
+def _wanted_number(conn: Connection, wanted: str | None) -> int | None:
+    """The number an update_ticket rule named for a ticket to create, when no ticket has it."""
+    if not wanted or not wanted.isdigit() or len(wanted) > 9 or int(wanted) == 0:
+        return None
+    return None if _ticket_number_taken(conn, int(wanted)) else int(wanted)
 
 
 def _lock_ticket_counter(conn: Connection) -> None:
@@ -317,14 +332,18 @@ def _store_ticket(conn: Connection, message_id: int, action: TicketAction,
             k.box == action.box, k.number == int(action.number))).first()
     if existing is None:
         _lock_ticket_counter(conn)
-        if action.thread:
+        if action.wanted and action.wanted.isdigit() and len(action.wanted) <= 9:
+            # created meanwhile (another worker, the message before in this batch)
+            existing = conn.execute(select(k.id, k.number).where(
+                k.box == action.box, k.number == int(action.wanted))).first()
+        if existing is None and action.thread:
             existing = conn.execute(select(k.id, k.number).where(
                 k.box == action.box, k.thread == action.thread)).first()
     if existing is not None:
         action = replace(action, action="updated", number=str(existing.number))
         ticket_id = existing.id
     else:
-        number = _next_ticket_number(conn)
+        number = _wanted_number(conn, action.wanted) or _next_ticket_number(conn)
         ticket_id = conn.execute(insert(t.tickets).values(
             number=number, box=action.box, title=action.title[:10_000],
             description=action.description, status="open", contact_email=action.contact,

@@ -113,3 +113,21 @@ def test_a_bad_rule_is_a_configuration_error_naming_it(tmp_path, rule, message):
     result = sink(config, "check", tmp_path / "none.eml")
     assert result.returncode == 2
     assert message in result.stderr.decode() and len(result.stderr.decode().splitlines()) == 1
+
+
+def test_update_ticket_for_a_number_not_yet_known_creates_that_ticket_once(setup):
+    """SPEC 5: update_ticket "updated, or created when it does not exist". Found in review:
+    it was created with the next number instead, so every mail naming 'Ticket Id: 2' made a
+    new ticket. The counter then passes over the number taken."""
+    config, d = setup
+    for name, subject in (("a.eml", "Re: Ticket Id: 2 status"),
+                          ("b.eml", "Re: Ticket Id: 2 another update"),
+                          ("other.eml", "Printer on fire")):
+        to = ("help@firma.cz",) if name == "other.eml" else ("alice@firma.cz",)
+        (d / name).write_bytes(make_mail(sender="eva@globex.com", to=to, subject=subject))
+    out = {name: lines(sink(config, "ingest", d / name, check=True))[0]["tickets"]
+           for name in ("a.eml", "b.eml", "new.eml", "other.eml")}
+    assert [(t["action"], t["number"]) for t in out["a.eml"]] == [("created", "2")]
+    assert [(t["action"], t["number"]) for t in out["b.eml"]] == [("updated", "2")]
+    assert [(t["action"], t["number"]) for t in out["new.eml"]] == [("created", "1")]
+    assert [(t["action"], t["number"]) for t in out["other.eml"]] == [("created", "3")]

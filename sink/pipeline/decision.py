@@ -150,6 +150,9 @@ class TicketAction:
     contact: str | None = None       # contact e-mail of the sender
     company: str | None = None       # company name of the sender
     thread: str | None = None
+    # an update_ticket rule's number that is no ticket yet: the ticket is created with it
+    # (SPEC 5: "updated, or created when it does not exist"), unless another box has it
+    wanted: str | None = None
 
     def as_json(self) -> dict:
         return {"action": self.action, "number": self.number, "title": self.title,

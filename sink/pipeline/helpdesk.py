@@ -92,7 +92,7 @@ def ticket_plan(ctx) -> TicketAction | None:
     if match is not None and match.rule.action == "update_ticket":
         existing = ctx.records.ticket(ctx.box.address, match.number) if match.number else None
         return (_update(ctx, existing.number, match.rule.trace_name) if existing
-                else _new(ctx, match.rule.trace_name))
+                else _new(ctx, match.rule.trace_name, wanted=match.number))
     number = follow_up(ctx)
     if number is not None:
         return _update(ctx, number, "follow-up")
@@ -122,11 +122,11 @@ def _sender_links(ctx) -> tuple[str | None, str | None]:
     return None, companies[0].name if companies else None
 
 
-def _new(ctx, rule: str) -> TicketAction:
+def _new(ctx, rule: str, wanted: str | None = None) -> TicketAction:
     contact, company = _sender_links(ctx)
     return TicketAction("created", None, ctx.msg.subject, rule, ctx.box.address,
                         ctx.msg.body_text[:MAX_DESCRIPTION], contact, company,
-                        threads.thread_root(ctx.msg.message, ctx.msg.message_id))
+                        threads.thread_root(ctx.msg.message, ctx.msg.message_id), wanted)
 
 
 def _update(ctx, number: str, rule: str) -> TicketAction:
