@@ -119,6 +119,20 @@ def test_a_wrappers_number_links_every_message_it_carries(engine):
     assert linked == ["T-100", "T-100"]
 
 
+def test_check_and_ingest_say_why_a_carrier_was_not_unwrapped(engine):
+    """Found in review: the trace entry was stored (sink show had it) but the check and
+    ingest JSON started at the rules', so `sink check` could not tell why."""
+    box = box_with()
+    raw = attack("stranger@evil.example")
+    [checked] = Intake(engine).evaluate_only(raw, box, Envelope("lmtp", "mta@firma.cz"))
+    [delivery] = Intake(engine).deliver(raw, Envelope("lmtp", "mta@firma.cz"), [box])
+    for trace in (checked.trace, delivery.decision.trace):
+        assert (trace[0].rule, trace[0].outcome) == ("unwrap", "skip")
+        assert "not a directory user" in trace[0].detail
+    assert delivery.decision.as_json()["trace"][0]["rule"] == "unwrap"
+    assert [e["rule"] for e in stored(engine)[0].trace][:2] == ["unwrap", "duplicate"]
+
+
 def test_untrusted_authserv_id_does_not_authenticate(engine):
     box = parse_config({"boxes": [{"address": "crm@firma.cz",
                                    "trusted_authserv_ids": ["mx.firma.cz"]}]}).boxes[0]

@@ -45,7 +45,7 @@ from sink.mail.trust import for_box
 from sink.mail.unwrap import Unwrapped, unwrap
 from sink.pipeline import evaluate
 from sink.pipeline.context import dedup_keys
-from sink.pipeline.decision import Decision, record_counts
+from sink.pipeline.decision import Decision, TraceEntry, record_counts
 
 log = get_logger("sink.intake")
 RECORDS_SAVEPOINT = "sink_records"
@@ -249,10 +249,12 @@ class Intake:
             try:
                 directory = self.directory.get(conn)
                 verdict = dkim_check.verify(raw, domain_of(parsed.sender or ""))
-                parsed, carried, _ = for_box(     # issue 13: the same trust as deliver
+                parsed, carried, note = for_box(     # issue 13: the same trust as deliver
                     parsed, unwrap(parsed), verdict, box, directory, envelope.mail_from)
-                messages = [i.parsed for i in carried.inner] if carried else [parsed]
-                return [self._evaluate(conn, m, box, directory) for m in messages]
+                if carried:
+                    return [self._evaluate(conn, i.parsed, box, directory)
+                            for i in carried.inner]
+                return [_noted(self._evaluate(conn, parsed, box, directory), note)]
             finally:
                 conn.rollback()
 
@@ -295,7 +297,7 @@ class Intake:
         decision = self._still_true(conn, ahead, box, directory, asked)
         try:
             if decision is None:
-                decision = self._evaluate(conn, parsed, box, directory, asked)
+                decision = _noted(self._evaluate(conn, parsed, box, directory, asked), note)
         except Exception as error:
             outcome = self._failed("rules", error)
             message_id = write(outcome)
@@ -306,7 +308,7 @@ class Intake:
         if ahead is not None and decision is ahead.decision and ahead.row is not None:
             message_id = write(ahead.row)   # the row as bound ahead, outcome and all
         else:
-            message_id = write(self._processed(decision, note))
+            message_id = write(self._processed(decision))
         return self._apply(conn, message_id, decision, box, directory, guard, write)
 
     def _still_true(self, conn: Connection, ahead: Ahead | None, box: BoxConfig,
@@ -445,9 +447,9 @@ class Intake:
             dkim=parsed.dkim, **outcome))
 
     # ------------------------------------------------------------------------------ outcomes
-    def _processed(self, decision: Decision, note: dict | None = None) -> dict:
+    def _processed(self, decision: Decision) -> dict:
         return dict(status="processed", verdict=decision.verdict, direction=decision.direction,
-                    trace=[*([note] if note else []), *(e.as_json() for e in decision.trace)],
+                    trace=[e.as_json() for e in decision.trace],
                     processed_at=self.clock(), error=None)
 
     @staticmethod
@@ -463,3 +465,13 @@ class Intake:
             detail += f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})"
         return dict(status="failed", verdict=None, direction=None, trace=[],
                     processed_at=self.clock(), error=storable(f"{stage}: {detail}"[:4000]))
+
+
+def _noted(decision: Decision, note: dict | None) -> Decision:
+    """``decision`` with the trace entry of a carrier that was not unwrapped (why) first: it is
+    stored with the message and printed by check and ingest (SPEC 2.3: the trace says why)."""
+    if not note:
+        return decision
+    entry = TraceEntry(note["rule"], note["outcome"], note.get("detail", ""))
+    return dataclasses.replace(decision, trace=(entry, *decision.trace))
+
