@@ -119,7 +119,9 @@ def build(config: Config, engine) -> SinkApp:
         app.background.append(Backup(config.backup, engine, notify=lambda kind, text:
                                      notifier.notify(kind, "backup directory failing", text)))
     from sink.expiry import CertificateWatch     # certificates about to expire (SPEC 7)
-    app.background.append(CertificateWatch(config, notifier.notify))
+    watch = CertificateWatch(config, notifier.notify)
+    if watch.files:
+        app.background.append(watch)
     if config.metrics is not None:
         from sink.metrics import MetricsServer
         app.background.append(MetricsServer(config.metrics, app, engine))

@@ -179,8 +179,9 @@ def test_cli_without_a_calendar_section_is_a_usage_error(tmp_path, capsys):
 def test_serve_runs_the_sync_in_the_background_and_stops_it(cal):
     from sink.app import build
     cal.tenant.add_event(cal.bob, "Lunch", hour(1))
+    from sink.calendar.service import CalendarSync
     app = build(cal.config, cal.engine)
-    [component] = app.background
+    [component] = [c for c in app.background if isinstance(c, CalendarSync)]
     component.syncer = cal.syncer                   # the harness's (recorded sleeps)
 
     async def run():
