@@ -29,7 +29,7 @@ from imapclient import IMAPClient, imap4, tls
 from imapclient.exceptions import LoginError
 
 from sink.log import get_logger
-from sink.sources.poller import (CONNECT_ANSWERS, PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
+from sink.sources.poller import (PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
                                  deliver, pipelined)
 from sink.sources.state import batches, imap_forget, imap_remember, imap_seen, uids_to_fetch
 
@@ -147,12 +147,8 @@ class ImapWorker(Worker):
     def _connect(self, token: str | None) -> IMAPClient:
         s = self.source
         context = tls_context(s.ca_file)
-        try:
-            client = _WatchedClient(s.host, s.port, ssl=s.tls == "ssl", ssl_context=context,
-                                    timeout=TIMEOUT, on_socket=self.watch)
-        except BaseException:
-            self.unwatch()
-            raise
+        client = _WatchedClient(s.host, s.port, ssl=s.tls == "ssl", ssl_context=context,
+                                timeout=TIMEOUT, on_socket=self.watch)
         self.answers = _AnswerBudget(client._imap)
         try:
             if s.tls == "starttls":
@@ -167,7 +163,6 @@ class ImapWorker(Worker):
             self.capabilities = set(client.capabilities())
         except BaseException:
             _quietly(client.shutdown)
-            self.unwatch()
             raise
         return client
 
@@ -192,9 +187,7 @@ class ImapWorker(Worker):
 
     async def _client(self) -> IMAPClient:
         if self.client is None:
-            # the token first: Entra ID's time is not the server's (msal bounds its own)
-            token = await self.call(self.tokens.token) if self.source.oauth else None
-            self.client = await self.talk(self._connect, token, answers=CONNECT_ANSWERS)
+            self.client = await self.connect()
         return self.client
 
     # --------------------------------------------------------------------------- the pass

@@ -259,6 +259,20 @@ class Worker:
             raise ServerTooSlow(f"no complete answer within {seconds:.0f} s; the connection "
                                 f"was cut") from None
 
+    tokens = None                       # an OAuth2 source's token source (sink.sources.oauth)
+
+    async def connect(self):
+        """``self._connect(token)`` in the source's thread within CONNECT_ANSWERS answers'
+        deadline: the TCP connection, greeting, TLS and login. The OAuth2 token is fetched
+        first, outside that deadline (Entra ID's time is not the server's; msal bounds its
+        own). Whatever fails, the socket watched for :meth:`cut` is let go."""
+        token = await self.call(self.tokens.token) if self.source.oauth else None
+        try:
+            return await self.talk(self._connect, token, answers=CONNECT_ANSWERS)
+        except BaseException:
+            self.unwatch()
+            raise
+
     def watch(self, sock: socket.socket) -> None:
         """Called by the connecting thread the moment the TCP connection stands, before the
         greeting or a TLS handshake is read: from then on :meth:`cut` can end it. A duplicate

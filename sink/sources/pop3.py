@@ -19,7 +19,7 @@ import poplib
 from sink.log import get_logger
 from sink.sources.imap import tls_context
 from sink.sources.oauth import xoauth2_b64
-from sink.sources.poller import (CONNECT_ANSWERS, PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
+from sink.sources.poller import (PLAN_ANSWERS, LoginRefused, PassResult, SentTooMuch, Worker,
                                  deliver, pipelined)
 from sink.sources.state import batches, pop3_forget, pop3_remember, pop3_seen, uids_to_fetch
 
@@ -95,22 +95,17 @@ class Pop3Worker(Worker):
     def _connect(self, token: str | None) -> poplib.POP3:
         s = self.source
         context = tls_context(s.ca_file)
-        try:
-            if s.tls == "ssl":
-                client = POP3_SSL(s.host, s.port, timeout=TIMEOUT, context=context,
-                                  on_socket=self.watch)
-            else:
-                client = POP3(s.host, s.port, timeout=TIMEOUT, on_socket=self.watch)
-        except BaseException:
-            self.unwatch()
-            raise
+        if s.tls == "ssl":
+            client = POP3_SSL(s.host, s.port, timeout=TIMEOUT, context=context,
+                              on_socket=self.watch)
+        else:
+            client = POP3(s.host, s.port, timeout=TIMEOUT, on_socket=self.watch)
         try:
             if s.tls == "starttls":
                 client.stls(context)
             self._login(client, token)
         except BaseException:
             _close(client)
-            self.unwatch()
             raise
         return client
 
@@ -178,9 +173,7 @@ class Pop3Worker(Worker):
         return result
 
     async def _pass(self, result: PassResult) -> None:
-        # the token first: Entra ID's time is not the server's (msal bounds its own)
-        token = await self.call(self.tokens.token) if self.source.oauth else None
-        client = await self.talk(self._connect, token, answers=CONNECT_ANSWERS)
+        client = await self.connect()
         try:
             plan = await self.talk(self._plan, client, answers=PLAN_ANSWERS)
             limit = self.source.max_message_size

@@ -279,10 +279,17 @@ class _Guarded:
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg):
         # a guesser gets a few tries per address and window, then is shown the door
-        if self.state.limiter.blocked(self._client):
-            log.warning("auth.blocked", peer=self._client, listener=self.state.address)
-            return await self._refuse_and_close(REPLY_AUTH_BLOCKED)
+        if await self._shown_the_door():
+            return
         return await super().smtp_AUTH(arg)
+
+    async def _shown_the_door(self) -> bool:
+        """Whether this client is over its AUTH failure limit, and so was closed (421)."""
+        if not self.state.limiter.blocked(self._client):
+            return False
+        log.warning("auth.blocked", peer=self._client, listener=self.state.address)
+        await self._refuse_and_close(REPLY_AUTH_BLOCKED)
+        return True
 
     _auth_data = None
 
@@ -313,9 +320,7 @@ class _Guarded:
         # password waits for one check at most: the ones after it are answered from the
         # cache of verified logins.
         async with self.state.auth_turn(self._client):
-            if self.state.limiter.blocked(self._client):
-                log.warning("auth.blocked", peer=self._client, listener=self.state.address)
-                await self._refuse_and_close(REPLY_AUTH_BLOCKED)
+            if await self._shown_the_door():
                 return AuthResult(success=False, handled=True)
             return await asyncio.get_running_loop().run_in_executor(
                 AUTH_CHECKS, self._authenticator, self, self.session, self.envelope,
