@@ -308,11 +308,11 @@ def _ticket_number_taken(conn: Connection, number: int) -> bool:
                         ).first() is not None
 
 
-def _wanted_number(conn: Connection, wanted: str | None) -> int | None:
-    """The number an update_ticket rule named for a ticket to create, when no ticket has it."""
-    if not wanted or not wanted.isdigit() or len(wanted) > 9 or int(wanted) == 0:
+def _ticket_number(text: str | None) -> int | None:
+    """A ticket number an update_ticket rule named, or None when it cannot be one."""
+    if not text or not text.isdigit() or len(text) > 9 or int(text) == 0:
         return None
-    return None if _ticket_number_taken(conn, int(wanted)) else int(wanted)
+    return int(text)
 
 
 def _lock_ticket_counter(conn: Connection) -> None:
@@ -330,12 +330,13 @@ def _store_ticket(conn: Connection, message_id: int, action: TicketAction,
     if action.action == "updated" and action.number and action.number.isdigit():
         existing = conn.execute(select(k.id, k.number).where(
             k.box == action.box, k.number == int(action.number))).first()
+    wanted = _ticket_number(action.wanted)
     if existing is None:
         _lock_ticket_counter(conn)
-        if action.wanted and action.wanted.isdigit() and len(action.wanted) <= 9:
+        if wanted is not None:
             # created meanwhile (another worker, the message before in this batch)
             existing = conn.execute(select(k.id, k.number).where(
-                k.box == action.box, k.number == int(action.wanted))).first()
+                k.box == action.box, k.number == wanted)).first()
         if existing is None and action.thread:
             existing = conn.execute(select(k.id, k.number).where(
                 k.box == action.box, k.thread == action.thread)).first()
@@ -343,7 +344,8 @@ def _store_ticket(conn: Connection, message_id: int, action: TicketAction,
         action = replace(action, action="updated", number=str(existing.number))
         ticket_id = existing.id
     else:
-        number = _wanted_number(conn, action.wanted) or _next_ticket_number(conn)
+        free = wanted is not None and not _ticket_number_taken(conn, wanted)
+        number = wanted if free else _next_ticket_number(conn)
         ticket_id = conn.execute(insert(t.tickets).values(
             number=number, box=action.box, title=action.title[:10_000],
             description=action.description, status="open", contact_email=action.contact,

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sink.config import BoxConfig
 from sink.db import schema as t
+from sink.db.queries import as_utc
 from sink.log import get_logger
 
 log = get_logger("sink.suspension")
@@ -57,14 +58,7 @@ _STATE = select(t.operation_state.c.suspended, t.operation_state.c.store,
 def read_state(conn: Connection) -> State:
     row = conn.execute(_STATE).first()
     return State() if row is None else State(bool(row.suspended), bool(row.store), row.reason,
-                                             _utc(row.since))
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """UTC, said so (SQLite hands back the naive UTC it stored): `sink status` prints it."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
+                                             as_utc(row.since))
 
 
 def suspend(engine: Engine, *, store: bool, reason: str | None) -> State:
@@ -133,7 +127,7 @@ def resume(engine: Engine, boxes: Iterable[BoxConfig], *, lift: bool = True,
 def _lock_state(conn: Connection) -> State:
     row = conn.execute(_STATE.with_for_update()).first()
     return State() if row is None else State(bool(row.suspended), bool(row.store), row.reason,
-                                             _utc(row.since))
+                                             as_utc(row.since))
 
 
 def _next_pending(conn: Connection, skipped: list[int]):

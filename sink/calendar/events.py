@@ -63,7 +63,8 @@ def parse_offset_time(value) -> datetime | None:
 
 def parse_graph_time(value) -> datetime | None:
     """Graph's dateTimeTimeZone (``{"dateTime": "2026-12-07T09:00:00.0000000",
-    "timeZone": "UTC"}``); we ask for UTC, an IANA zone is honoured, anything else is UTC."""
+    "timeZone": "UTC"}``); we ask for UTC, an IANA or Windows zone is honoured, anything else
+    is UTC."""
     text, zone = _get(value, "dateTime"), _get(value, "timeZone")
     if not isinstance(text, str) or len(text) > 40:
         return None
@@ -72,13 +73,7 @@ def parse_graph_time(value) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        tz = timezone.utc
-        if isinstance(zone, str) and zone not in ("UTC", "") and len(zone) < 100:
-            try:
-                tz = ZoneInfo(zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                tz = timezone.utc
-        parsed = parsed.replace(tzinfo=tz)
+        parsed = parsed.replace(tzinfo=zone_of(zone))
     try:
         return utc(parsed)
     except (OverflowError, ValueError):     # 9999-12-31 in a zone west of UTC

@@ -133,16 +133,12 @@ def by_graph_id(conn: Connection, user_id: int, graph_id: str):
         a.user_id == user_id, a.graph_id == graph_id)).first()
 
 
-def occurrence_at(conn: Connection, user_id: int, master_id: str, original_start: datetime):
-    """The row of the series ``master_id`` whose occurrence fell on ``original_start`` (within
-    12 hours: a series repeats at most daily, and a time zone's shift is hours)."""
+def occurrence_starts(conn: Connection, user_id: int, master_id: str) -> list[datetime]:
+    """When the occurrences of the series ``master_id`` that are rows fell (UTC)."""
     a = t.calendar_activities.c
-    for row in conn.execute(select(t.calendar_activities).where(
-            a.user_id == user_id, a.series_master_id == master_id)):
-        known = utc(row.original_start or row.start)
-        if known is not None and abs(known - original_start) < timedelta(hours=12):
-            return row
-    return None
+    starts = conn.execute(select(func.coalesce(a.original_start, a.start)).where(
+        a.user_id == user_id, a.series_master_id == master_id)).scalars()
+    return [utc(s) for s in starts if s is not None]
 
 
 def invitation_for(conn: Connection, user_id: int, ical_uid: str | None) -> int | None:

@@ -257,9 +257,13 @@ class CalendarSyncer:
         it was synchronised is already a row: its ``@removed`` marked it)."""
         start, end = self._window()
         uid = rnd.user["id"]
-        for fields in cancelled_occurrences(master, from_graph(master)):
-            if not start <= fields["start"] <= end or store.occurrence_at(
-                    conn, uid, fields["series_master_id"], fields["original_start"]):
+        found = cancelled_occurrences(master, from_graph(master))
+        known = store.occurrence_starts(conn, uid, found[0]["series_master_id"]) if found else []
+        for fields in found:
+            at = fields["original_start"]
+            # within 12 hours: a series repeats at most daily, a time zone shifts by hours
+            if not start <= fields["start"] <= end \
+                    or any(abs(k - at) < timedelta(hours=12) for k in known):
                 continue
             activity_id = self._insert(conn, rnd, self._synced(conn, rnd, fields))
             self._link(conn, rnd, activity_id, fields)
@@ -297,9 +301,7 @@ class CalendarSyncer:
         if row.series_master_id:            # an occurrence deleted from a series: cancelled
             rnd.masters.add(row.series_master_id)
             if not row.cancelled:
-                values = {**row._mapping, "cancelled": True}
-                conn.execute(update(A).where(A.c.id == row.id).values(
-                    cancelled=True, synced_hash=digest(values), synced_at=store.now()))
+                _mark_cancelled(conn, row)
                 store.trace(conn, uid, "cancelled-in-outlook", activity_id=row.id,
                             graph_id=graph_id)
                 rnd.report.pulled["cancelled"] += 1
@@ -373,10 +375,8 @@ class CalendarSyncer:
         """The CRM un-cancelled an occurrence that Outlook cancelled before we saw it (it has
         no Graph id): Graph has no call that restores an occurrence, and a new single event
         would not be one of the series. Outlook's state stands, and the trace says why."""
-        values = {**row._mapping, "cancelled": True}
         with self.engine.begin() as conn:
-            conn.execute(update(A).where(A.c.id == row.id).values(
-                cancelled=True, synced_hash=digest(values), synced_at=store.now()))
+            _mark_cancelled(conn, row)
             store.trace(conn, user["id"], "refused-by-outlook",
                         "a cancelled occurrence cannot be restored", activity_id=row.id,
                         graph_id=row.series_master_id)
@@ -418,3 +418,11 @@ class CalendarSyncer:
             store.trace(conn, uid, f"{action}-in-outlook", activity_id=row.id,
                         graph_id=fields["graph_id"])
         report.pushed[action] += 1
+
+
+def _mark_cancelled(conn, row) -> None:
+    """The occurrence ``row`` cancelled, as both sides now agree."""
+    values = {**row._mapping, "cancelled": True}
+    conn.execute(update(A).where(A.c.id == row.id).values(
+        cancelled=True, synced_hash=digest(values), synced_at=store.now()))
+
