@@ -9,6 +9,8 @@ started here and stopped in a fixture finalizer, also when a test fails; all tra
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import uuid
 from typing import Callable
 
@@ -17,7 +19,7 @@ import pytest
 from sink.sources import replies as sink_replies
 from tests.postfix_harness import (DEPLOY, SNIPPET, PostfixInstance, SinkProcess,
                                    read_main_cf, running_postfix, wait_until)
-from tests.support import DIRECTORY, make_mail
+from tests.support import DIRECTORY, free_port, make_mail
 
 DELIVERY_TIMEOUT = 60
 
@@ -230,3 +232,73 @@ def test_postfix_readme_lists_every_reply_the_sink_gives():
     readme = (DEPLOY / "README.md").read_text("utf-8")
     missing = [code for code in dict.fromkeys(codes) if f"`{code}" not in readme]
     assert not missing, f"deploy/postfix/README.md does not explain {missing}"
+
+
+class Recorder:
+    """A relay on ``port`` to the sink on ``to``: what the client sent, one entry per read."""
+
+    def __init__(self, port: int, to: int):
+        self.to, self.reads, self.threads = to, [], []
+        self.listening = socket.create_server(("127.0.0.1", port))
+        self.listening.settimeout(0.2)
+        self.stopping = threading.Event()
+        self._start(self._accept)
+
+    def _start(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                client, _ = self.listening.accept()
+            except TimeoutError:
+                continue
+            sink = socket.create_connection(("127.0.0.1", self.to))
+            self._start(self._pump, client, sink, True)
+            self._start(self._pump, sink, client, False)
+
+    def _pump(self, source, target, record: bool) -> None:
+        with source:
+            try:
+                while data := source.recv(65536):
+                    if record:
+                        self.reads.append(data)
+                    target.sendall(data)
+                target.shutdown(socket.SHUT_WR)
+            except OSError:         # the other side is gone (the sink stopped first)
+                pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.threads[0].join(5)     # the accepting thread, before its socket goes
+        self.listening.close()
+
+
+@pytest.mark.postfix
+def test_postfix_pipelines_its_lmtp_commands_and_the_copy_is_stored(postfix, tmp_path):
+    """The sink offers PIPELINING (RFC 2033 5), so Postfix's LMTP client sends MAIL, RCPT and
+    DATA in one write and reads their replies after it: one round trip per message instead of
+    three. Seen through a relay in front of the sink: in lock-step no read of the relay could
+    hold two commands, as Postfix waits for each reply."""
+    postfix.purge()
+    sink = SinkProcess(tmp_path, box=postfix.box, lmtp_port=free_port(), directory=DIRECTORY)
+    relay = Recorder(postfix.sink_port, sink.lmtp_port)
+    try:
+        sink.prepare()
+        sink.start()
+        why = context(postfix, sink)
+        raw, _, message_id = new_mail("Pipelining")
+        postfix.submit(raw, "jan@acme.cz", ["alice@firma.cz"])
+        rows = wait_for_rows(sink, message_id, 1, why)
+        wait_for_empty_queue(postfix, why)
+        assert len(rows) == 1 and rows[0]["status"] == "processed", f"{rows}\n{why()}"
+        groups = [read for read in relay.reads if read.startswith(b"MAIL FROM:")]
+        assert groups, relay.reads
+        assert all(re.fullmatch(rb"MAIL FROM:<[^>]*>[^\r\n]*\r\nRCPT TO:<%s>[^\r\n]*\r\n"
+                                rb"DATA\r\n" % re.escape(postfix.box.encode()), group)
+                   for group in groups), groups
+    finally:
+        sink.stop()
+        relay.stop()

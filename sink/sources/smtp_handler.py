@@ -37,6 +37,14 @@ class Handler:
         self.tracker = tracker
         self.ops = ops or Ops()
 
+    async def handle_EHLO(self, server, session: Session, envelope: SmtpEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """EHLO and LHLO: aiosmtpd's keywords and PIPELINING (RFC 2033 5: an LMTP server MUST
+        implement it; :mod:`sink.sources.smtp_protocol` answers a pipelined group in one
+        write). With this hook aiosmtpd leaves the client's name to it."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(self, server, session: Session, envelope: SmtpEnvelope, address: str,
                           mail_options):
         # suspended without --store: 451 4.3.2, the MTA keeps the mail (SPEC 7)

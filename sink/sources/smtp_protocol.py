@@ -56,6 +56,7 @@ AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
                      "_set_post_data_state", "_call_handler_hook", "_original_transport",
                      "_getaddr", "_authenticate", "_authenticator", "_handler_coroutine")
 STREAM_PRIVATES = ("_buffer", "_limit")
+MAX_HELD_REPLIES = 64              # replies held for one write (PIPELINING): a bound anyway
 # Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
 # sessions waiting for one wait on the loop without holding it up.
 AUTH_CHECKS = ThreadPoolExecutor(2, thread_name_prefix="sink-auth")
@@ -248,10 +249,38 @@ class _Guarded:
         if self.transport is not None:
             self.transport.close()
 
+    # RFC 2920 (PIPELINING, which RFC 2033 5 requires of an LMTP server): a client may send
+    # MAIL, its RCPTs and DATA in one write. The replies to the commands inside such a group
+    # are held while the next command line is already here, and go out with the reply that
+    # ends the group (DATA's 354, or any reply that is not a group command's 250): one write
+    # and one segment instead of one per command. A reply is held only while that next line
+    # is read without waiting - every command pushes a reply before it waits for the
+    # network - so the order never changes and nothing waits on the client.
+    _grouped = False                # handling MAIL, RCPT or RSET (RFC 2920 3.1)
+    _held: list | None = None
+
     async def push(self, status):
         if isinstance(status, str):
             status = REWRITE.get(status, status)
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        if self._may_hold(status):
+            self._held.append(status + b"\r\n")
+            return
+        if self._held:
+            status = b"".join(self._held) + status
+            self._held.clear()
         await super().push(status)
+
+    def _may_hold(self, status: bytes) -> bool:
+        if status[3:4] == b"-":         # a line of a multi-line reply: its last line follows
+            pass
+        elif not (self._grouped and status[:4] == b"250 "):
+            return False
+        elif not 0 <= self._reader._buffer.find(b"\n", 0, self._reader._limit):
+            return False                # the next line is not here (or too long): send now
+        if self._held is None:
+            self._held = []
+        return len(self._held) < MAX_HELD_REPLIES
 
     async def _refuse_and_close(self, reply: str) -> None:
         await self.push(reply)
@@ -274,7 +303,18 @@ class _Guarded:
             return await self._refuse_and_close(REPLY_SHUTTING_DOWN)
         if self.state.listener.require_tls and self.session.ssl is None:
             return await self.push(REPLY_NEED_TLS)
-        return await super().smtp_MAIL(arg)
+        return await self._in_group(super().smtp_MAIL, arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg):
+        return await self._in_group(super().smtp_RCPT, arg)
+
+    async def _in_group(self, command, arg):
+        self._grouped = True
+        try:
+            return await command(arg)
+        finally:
+            self._grouped = False
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg):
@@ -501,7 +541,10 @@ def _without_mail(name: str):
             log.warning("session.no_mail", peer=self._client, listener=self.state.address,
                         command=name, seconds=seconds)
             return await self._refuse_and_close(REPLY_NO_MAIL.format(seconds=seconds))
-        return await getattr(super(_Guarded, self), f"smtp_{name}")(arg)
+        method = getattr(super(_Guarded, self), f"smtp_{name}")
+        if name == "RSET":              # may be anywhere in a pipelined group
+            return await self._in_group(method, arg)
+        return await method(arg)
     command.__name__ = command.__qualname__ = f"smtp_{name}"
     for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
         if hasattr(base, attr):         # aiosmtpd's HELP reads them
