@@ -1,6 +1,7 @@
 """The LMTP load driver: N persistent sessions sending a prepared corpus as fast as the server
-answers, lock-step like Postfix's LMTP client against a server that does not offer PIPELINING
-(aiosmtpd does not).
+answers, as Postfix's LMTP client does: where the LHLO reply offers PIPELINING (Dovecot, the
+sink), MAIL, the RCPTs and DATA go in one write and their replies are read after it; elsewhere
+(``--lockstep``, or a server that does not offer it) each command waits for its reply.
 
 Runs as its own process (``python -m bench.driver CORPUS.pickle --port P ...``) so that its CPU
 is not the server's. It prints ``START`` when the warm-up ends and ``END`` when the measured
@@ -34,6 +35,7 @@ class Shared:
         self.errors: list[str] = []
         self.exhausted = False
         self.stopping = False
+        self.pipelining = False     # a session used PIPELINING
 
     def take(self):
         if self.stopping or time.perf_counter() >= self.t_end:
@@ -46,49 +48,71 @@ class Shared:
         return item
 
 
-async def _reply(reader: asyncio.StreamReader) -> bytes:
-    """One (possibly multi-line) reply; returns its last line."""
+async def _reply(reader: asyncio.StreamReader, lines: list | None = None) -> bytes:
+    """One (possibly multi-line) reply; returns its last line (``lines``: gets every line)."""
     while True:
         line = await reader.readline()
         if not line:
             raise ConnectionError("server closed the connection")
+        if lines is not None:
+            lines.append(line)
         if len(line) < 4 or line[3:4] != b"-":
             return line
 
 
-async def session(host: str, port: int, shared: Shared, ready: asyncio.Event) -> None:
+async def _envelope(reader, writer, shared: Shared, mail_from: bytes, rcpts, pipelining: bool
+                    ) -> int:
+    """MAIL, RCPTs and DATA: the recipients accepted, 0 when the data is not to be sent."""
+    commands = [b"MAIL FROM:<%s>\r\n" % mail_from] + [b"RCPT TO:<%s>\r\n" % r for r in rcpts]
+    if pipelining:                  # RFC 2920: the whole group, then every reply in order
+        writer.write(b"".join(commands) + b"DATA\r\n")
+        replies = [await _reply(reader) for _ in range(len(commands) + 1)]
+    else:
+        replies = []
+        for command in commands:
+            writer.write(command)
+            replies.append(await _reply(reader))
+            if not replies[0].startswith(b"250"):
+                break               # MAIL refused: no RCPT
+    accepted = sum(1 for line in replies[1:len(commands)] if line.startswith(b"250"))
+    for name, line in zip([b"MAIL"] + [b"RCPT"] * len(rcpts), replies[:len(commands)]):
+        if not line.startswith(b"250"):
+            shared.errors.append(f"{name.decode()} {line[:60]!r}")
+    if not pipelining:
+        if not accepted or not replies[0].startswith(b"250"):
+            writer.write(b"RSET\r\n")
+            await _reply(reader)
+            return 0
+        writer.write(b"DATA\r\n")
+        replies.append(await _reply(reader))
+    data = replies[-1]
+    if not data.startswith(b"354"):
+        shared.errors.append(f"DATA {data[:60]!r}")
+        return 0
+    if not accepted:                # 354 with no recipient: end the empty message
+        writer.write(b".\r\n")
+        await _reply(reader)
+        return 0
+    return accepted
+
+
+async def session(host: str, port: int, shared: Shared, ready: asyncio.Event,
+                  lockstep: bool = False) -> None:
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     try:
         await _reply(reader)
         writer.write(b"LHLO driver.bench\r\n")
-        await _reply(reader)
+        offered: list[bytes] = []
+        await _reply(reader, offered)
+        pipelining = not lockstep and any(line[4:].strip().upper() == b"PIPELINING"
+                                          for line in offered)
+        shared.pipelining = shared.pipelining or pipelining
         await ready.wait()
         while (item := shared.take()) is not None:
             mail_from, rcpts, payload = item
             t0 = time.perf_counter()
-            writer.write(b"MAIL FROM:<%s>\r\n" % mail_from)
-            line = await _reply(reader)
-            if not line.startswith(b"250"):
-                shared.errors.append(f"MAIL {line[:60]!r}")
-                writer.write(b"RSET\r\n")
-                await _reply(reader)
-                continue
-            accepted = 0
-            for rcpt in rcpts:
-                writer.write(b"RCPT TO:<%s>\r\n" % rcpt)
-                line = await _reply(reader)
-                if line.startswith(b"250"):
-                    accepted += 1
-                else:
-                    shared.errors.append(f"RCPT {line[:60]!r}")
+            accepted = await _envelope(reader, writer, shared, mail_from, rcpts, pipelining)
             if not accepted:
-                writer.write(b"RSET\r\n")
-                await _reply(reader)
-                continue
-            writer.write(b"DATA\r\n")
-            line = await _reply(reader)
-            if not line.startswith(b"354"):
-                shared.errors.append(f"DATA {line[:60]!r}")
                 continue
             writer.write(payload)
             ok = True
@@ -129,7 +153,7 @@ async def main_async(args) -> dict:
     shared = Shared(corpus, args.warmup, args.duration)
     ready = asyncio.Event()
     shared.t_end = float("inf")
-    tasks = [asyncio.create_task(session(args.host, args.port, shared, ready))
+    tasks = [asyncio.create_task(session(args.host, args.port, shared, ready, args.lockstep))
              for _ in range(args.sessions)]
     await asyncio.sleep(0.05)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -175,6 +199,7 @@ async def main_async(args) -> dict:
         "codes": shared.codes,
         "errors": shared.errors[:20],
         "exhausted": shared.exhausted,
+        "pipelining": shared.pipelining,
         "driver_cpu_s": round((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), 3),
         "driver_wall_s": round(finished - began, 3),
     }
@@ -193,6 +218,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--uvloop", action="store_true", help="run the driver on uvloop")
+    p.add_argument("--lockstep", action="store_true",
+                   help="never pipeline, even where the server offers PIPELINING")
     p.add_argument("--progress", action="store_true",
                    help="print PROGRESS <messages done> every second")
     args = p.parse_args(argv)

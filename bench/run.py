@@ -103,8 +103,9 @@ def write_corpus(path: Path, mails: list) -> None:
 
 
 def drive(server, corpus_file: Path, *, sessions: int, warmup: float, duration: float,
-          progress=None, timeout: float = 600) -> dict:
-    """Run one driver process against ``server``; add the server's CPU and memory figures."""
+          progress=None, timeout: float = 600, lockstep: bool = False) -> dict:
+    """Run one driver process against ``server``; add the server's CPU and memory figures.
+    ``lockstep``: never pipeline (the rounds before the sink offered PIPELINING)."""
     pid = server.pid
     procstat.reset_tree_peak(pid)
     rss_before = procstat.tree_rss_mb(pid)
@@ -113,6 +114,8 @@ def drive(server, corpus_file: Path, *, sessions: int, warmup: float, duration: 
             "--sessions", str(sessions), "--warmup", str(warmup), "--duration", str(duration)]
     if progress is not None:
         args.append("--progress")
+    if lockstep:
+        args.append("--lockstep")
     delivered_before = server.delivered()
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     result, cpu0, cpu1, sys0, sys1 = None, None, None, None, None
@@ -239,7 +242,8 @@ def cmd_compare(args, workdir: Path) -> dict:
                 for profile in profiles:
                     idle = wait_quiet(args.quiet_wait)
                     res = drive(server, files[profile], sessions=args.sessions,
-                                warmup=args.warmup, duration=args.duration)
+                                warmup=args.warmup, duration=args.duration,
+                                lockstep=args.lockstep)
                     res["busy_before"] = idle
                     res["round"] = r
                     this_round[(name, profile)] = res
@@ -439,7 +443,7 @@ def cmd_memory(args, workdir: Path) -> dict:
                                 round(procstat.tree_rss_mb(pid), 1)))
 
             res = drive(server, corpus_file, sessions=args.sessions, warmup=0.0,
-                        duration=1e6, progress=progress, timeout=3600)
+                        duration=1e6, progress=progress, timeout=3600, lockstep=args.lockstep)
         by_tenth = []
         for tenth in range(1, 11):
             target = args.messages * tenth / 10
@@ -598,6 +602,9 @@ def main(argv=None) -> int:
                    help="the sink's [storage] threads (PostgreSQL writers)")
     g.add_argument("--no-uvloop", dest="uvloop", action="store_false",
                    help="run the bare server on asyncio's loop even when uvloop is installed")
+    g.add_argument("--lockstep", action="store_true",
+                   help="the driver never pipelines, even where a server offers PIPELINING "
+                        "(the load of the rounds before the sink offered it)")
     g = p.add_argument_group("pipeline")
     g.add_argument("--count", type=int, default=3000)
     g.add_argument("--repeat", type=int, default=3)

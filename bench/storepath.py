@@ -4,6 +4,7 @@ PostgreSQL backend, and the statements and round trips each message costs.
     DB=postgres python -m bench.storepath 4k-1 2400 8          # CPU per message
     DB=postgres python -m bench.storepath 4k-1 2400 8 count    # statements per message
     DB=postgres python -m bench.storepath 4k-1 2400 8 prof     # cProfile of the client
+                                                   # (PROF_OUT=FILE: its stats kept there)
     DB=postgres python -m bench.storepath 4k-1 2400 8 plans    # server time per statement
 
 It drives :func:`sink.storage.worker._commit` (parse, DKIM "none", rules, one transaction per
@@ -234,6 +235,8 @@ def main(argv: list[str]) -> int:
         pr.enable()
         run(rest)
         pr.disable()
+        if os.environ.get("PROF_OUT"):        # for pstats' callers and callees
+            pr.dump_stats(os.environ["PROF_OUT"])
         stats = pstats.Stats(pr)
         stats.sort_stats("cumulative").print_stats(50)
         stats.sort_stats("tottime").print_stats(40)
