@@ -390,6 +390,33 @@ def test_a_session_that_sends_no_mail_cannot_keep_its_slot(serve, sqlite_engine)
     assert stored(sqlite_engine) == sent >= 3
 
 
+@pytest.mark.parametrize("protocol, commands", [
+    ("lmtp", ["LHLO client.test"]),                     # LMTP's hello
+    ("smtp", ["MAIL TO:<x@acme.cz>"]),                  # 501: a command, if a wrong one
+    ("smtp", ["RCPT TO:<crm@firma.cz>"]),               # 503: no MAIL
+    ("smtp", ["DATA"]),                                 # 503: no RCPT
+    ("smtp", ["MAIL FROM:<x@acme.cz>", "RCPT TO:<nobody@firma.cz>", "RSET"]),
+])
+def test_no_command_keeps_a_session_without_mail(serve, protocol, commands):
+    """Found in review: only NOOP, RSET, HELO, EHLO, HELP, VRFY and EXPN were held to the
+    no-mail deadline, so LHLO, or any command answered with an error, just inside ``timeout``
+    still kept a slot for ever. Now every command is, except RCPT and DATA inside a
+    transaction whose MAIL was (and QUIT)."""
+    server = serve(timeout=1, protocol=protocol)
+    client = MailClient(server.port_for(protocol))
+    client.hello(lmtp=protocol == "lmtp")
+    started, codes = time.monotonic(), []
+    while time.monotonic() - started < 4.0 and "closed" not in codes:
+        time.sleep(0.3)
+        try:
+            codes.extend(client.cmd(command)[0] for command in commands)
+        except (ConnectionError, OSError):
+            codes.append("closed")
+    assert 421 in codes, codes
+    assert codes.index(421) < 4 * len(commands) * 2, codes    # within about two timeouts
+    client.abort()
+
+
 def test_a_connection_closed_before_the_greeting_gives_its_slot_back(sqlite_engine):
     """Found in review: a client that connects and closes at once (`sink status` probes the
     listeners so, as does any TCP monitor) left the session in CLOSE-WAIT until the timeout,

@@ -23,18 +23,23 @@ too many failed AUTHs from one address      ``421 4.7.0``, then close
 client certificate missing or not named     ``554 5.7.1`` to every command after STARTTLS
 in ``tls_client_names``
 DATA phase longer than ``data_deadline``    ``421 4.4.2``, then close
-NOOP, RSET, EHLO ... when no message came   ``421 4.4.2``, then close
-for longer than ``timeout``
+any command but QUIT when no message came   ``421 4.4.2``, then close
+for longer than ``timeout`` (RCPT, DATA:
+within ``timeout`` of their MAIL)
 MAIL or DATA while shutting down            ``421 4.3.2``, then close
 ==========================================  =================================================
 
 
 LMTP answers once per accepted RCPT after DATA, in RCPT order (RFC 2033 4.2); SMTP answers once.
+After LHLO/EHLO every 2xx, 4xx and 5xx reply carries an RFC 3463 status code
+(:func:`with_status_code`; ENHANCEDSTATUSCODES, which RFC 2033 5 requires).
 The handler (:mod:`sink.sources.smtp_handler`) and the protocol
 (:mod:`sink.sources.smtp_protocol`) take their texts from here.
 """
 
 from __future__ import annotations
+
+import re
 
 from sink.errors import classify
 
@@ -61,6 +66,35 @@ REWRITE = {
     "500 Command line too long": REPLY_LINE_TOO_LONG,
     "554 Command refused due to lack of security": REPLY_CERT_REFUSED,
 }
+
+
+# ENHANCEDSTATUSCODES (RFC 2034; RFC 2033 5 requires it of an LMTP server): once the client
+# said EHLO or LHLO, every 2xx, 4xx and 5xx reply but the greeting and the hello's own carries an
+# RFC 3463 status code. Ours have theirs; aiosmtpd's get the one Postfix gives the same reply,
+# by its code, else the class's "other" (X.0.0).
+HELLO_COMMANDS = frozenset({"EHLO", "LHLO", "HELO"})
+_REPLY_CODE = re.compile(r"[245]\d\d(?:[ -]|$)")
+_STATUS_CODE = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+STATUS_FOR_CODE = {
+    "221": "2.0.0", "250": "2.0.0", "252": "2.0.0",
+    "421": "4.3.0", "451": "4.3.0", "454": "4.7.0",
+    "500": "5.5.2",         # syntax error, command unrecognized
+    "501": "5.5.4",         # syntax error in parameters or arguments
+    "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "535": "5.7.8", "552": "5.3.4", "553": "5.1.3", "555": "5.5.4",
+}
+
+
+def with_status_code(reply: str) -> str:
+    """``reply`` (one or more lines) with a status code on each 2xx/4xx/5xx line without one."""
+    lines = reply.split("\r\n")
+    for i, line in enumerate(lines):
+        code, separator, text = line[:3], line[3:4] or " ", line[4:]
+        if not _REPLY_CODE.match(line) or _STATUS_CODE.match(line):
+            continue                    # a 3xx, not a reply line, or one with its code
+        status = STATUS_FOR_CODE.get(code, f"{code[0]}.0.0")
+        lines[i] = f"{code}{separator}{status} {text}".rstrip(" ")
+    return "\r\n".join(lines)
 
 
 def reply_for(error: BaseException) -> str:

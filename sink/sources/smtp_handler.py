@@ -39,11 +39,12 @@ class Handler:
 
     async def handle_EHLO(self, server, session: Session, envelope: SmtpEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
-        """EHLO and LHLO: aiosmtpd's keywords and PIPELINING (RFC 2033 5: an LMTP server MUST
-        implement it; :mod:`sink.sources.smtp_protocol` answers a pipelined group in one
-        write). With this hook aiosmtpd leaves the client's name to it."""
+        """EHLO and LHLO: aiosmtpd's keywords, PIPELINING and ENHANCEDSTATUSCODES (RFC 2033 5:
+        an LMTP server MUST implement both; :mod:`sink.sources.smtp_protocol` answers a
+        pipelined group in one write and gives every reply its status code). With this hook
+        aiosmtpd leaves the client's name to it."""
         session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(self, server, session: Session, envelope: SmtpEnvelope, address: str,
                           mail_options):
@@ -53,7 +54,7 @@ class Handler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.sink_mail_at = time.perf_counter()     # sink_reply_seconds starts here
-        return "250 OK"
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session: Session, envelope: SmtpEnvelope, address: str,
                           rcpt_options):

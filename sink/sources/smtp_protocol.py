@@ -3,7 +3,7 @@
 This is the one module that reaches into aiosmtpd's private attributes (``_reader``,
 ``_writer``, ``_timeout_handle``, ``_reset_timeout``, ``_set_post_data_state``,
 ``_call_handler_hook``, ``_original_transport``, ``_getaddr``, ``_authenticate``,
-``_authenticator``, ``_handler_coroutine``), the module function
+``_authenticator``, ``_handler_coroutine``, ``_smtp_methods``), the module function
 ``aiosmtpd.smtp.sanitized_log`` (replaced: see :func:`_sanitized_log`) and asyncio's
 ``StreamReader._buffer`` and ``._limit``; keep it so: no other module of the sink may touch
 them. ``tests/test_door.py`` (:data:`AIOSMTPD_PRIVATES`) names them, so an aiosmtpd upgrade
@@ -43,9 +43,10 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 from sink.config import ListenerConfig
 from sink.log import get_logger
 from sink.sources.auth import FailureLimiter
-from sink.sources.replies import (REPLY_AUTH_BLOCKED, REPLY_BUSY, REPLY_BUSY_CLIENT,
-                                  REPLY_DATA_DEADLINE, REPLY_NEED_TLS, REPLY_NO_MAIL,
-                                  REPLY_NOT_ALLOWED, REPLY_SHUTTING_DOWN, REWRITE)
+from sink.sources.replies import (HELLO_COMMANDS, REPLY_AUTH_BLOCKED, REPLY_BUSY,
+                                  REPLY_BUSY_CLIENT, REPLY_DATA_DEADLINE, REPLY_NEED_TLS,
+                                  REPLY_NO_MAIL, REPLY_NOT_ALLOWED, REPLY_SHUTTING_DOWN,
+                                  REWRITE, with_status_code)
 
 log = get_logger("sink.sources.smtp")
 
@@ -54,7 +55,8 @@ COMMAND_LINE_LIMIT = 4096          # SPEC 2.1, whatever max_message_size is
 DATA_PIECE = 1024 * 1024           # DATA is read in pieces of at most this (memory)
 AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
                      "_set_post_data_state", "_call_handler_hook", "_original_transport",
-                     "_getaddr", "_authenticate", "_authenticator", "_handler_coroutine")
+                     "_getaddr", "_authenticate", "_authenticator", "_handler_coroutine",
+                     "_smtp_methods")
 STREAM_PRIVATES = ("_buffer", "_limit")
 MAX_HELD_REPLIES = 64              # replies held for one write (PIPELINING): a bound anyway
 # Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
@@ -182,6 +184,43 @@ class _Guarded:
     _refused = False
     _client = "?"
     _progress_at = 0.0          # loop time of the session's start, or of its last DATA
+    _mail_at = 0.0              # loop time of the transaction's accepted MAIL
+    _command: str | None = None     # the command being answered (None: none, or a bad line)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # every command goes through _command_for (the no-mail deadline, the reply's status
+        # code); aiosmtpd dispatches from this table, built in its __init__
+        self._smtp_methods = {name: self._command_for(name, method)
+                              for name, method in self._smtp_methods.items()}
+
+    def _command_for(self, name: str, method):
+        async def command(arg):
+            if self._without_mail_too_long(name):
+                seconds = self.state.listener.timeout
+                log.warning("session.no_mail", peer=self._client, listener=self.state.address,
+                            command=name, seconds=seconds)
+                return await self._refuse_and_close(REPLY_NO_MAIL.format(seconds=seconds))
+            self._command = name
+            try:
+                return await method(arg)
+            finally:
+                self._command = None
+        return command
+
+    def _without_mail_too_long(self, name: str) -> bool:
+        """aiosmtpd restarts the session's timeout on every command, so a client sending NOOP,
+        LHLO or any command it gets an error for just inside ``timeout`` held a connection
+        slot for ever: a few addresses could hold every slot (found in review). A session that
+        has answered no message for longer than the listener's ``timeout`` is closed at its
+        next command - except QUIT, and RCPT and DATA within ``timeout`` of the MAIL that
+        opened their transaction (that MAIL was held to the deadline)."""
+        if name == "QUIT":
+            return False
+        since = self._progress_at
+        if name in ("RCPT", "DATA") and self.envelope is not None and self.envelope.mail_from:
+            since = max(since, self._mail_at)
+        return asyncio.get_running_loop().time() - since > self.state.listener.timeout
 
     def connection_made(self, transport):
         if getattr(self, "_original_transport", None) is not None:
@@ -262,6 +301,9 @@ class _Guarded:
     async def push(self, status):
         if isinstance(status, str):
             status = REWRITE.get(status, status)
+            if self.session is not None and self.session.extended_smtp \
+                    and self._command not in HELLO_COMMANDS:
+                status = with_status_code(status)
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         if self._may_hold(status):
             self._held.append(status + b"\r\n")
@@ -303,7 +345,12 @@ class _Guarded:
             return await self._refuse_and_close(REPLY_SHUTTING_DOWN)
         if self.state.listener.require_tls and self.session.ssl is None:
             return await self.push(REPLY_NEED_TLS)
+        self._mail_at = asyncio.get_running_loop().time()
         return await self._in_group(super().smtp_MAIL, arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg):
+        return await self._in_group(super().smtp_RSET, arg)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg):
@@ -474,7 +521,7 @@ class _Guarded:
                 self._reset_timeout()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
-        self._progress_at = asyncio.get_running_loop().time()   # a message: see _NO_MAIL_COMMANDS
+        self._progress_at = asyncio.get_running_loop().time()   # see _without_mail_too_long
 
     _receiving_data = False
 
@@ -522,38 +569,6 @@ def unstuffed(content: bytes) -> bytes:
             at += 2
     pieces.append(content[start:])
     return b"".join(pieces)
-
-
-# Commands that carry no mail. aiosmtpd restarts the session's timeout on every command, so a
-# client sending NOOP (or RSET, EHLO ...) just inside ``timeout`` held a connection slot for
-# ever: a few addresses could hold every slot (found in review). A session that has answered
-# no message for longer than the listener's ``timeout`` is closed at the next of these.
-_NO_MAIL_COMMANDS = ("NOOP", "RSET", "HELO", "EHLO", "HELP", "VRFY", "EXPN")
-
-
-def _without_mail(name: str):
-    base = getattr(SMTP, f"smtp_{name}")
-
-    async def command(self, arg):
-        loop = asyncio.get_running_loop()
-        seconds = self.state.listener.timeout
-        if loop.time() - self._progress_at > seconds:
-            log.warning("session.no_mail", peer=self._client, listener=self.state.address,
-                        command=name, seconds=seconds)
-            return await self._refuse_and_close(REPLY_NO_MAIL.format(seconds=seconds))
-        method = getattr(super(_Guarded, self), f"smtp_{name}")
-        if name == "RSET":              # may be anywhere in a pipelined group
-            return await self._in_group(method, arg)
-        return await method(arg)
-    command.__name__ = command.__qualname__ = f"smtp_{name}"
-    for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
-        if hasattr(base, attr):         # aiosmtpd's HELP reads them
-            setattr(command, attr, getattr(base, attr))
-    return command
-
-
-for _name in _NO_MAIL_COMMANDS:
-    setattr(_Guarded, f"smtp_{_name}", _without_mail(_name))
 
 
 class SinkSMTP(_Guarded, SMTP):
