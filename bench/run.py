@@ -191,20 +191,25 @@ def make_server(name: str, workdir: Path, args):
     """``dovecot`` (no options: the reference as Debian ships it), ``bare``, ``sqlite`` or
     ``postgres``, with options after colons: ``:asyncio`` runs it on
     asyncio's own loop even when uvloop is installed, ``:wN`` gives the sink ``[storage]
-    workers = N`` (``:w0``: parse, rules and storage in the protocol process); ``@DIR`` at the
+    workers = N`` (``:w0``: parse, rules and storage in the protocol process), ``:lockstep``
+    (any server, Dovecot too) drives it without PIPELINING; ``@DIR`` at the
     end runs the sink of another checkout (e.g. ``sqlite@/tmp/before``: a same-run A/B of two
     versions of the code; the database is prepared by this checkout, so both must share the
     schema)."""
     spec, _, checkout = name.partition("@")
     kind, *options = spec.split(":")
+    lockstep = "lockstep" in options
     if kind == REFERENCE:
-        if name != REFERENCE:
-            raise SystemExit(f"{name}: dovecot takes no options")
-        return Dovecot(workdir)
+        if set(options) - {"lockstep"}:
+            raise SystemExit(f"{name}: dovecot takes no options but lockstep")
+        server = Dovecot(workdir)
+        server.name, server.lockstep = name, lockstep
+        return server
     uvloop = args.uvloop and "asyncio" not in options
     if kind == "bare":
         server = Bare(workdir, uvloop=uvloop)
         server.name = name
+        server.lockstep = lockstep
         return server
     storage = {}
     if args.storage_threads:
@@ -214,8 +219,10 @@ def make_server(name: str, workdir: Path, args):
             storage["workers"] = int(option[1:])
     extra = "".join(["\n[storage]\n"] + [f"{k} = {v}\n" for k, v in storage.items()]) \
         if storage else ""
-    return Sink(kind, workdir, log_level=args.log_level, uvloop=uvloop, name=name,
-                extra_config=extra, root=Path(checkout) if checkout else None)
+    server = Sink(kind, workdir, log_level=args.log_level, uvloop=uvloop, name=name,
+                  extra_config=extra, root=Path(checkout) if checkout else None)
+    server.lockstep = lockstep
+    return server
 
 
 def _median(values):
@@ -243,7 +250,7 @@ def cmd_compare(args, workdir: Path) -> dict:
                     idle = wait_quiet(args.quiet_wait)
                     res = drive(server, files[profile], sessions=args.sessions,
                                 warmup=args.warmup, duration=args.duration,
-                                lockstep=args.lockstep)
+                                lockstep=args.lockstep or server.lockstep)
                     res["busy_before"] = idle
                     res["round"] = r
                     this_round[(name, profile)] = res
