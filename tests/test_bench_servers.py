@@ -82,6 +82,22 @@ def test_dovecot_writes_one_file_for_every_250_and_stops_everything(workdir):
     assert _gone(pids) and _refused(port)
 
 
+@pytest.mark.parametrize("name, pipelined", [("dovecot", True), ("dovecot:lockstep", False)])
+def test_the_driver_pipelines_where_the_server_offers_it(workdir, name, pipelined):
+    """As Postfix does: Dovecot offers PIPELINING, so MAIL, RCPTs and DATA go in one write and
+    every reply is still read and counted; ``:lockstep`` drives it as the rounds before."""
+    need_dovecot()
+    write_corpus(workdir / "corpus.pickle", corpus.build("4k-1", 8, seed=3)
+                 + corpus.build("4k-5", 4, seed=3))
+    with make_server(name, workdir, None) as server:
+        assert server.lockstep is not pipelined
+        result = drive(server, workdir / "corpus.pickle", sessions=2, warmup=0.0,
+                       duration=60.0, lockstep=server.lockstep)
+    assert result["pipelining"] is pipelined
+    assert result["errors"] == [] and result["codes"] == {"250": 8 + 4 * 5}
+    assert result["delivered"] == 28 and result["delivered_mismatch"] == 0
+
+
 def test_dovecot_refuses_a_recipient_that_is_not_a_box(workdir):
     need_dovecot()
     with Dovecot(workdir) as server:
