@@ -59,6 +59,7 @@ AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
                      "_smtp_methods")
 STREAM_PRIVATES = ("_buffer", "_limit")
 MAX_HELD_REPLIES = 64              # replies held for one write (PIPELINING): a bound anyway
+GROUP_COMMANDS = ("MAIL", "RCPT", "RSET")  # may stand anywhere in a pipelined group (RFC 2920)
 # Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
 # sessions waiting for one wait on the loop without holding it up.
 AUTH_CHECKS = ThreadPoolExecutor(2, thread_name_prefix="sink-auth")
@@ -189,6 +190,7 @@ class _Guarded:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._held: list[bytes] = []        # replies held for one write (push)
         # every command goes through _command_for (the no-mail deadline, the reply's status
         # code); aiosmtpd dispatches from this table, built in its __init__
         self._smtp_methods = {name: self._command_for(name, method)
@@ -295,9 +297,6 @@ class _Guarded:
     # and one segment instead of one per command. A reply is held only while that next line
     # is read without waiting - every command pushes a reply before it waits for the
     # network - so the order never changes and nothing waits on the client.
-    _grouped = False                # handling MAIL, RCPT or RSET (RFC 2920 3.1)
-    _held: list | None = None
-
     async def push(self, status):
         if isinstance(status, str):
             status = REWRITE.get(status, status)
@@ -314,15 +313,13 @@ class _Guarded:
         await super().push(status)
 
     def _may_hold(self, status: bytes) -> bool:
-        if status[3:4] == b"-":         # a line of a multi-line reply: its last line follows
-            pass
-        elif not (self._grouped and status[:4] == b"250 "):
+        if len(self._held) >= MAX_HELD_REPLIES:
             return False
-        elif not 0 <= self._reader._buffer.find(b"\n", 0, self._reader._limit):
-            return False                # the next line is not here (or too long): send now
-        if self._held is None:
-            self._held = []
-        return len(self._held) < MAX_HELD_REPLIES
+        if status[3:4] == b"-":         # a line of a multi-line reply: its last line follows
+            return True
+        # a group command's success, while the next line can be read without waiting
+        return (self._command in GROUP_COMMANDS and status[:4] == b"250 "
+                and 0 <= self._reader._buffer.find(b"\n", 0, self._reader._limit))
 
     async def _refuse_and_close(self, reply: str) -> None:
         await self.push(reply)
@@ -346,22 +343,7 @@ class _Guarded:
         if self.state.listener.require_tls and self.session.ssl is None:
             return await self.push(REPLY_NEED_TLS)
         self._mail_at = asyncio.get_running_loop().time()
-        return await self._in_group(super().smtp_MAIL, arg)
-
-    @syntax("RSET")
-    async def smtp_RSET(self, arg):
-        return await self._in_group(super().smtp_RSET, arg)
-
-    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
-    async def smtp_RCPT(self, arg):
-        return await self._in_group(super().smtp_RCPT, arg)
-
-    async def _in_group(self, command, arg):
-        self._grouped = True
-        try:
-            return await command(arg)
-        finally:
-            self._grouped = False
+        return await super().smtp_MAIL(arg)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg):
