@@ -87,6 +87,8 @@ STATUS_FOR_CODE = {
 
 def with_status_code(reply: str) -> str:
     """``reply`` (one or more lines) with a status code on each 2xx/4xx/5xx line without one."""
+    if "\r\n" not in reply and (_STATUS_CODE.match(reply) or not _REPLY_CODE.match(reply)):
+        return reply                    # most replies: one line with its code, or a 3xx
     lines = reply.split("\r\n")
     for i, line in enumerate(lines):
         code, separator, text = line[:3], line[3:4] or " ", line[4:]
