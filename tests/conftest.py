@@ -104,6 +104,14 @@ def pg_engine(pg_available):
 
 
 @pytest.fixture
+def sqlite_engine(tmp_path):
+    """A seeded SQLite database alone, for tests of what does not depend on the database."""
+    engine = seeded(f"sqlite:///{tmp_path}/sink.db")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def engine(db_url):
     engine = seeded(db_url)
     yield engine

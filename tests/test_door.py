@@ -4,9 +4,7 @@ dot-stuffing and the shutdown, all against live listeners over real sockets."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import dataclasses
 import smtplib
 import socket
 import ssl
@@ -21,17 +19,10 @@ from sqlalchemy import func, select
 
 from sink.db import schema as t
 from sink.intake import Intake
-from tests.conftest import RunningServer, config_for, seeded
-from tests.support import MailClient, dot_stuff, make_mail, side_by_side, wait_for
+from tests.conftest import RunningServer, config_for
+from tests.support import MailClient, dot_stuff, make_mail, side_by_side
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path):
-    engine = seeded(f"sqlite:///{tmp_path}/door.db")
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

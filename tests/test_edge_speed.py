@@ -27,7 +27,7 @@ from sink.intake import Intake
 from sink.mail import dkim
 from sink.metrics import Metrics
 from sink.sources.smtp_protocol import SinkLMTP, simple_path
-from tests.conftest import RunningServer, config_for, seeded
+from tests.conftest import RunningServer, config_for
 from tests.support import dkim_test_key, MailClient, dot_stuff, make_mail
 
 
@@ -160,13 +160,6 @@ def test_no_class_is_made_per_path(protocol):
             gc.enable()
     assert classes_made(lambda a: SMTP._getaddr(protocol, a)) >= 200     # what it was
     assert classes_made(protocol._getaddr) < 5
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path):
-    engine = seeded(f"sqlite:///{tmp_path}/edge.db")
-    yield engine
-    engine.dispose()
 
 
 def test_paths_over_a_real_listener(sqlite_engine):
