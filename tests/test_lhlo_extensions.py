@@ -128,6 +128,19 @@ def test_a_group_whose_mail_is_refused_stores_nothing(server, engine):
     client.close()
 
 
+def test_what_is_held_goes_out_before_a_command_that_may_wait(server, writes):
+    """Found in review: a RSET's 250 held in front of AUTH waited for the password check (and
+    was lost when the sink stopped meanwhile). Only MAIL, RCPT, RSET and DATA - answered
+    without waiting - may follow a held reply; before any other command it is sent."""
+    client = MailClient(server.lmtp_port)
+    client.hello()
+    writes.clear()
+    client.sock.sendall(b"RSET\r\nMAIL FROM:<mta@firma.cz>\r\nVRFY <alice@firma.cz>\r\n")
+    assert codes(client, 3) == [250, 250, 252]
+    assert [w.count(b"\r\n") + 1 for w in writes] == [2, 1]
+    client.close()
+
+
 def test_a_client_that_pipelines_without_end_gets_bounded_writes(server, writes):
     client = MailClient(server.lmtp_port)
     client.hello()
@@ -177,6 +190,38 @@ def test_every_reply_after_the_hello_has_a_status_code(server, lmtp):
     assert first[b"BOGUS"].startswith("500 5.5.2")
     assert first[b"MAIL"].startswith("501 5.5.4")
     assert first[b"QUIT"].startswith("221 2.0.0")
+
+
+def test_help_still_lists_the_commands_and_their_syntax(server):
+    """Found in review: HELP read its syntax off aiosmtpd's dispatch table, which now holds
+    our wrappers: it listed no command."""
+    client = MailClient(server.smtp_port)
+    client.hello(lmtp=False)
+    listed = lines_of(client, b"HELP")[0]
+    assert all(name in listed.split() for name in ("DATA", "EHLO", "MAIL", "RCPT", "RSET")), listed
+    assert lines_of(client, b"HELP MAIL") == [
+        "250 2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"]
+    client.close()
+
+
+def test_helo_and_ehlo_are_unknown_commands_with_a_code_on_lmtp(server):
+    client = MailClient(server.lmtp_port)
+    client.hello()
+    for command in (b"EHLO client.test", b"HELO client.test"):
+        assert lines_of(client, command)[0].startswith("500 5.5.2 "), command
+    client.close()
+
+
+def test_a_recipient_that_is_not_utf8_is_refused_for_good(server, engine):
+    """Found in review: the 550 quoting it could not be encoded, and the MTA got 451 - a
+    temporary failure it retried for a permanently bad address."""
+    client = MailClient(server.lmtp_port)
+    client.hello()
+    assert lines_of(client, b"MAIL FROM:<mta@firma.cz>")[0].startswith("250 ")
+    refused = lines_of(client, b"RCPT TO:<\xff\xfe@firma.cz>")[0]
+    assert refused.startswith("550 5.1.1 "), refused
+    assert lines_of(client, b"RCPT TO:<crm@firma.cz>")[0].startswith("250 ")      # goes on
+    client.close()
 
 
 def test_the_greeting_and_a_plain_helo_session_are_left_alone(server):

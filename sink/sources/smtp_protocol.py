@@ -43,10 +43,10 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 from sink.config import ListenerConfig
 from sink.log import get_logger
 from sink.sources.auth import FailureLimiter
-from sink.sources.replies import (HELLO_COMMANDS, REPLY_AUTH_BLOCKED, REPLY_BUSY,
-                                  REPLY_BUSY_CLIENT, REPLY_DATA_DEADLINE, REPLY_NEED_TLS,
-                                  REPLY_NO_MAIL, REPLY_NOT_ALLOWED, REPLY_SHUTTING_DOWN,
-                                  REWRITE, with_status_code)
+from sink.sources.replies import (REPLY_AUTH_BLOCKED, REPLY_BUSY, REPLY_BUSY_CLIENT,
+                                  REPLY_DATA_DEADLINE, REPLY_NEED_TLS, REPLY_NO_MAIL,
+                                  REPLY_NOT_ALLOWED, REPLY_SHUTTING_DOWN, REWRITE,
+                                  with_status_code)
 
 log = get_logger("sink.sources.smtp")
 
@@ -60,6 +60,7 @@ AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
 STREAM_PRIVATES = ("_buffer", "_limit")
 MAX_HELD_REPLIES = 64              # replies held for one write (PIPELINING): a bound anyway
 GROUP_COMMANDS = ("MAIL", "RCPT", "RSET")  # may stand anywhere in a pipelined group (RFC 2920)
+SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
 # Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
 # sessions waiting for one wait on the loop without holding it up.
 AUTH_CHECKS = ThreadPoolExecutor(2, thread_name_prefix="sink-auth")
@@ -187,6 +188,7 @@ class _Guarded:
     _progress_at = 0.0          # loop time of the session's start, or of its last DATA
     _mail_at = 0.0              # loop time of the transaction's accepted MAIL
     _command: str | None = None     # the command being answered (None: none, or a bad line)
+    hello_commands: tuple[str, ...] = ()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -203,11 +205,16 @@ class _Guarded:
                 log.warning("session.no_mail", peer=self._client, listener=self.state.address,
                             command=name, seconds=seconds)
                 return await self._refuse_and_close(REPLY_NO_MAIL.format(seconds=seconds))
+            if self._held and name not in GROUP_COMMANDS and name != "DATA":
+                await self._send_held()     # AUTH, STARTTLS ... may wait: what is held goes now
             self._command = name
             try:
                 return await method(arg)
             finally:
                 self._command = None
+        for attr in SYNTAX_ATTRIBUTES:      # aiosmtpd's HELP reads them off this table
+            if hasattr(method, attr):
+                setattr(command, attr, getattr(method, attr))
         return command
 
     def _without_mail_too_long(self, name: str) -> bool:
@@ -301,9 +308,13 @@ class _Guarded:
         if isinstance(status, str):
             status = REWRITE.get(status, status)
             if self.session is not None and self.session.extended_smtp \
-                    and self._command not in HELLO_COMMANDS:
+                    and self._command not in self.hello_commands:
                 status = with_status_code(status)
-            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+            # a reply may quote what the client sent (an RCPT address that is not UTF-8, kept
+            # by aiosmtpd as surrogates): shown escaped, never an error (it was a 451 for a
+            # permanently bad address, so the MTA retried it for days)
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii",
+                                   "backslashreplace")
         if self._may_hold(status):
             self._held.append(status + b"\r\n")
             return
@@ -311,6 +322,11 @@ class _Guarded:
             status = b"".join(self._held) + status
             self._held.clear()
         await super().push(status)
+
+    async def _send_held(self) -> None:
+        held = b"".join(self._held)
+        self._held.clear()
+        await super().push(held[:-2])           # aiosmtpd's push ends it with CRLF again
 
     def _may_hold(self, status: bytes) -> bool:
         if len(self._held) >= MAX_HELD_REPLIES:
@@ -553,12 +569,14 @@ def unstuffed(content: bytes) -> bytes:
     return b"".join(pieces)
 
 
+# The hello whose reply needs no status code (RFC 2034 3); in LMTP, HELO and EHLO are
+# unknown commands, answered 500 5.5.2 like any other.
 class SinkSMTP(_Guarded, SMTP):
-    pass
+    hello_commands = ("HELO", "EHLO")
 
 
 class SinkLMTP(_Guarded, LMTP):
-    pass
+    hello_commands = ("LHLO",)
 
 
 def _peer(peer) -> str | None:
