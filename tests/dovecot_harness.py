@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support import free_port
+from tests.support import free_ports
 from tests.tlsutil import TestCA, make_test_ca
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -119,7 +119,8 @@ class Dovecot:
         os.chmod(self.root, 0o755)          # login processes and `nobody` traverse it
         self.tls: TestCA = make_test_ca(self.root / "tls")
         self.users = dict(users)
-        self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
+        names = ("imap", "imaps", "pop3", "pop3s")
+        self.ports = dict(zip(names, free_ports(len(names))))
         (self.root / "passwd").write_text(
             "".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in users.items()))
         for user in users:

@@ -150,9 +150,21 @@ class MailClient:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free loopback ports: bound side by side, so the kernel cannot hand
+    the same one out twice (one after the other it did: CI saw Dovecot refuse "duplicate
+    listener" for IMAP and POP3 on one port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class SinkProcess:
