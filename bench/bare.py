@@ -3,9 +3,10 @@
 Same aiosmtpd class, options and event loop as ``sink serve`` (uvloop when it is installed and
 ``--uvloop`` is given, as the sink does), a handler that accepts every RCPT and answers every
 DATA with one ``250`` per recipient without looking at the bytes. It offers PIPELINING, as the
-sink and Dovecot do, so the driver sends it the same pipelined load (aiosmtpd reads a pipelined
-group as it reads any other; it answers each command with a write of its own). Nothing an aiosmtpd-based
-server does can be cheaper than this, so ``sink / bare`` is the share of the reachable rate.
+sink and Dovecot do, so the driver sends it the same pipelined load (aiosmtpd reads a
+pipelined group as it reads any other; it answers each command with a write of its own).
+Nothing an aiosmtpd-based server does can be cheaper than this, so ``sink / bare`` is the share
+of the reachable rate.
 
 ``python -m bench.bare --port P`` runs until SIGTERM.
 """

@@ -69,9 +69,10 @@ REWRITE = {
 
 
 # ENHANCEDSTATUSCODES (RFC 2034; RFC 2033 5 requires it of an LMTP server): once the client
-# said EHLO or LHLO, every 2xx, 4xx and 5xx reply but the greeting and the hello's own carries an
-# RFC 3463 status code (which commands are the hello: sink.sources.smtp_protocol). Ours have theirs; aiosmtpd's get the one Postfix gives the same reply,
-# by its code, else the class's "other" (X.0.0).
+# said EHLO or LHLO, every 2xx, 4xx and 5xx reply but the greeting and the hello's own (which
+# commands are the hello: sink.sources.smtp_protocol) carries an RFC 3463 status code. Ours
+# have theirs; aiosmtpd's get the one Postfix gives the same reply, by its code, else the
+# class's "other" (X.0.0).
 _REPLY_CODE = re.compile(r"[245]\d\d(?:[ -]|$)")
 _STATUS_CODE = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 STATUS_FOR_CODE = {

@@ -60,6 +60,7 @@ AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
 STREAM_PRIVATES = ("_buffer", "_limit")
 MAX_HELD_REPLIES = 64              # replies held for one write (PIPELINING): a bound anyway
 GROUP_COMMANDS = ("MAIL", "RCPT", "RSET")  # may stand anywhere in a pipelined group (RFC 2920)
+ANSWERED_AT_ONCE = (*GROUP_COMMANDS, "DATA")  # may follow a held reply: they never wait first
 SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
 # Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
 # sessions waiting for one wait on the loop without holding it up.
@@ -205,7 +206,7 @@ class _Guarded:
                 log.warning("session.no_mail", peer=self._client, listener=self.state.address,
                             command=name, seconds=seconds)
                 return await self._refuse_and_close(REPLY_NO_MAIL.format(seconds=seconds))
-            if self._held and name not in GROUP_COMMANDS and name != "DATA":
+            if self._held and name not in ANSWERED_AT_ONCE:
                 await self._send_held()     # AUTH, STARTTLS ... may wait: what is held goes now
             self._command = name
             try:
