@@ -4,7 +4,8 @@ PIPELINING (RFC 2920): the listeners offer it, answer a pipelined group in order
 write, and keep a client that pipelines without end to a bounded number of held replies.
 ENHANCEDSTATUSCODES (RFC 2034): once the client said LHLO or EHLO, every 2xx, 4xx and 5xx reply
 - aiosmtpd's own as well as ours - carries an RFC 3463 status code; the greeting and the
-hello's reply do not need one.
+hello's reply do not need one. A client that sends the rest of its session and half-closes
+(RFC 2920 lets it pipeline up to QUIT) is answered in full.
 
 A "write" is one call of aiosmtpd's ``SMTP.push`` (one ``transport.write``): counted by
 wrapping it, so the tests see what the client is sent and how often."""
@@ -12,6 +13,8 @@ wrapping it, so the tests see what the client is sent and how often."""
 from __future__ import annotations
 
 import re
+import socket
+import time
 
 import aiosmtpd.smtp
 import pytest
@@ -153,6 +156,90 @@ def test_a_client_that_pipelines_without_end_gets_bounded_writes(server, writes)
     assert max(per_write) <= MAX_HELD_REPLIES + 1
     assert len(writes) < count / 2                  # held, not one write per reply
     client.close()
+
+
+# ------------------------------------------------------------ the input ends (half-close)
+#
+# A client may send the rest of its session and shut its side down (shutdown(SHUT_WR), as
+# `nc -N` does) while it reads the replies. aiosmtpd cancelled the session at the end of the
+# input: the client got the greeting at most, and a message stored meanwhile lost its 250.
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_server(request, engine):
+    import asyncio
+    import uvloop
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+    config = config_for(str(engine.url), listeners=[
+        {"protocol": "lmtp", "address": "127.0.0.1:0", "timeout": 20},
+        {"protocol": "smtp", "address": "127.0.0.1:0", "timeout": 20}])
+    running = RunningServer(config, Intake(engine), workers=0, loop_factory=factory)
+    yield running
+    running.stop()
+
+
+def half_closed_session(port: int, sent: bytes) -> tuple[list[int], float]:
+    """Send ``sent`` in one write, shut our side, read until the server closes: the reply
+    codes (one per reply, multi-line replies once) and how long the server took to close."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.sendall(sent)
+    sock.shutdown(socket.SHUT_WR)
+    began, received = time.monotonic(), b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    return ([int(line[:3]) for line in received.split(b"\r\n") if line[3:4] == b" "],
+            time.monotonic() - began)
+
+
+def transaction(rcpts: list[str]) -> bytes:
+    return (b"MAIL FROM:<mta@firma.cz>\r\n"
+            + b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts)
+            + b"DATA\r\n" + payload(make_mail()))
+
+
+@pytest.mark.parametrize("lmtp", [True, False])
+def test_a_whole_session_then_half_close_is_answered_in_full(loop_server, engine, lmtp):
+    port = loop_server.lmtp_port if lmtp else loop_server.smtp_port
+    sent = (b"LHLO" if lmtp else b"EHLO") + b" client.test\r\n" + transaction([BOX, BOX]) \
+        + transaction([BOX]) + b"QUIT\r\n"
+    replies, _ = half_closed_session(port, sent)
+    after_first = [250, 250] if lmtp else [250]          # LMTP: one reply per RCPT
+    assert replies == [220, 250, 250, 250, 250, 354, *after_first,
+                       250, 250, 354, 250, 221], replies
+    assert stored(engine) == 2
+
+
+def test_without_quit_the_session_ends_with_the_input(loop_server, engine):
+    replies, took = half_closed_session(loop_server.lmtp_port,
+                                        b"LHLO client.test\r\n" + transaction([BOX]))
+    assert replies == [220, 250, 250, 250, 354, 250], replies
+    assert took < 10            # closed at the end of the input, not at the 20 s timeout
+    assert stored(engine) == 1
+
+
+@pytest.mark.parametrize("cut", [
+    pytest.param(lambda message: message[:-3], id="inside-the-message"),
+    pytest.param(lambda message: message + b"MAIL FROM:<mta@firm", id="inside-a-command"),
+])
+def test_what_the_end_cuts_off_is_not_acted_on(loop_server, engine, cut):
+    message = payload(make_mail())
+    sent = b"LHLO client.test\r\nMAIL FROM:<mta@firma.cz>\r\nRCPT TO:<crm@firma.cz>\r\n" \
+        b"DATA\r\n" + cut(message)
+    replies, took = half_closed_session(loop_server.lmtp_port, sent)
+    whole = message in sent
+    assert replies == [220, 250, 250, 250, 354] + ([250] if whole else []), replies
+    assert took < 10
+    assert stored(engine) == (1 if whole else 0)
+
+
+def test_a_probe_that_closes_at_once_still_gives_its_slot_back(loop_server):
+    [state, _] = loop_server.server.listeners.states
+    for _ in range(50):
+        socket.create_connection(("127.0.0.1", loop_server.lmtp_port)).close()
+    deadline = time.monotonic() + 10
+    while state.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.connections == 0
 
 
 # ------------------------------------------------------------ ENHANCEDSTATUSCODES

@@ -283,9 +283,19 @@ class _Guarded:
     def eof_received(self):
         if self._refused:
             return False
-        keep_open = super().eof_received()
-        # aiosmtpd cancels the session's task here and leaves the connection to it. A task
-        # cancelled before its command loop - while the greeting is written, as when a probe
+        if self.transport is not None and self.transport.get_extra_info("ssl_object") is None:
+            # The client half-closed its side (shutdown(SHUT_WR), as `nc -N` does): it may
+            # have sent the rest of its session first - pipelined, RFC 2920 - and is reading
+            # the replies. aiosmtpd cancels the session here, so what was buffered went
+            # unanswered and a message being stored lost its 250 (the MTA sent it again).
+            # The session now answers every whole command line that arrived, and ends where
+            # the input ends. (Over TLS the peer's close ends the session, as before.)
+            self._end_with_the_input()
+            keep_open = asyncio.StreamReaderProtocol.eof_received(self)
+        else:
+            keep_open = super().eof_received()
+        # Either way the session's task ends and the connection is left to it. A task that
+        # ended before its command loop - while the greeting is written, as when a probe
         # (`sink status`, a TCP monitor) connects and closes at once - closed nothing: the
         # connection sat in CLOSE-WAIT holding a slot until the timeout, and 20 of them
         # locked the local MTA out (found in review). Once the task has ended, close it.
@@ -297,6 +307,21 @@ class _Guarded:
     def _close_after_session(self, _task) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def _end_with_the_input(self) -> None:
+        """Let reading past the end of the input end the session, as QUIT and a closed
+        connection do in aiosmtpd (its command loop would answer the IncompleteReadError
+        with a 500 for ever): a line or message cut off by the end is never acted on."""
+        reader = self._reader
+        read = reader.readuntil
+
+        async def readuntil(separator=b"\n"):
+            try:
+                return await read(separator)
+            except asyncio.IncompleteReadError:
+                self._writer.close()
+                raise asyncio.CancelledError from None
+        reader.readuntil = readuntil    # this session's reader only, from its end on
 
     # RFC 2920 (PIPELINING, which RFC 2033 5 requires of an LMTP server): a client may send
     # MAIL, its RCPTs and DATA in one write. The replies to the commands inside such a group
