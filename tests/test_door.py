@@ -408,6 +408,37 @@ def test_no_command_keeps_a_session_without_mail(serve, protocol, commands):
     client.abort()
 
 
+def test_noop_and_rset_inside_a_transaction_count_from_its_mail(serve, sqlite_engine):
+    """A transaction's NOOP and RSET are timed from its MAIL, as its RCPT and DATA are: they
+    were refused 421 once the session had gone ``timeout`` without a message, though the MAIL
+    before them had been accepted in time (a client keeping its transaction alive was cut in
+    the middle of it). Outside a transaction they are still held to the session's clock."""
+    server = serve(timeout=2)
+    client = MailClient(server.smtp_port)
+    client.hello(lmtp=False)
+    time.sleep(1.4)
+    assert client.cmd("MAIL FROM:<mta@firma.cz>")[0] == 250     # 1.4 s: in time
+    assert client.cmd("RCPT TO:<crm@firma.cz>")[0] == 250
+    time.sleep(1.2)                                 # 2.6 s without a message, 1.2 after MAIL
+    assert client.cmd("NOOP")[0] == 250
+    assert client.cmd("RSET")[0] == 250             # ends the transaction
+    assert client.cmd("NOOP")[0] == 421             # the session's clock again: cut
+    client.abort()
+    again = MailClient(server.smtp_port)                # kept alive, then delivered
+    again.hello(lmtp=False)
+    time.sleep(1.4)
+    assert again.cmd("MAIL FROM:<mta@firma.cz>")[0] == 250
+    assert again.cmd("RCPT TO:<crm@firma.cz>")[0] == 250
+    time.sleep(1.2)
+    assert again.cmd("NOOP")[0] == 250
+    assert again.cmd("DATA")[0] == 354
+    again.sock.sendall(make_mail(subject="kept alive") + b".\r\n")
+    assert again.reply()[0] == 250
+    assert again.cmd("NOOP")[0] == 250              # a message resets the session's clock
+    again.close()
+    assert stored(sqlite_engine) == 1
+
+
 def test_a_connection_closed_before_the_greeting_gives_its_slot_back(sqlite_engine):
     """Found in review: a client that connects and closes at once (`sink status` probes the
     listeners so, as does any TCP monitor) left the session in CLOSE-WAIT until the timeout,

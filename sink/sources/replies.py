@@ -24,8 +24,9 @@ client certificate missing or not named     ``554 5.7.1`` to every command after
 in ``tls_client_names``
 DATA phase longer than ``data_deadline``    ``421 4.4.2``, then close
 any command but QUIT when no message came   ``421 4.4.2``, then close
-for longer than ``timeout`` (RCPT, DATA:
-within ``timeout`` of their MAIL)
+for longer than ``timeout`` (RCPT, DATA,
+NOOP, RSET in a transaction: within
+``timeout`` of its MAIL)
 MAIL or DATA while shutting down            ``421 4.3.2``, then close
 ==========================================  =================================================
 

@@ -61,6 +61,7 @@ STREAM_PRIVATES = ("_buffer", "_limit")
 MAX_HELD_REPLIES = 64              # replies held for one write (PIPELINING): a bound anyway
 GROUP_COMMANDS = ("MAIL", "RCPT", "RSET")  # may stand anywhere in a pipelined group (RFC 2920)
 ANSWERED_AT_ONCE = (*GROUP_COMMANDS, "DATA")  # may follow a held reply: they never wait first
+IN_TRANSACTION = ("RCPT", "DATA", "NOOP", "RSET")   # timed from their transaction's MAIL
 SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
 # Password checks of every listener: two at a time (each holds 16 MiB while it runs); the
 # sessions waiting for one wait on the loop without holding it up.
@@ -223,12 +224,14 @@ class _Guarded:
         LHLO or any command it gets an error for just inside ``timeout`` held a connection
         slot for ever: a few addresses could hold every slot (found in review). A session that
         has answered no message for longer than the listener's ``timeout`` is closed at its
-        next command - except QUIT, and RCPT and DATA within ``timeout`` of the MAIL that
-        opened their transaction (that MAIL was held to the deadline)."""
+        next command - except QUIT, and the commands of a transaction (RCPT, DATA, and NOOP
+        and RSET inside it) within ``timeout`` of the MAIL that opened it: that MAIL was held
+        to the deadline, and so is the next one: a session without a message is cut at most
+        ``timeout`` after its last MAIL, within twice ``timeout`` of its last message."""
         if name == "QUIT":
             return False
         since = self._progress_at
-        if name in ("RCPT", "DATA") and self.envelope is not None and self.envelope.mail_from:
+        if name in IN_TRANSACTION and self.envelope is not None and self.envelope.mail_from:
             since = max(since, self._mail_at)
         return asyncio.get_running_loop().time() - since > self.state.listener.timeout
 
