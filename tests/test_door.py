@@ -4,6 +4,7 @@ dot-stuffing and the shutdown, all against live listeners over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import smtplib
 import socket
@@ -44,11 +45,12 @@ def tls_files(ca, tmp_path):
 def serve(sqlite_engine, tmp_path):
     running = []
 
-    def start(**listener) -> RunningServer:
+    def start(loop_factory=asyncio.new_event_loop, **listener) -> RunningServer:
         url = str(sqlite_engine.url)
         config = config_for(url, listeners=[{"protocol": "smtp", "address": "127.0.0.1:0",
                                              **listener}])
-        server = RunningServer(config, Intake(sqlite_engine), workers=0)
+        server = RunningServer(config, Intake(sqlite_engine), workers=0,
+                               loop_factory=loop_factory)
         running.append(server)
         return server
     yield start
@@ -465,6 +467,93 @@ def test_a_connection_closed_before_the_greeting_gives_its_slot_back(sqlite_engi
     assert state.connections == 1           # this client's: the others were given back
     client.close()
     server.stop()
+
+
+LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, "uvloop"],
+                                ids=["asyncio", "uvloop"])
+
+
+def loop_of(loop_factory):
+    if loop_factory == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop
+    return loop_factory
+
+
+def slots_given_back(server, seconds: float) -> bool:
+    [state] = server.server.listeners.states
+    deadline = time.monotonic() + seconds
+    while state.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return state.connections == 0 and not state.per_client
+
+
+@LOOPS
+def test_a_client_that_never_reads_is_cut_at_the_timeout(serve, loop_factory):
+    """Found in review (older than the listeners' half-close): aiosmtpd's timeout closes the
+    transport, and close() waits until what is buffered has been sent. A client that sends
+    command after command and never reads (its receive window shut) kept the session and its
+    slot for ever: a few of them and the local MTA gets 421."""
+    server = serve(loop_factory=loop_of(loop_factory), timeout=1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.smtp_port))
+    sock.setblocking(False)
+    burst, sent, began = b"EHLO client.test\r\n" + b"HELP\r\n" * 200_000, 0, time.monotonic()
+    while sent < len(burst) and time.monotonic() - began < 3:
+        try:
+            sent += sock.send(burst[sent:sent + 65536])
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            break                   # the session was cut while we were still sending
+    assert slots_given_back(server, 5)
+    sock.close()
+
+
+@LOOPS
+def test_a_starttls_whose_handshake_never_comes_gives_its_slot_back(serve, tls_files,
+                                                                    loop_factory):
+    """Found in review (older): with ``timeout`` below asyncio's 60 s handshake timeout, a
+    client that sent STARTTLS, read the 220 and then nothing, was cut at the timeout, but
+    its slot was never given back (asyncio reports the end of a connection to the session
+    only after a handshake): repeated, the listener answered 421 to that address for ever."""
+    server = serve(loop_factory=loop_of(loop_factory), timeout=1, max_connections_per_client=2,
+                   tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"])
+    for _ in range(3):
+        client = MailClient(server.smtp_port)
+        client.hello(lmtp=False)
+        assert client.cmd("STARTTLS")[0] == 220
+        began = time.monotonic()
+        assert client.file.read() == b""                # the server cut it
+        assert time.monotonic() - began < 10
+        client.abort()
+        assert slots_given_back(server, 5)
+    assert MailClient(server.smtp_port).greeting[0] == 220
+
+
+@LOOPS
+def test_starttls_after_the_input_ended_ends_the_session(serve, tls_files, sqlite_engine,
+                                                         loop_factory):
+    """Found in review of the half-close: a client that pipelined a message and STARTTLS
+    and then half-closed was answered 220 and waited for a handshake it could not send
+    (60 s; with a shorter ``timeout`` its slot was never given back). Now the message is
+    stored and answered, and the session ends without the 220."""
+    server = serve(loop_factory=loop_of(loop_factory), timeout=5,
+                   tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"])
+    sock = socket.create_connection(("127.0.0.1", server.smtp_port), timeout=15)
+    sock.sendall(b"EHLO client.test\r\nMAIL FROM:<mta@firma.cz>\r\nRCPT TO:<crm@firma.cz>\r\n"
+                 b"DATA\r\n" + make_mail() + b".\r\nSTARTTLS\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    began, received = time.monotonic(), b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    assert time.monotonic() - began < 3
+    assert received.endswith(b"\r\n250 2.0.0 Ok: stored as #1\r\n"), received[-200:]
+    assert b"Ready to start TLS" not in received
+    assert stored(sqlite_engine) == 1
+    assert slots_given_back(server, 5)
 
 
 def test_an_ipv6_client_is_counted_by_its_slash_64():

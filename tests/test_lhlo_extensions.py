@@ -232,6 +232,24 @@ def test_what_the_end_cuts_off_is_not_acted_on(loop_server, engine, cut):
     assert stored(engine) == (1 if whole else 0)
 
 
+def test_a_client_that_reads_each_reply_then_half_closes_gets_a_clean_end(loop_server, engine):
+    """Found in review: the end arriving while the session waited for the next command made
+    aiosmtpd answer the IncompleteReadError as a handler error - a 451 (and an error logged)
+    to a client that had merely finished. The end of the input ends the session silently."""
+    for steps in ([], [b"LHLO client.test\r\n"],
+                  [b"LHLO client.test\r\n", b"MAIL FROM:<mta@firma.cz>\r\n",
+                   b"RCPT TO:<crm@firma.cz>\r\n", b"DATA\r\n", payload(make_mail())]):
+        client = MailClient(loop_server.lmtp_port)
+        for step in steps:
+            client.sock.sendall(step)
+            assert client.reply()[0] in (250, 354)
+        time.sleep(0.2)                 # the session now waits for the next command
+        client.sock.shutdown(socket.SHUT_WR)
+        assert client.file.read() == b"", steps
+        client.abort()
+    assert stored(engine) == 1
+
+
 def test_a_probe_that_closes_at_once_still_gives_its_slot_back(loop_server):
     [state, _] = loop_server.server.listeners.states
     for _ in range(50):

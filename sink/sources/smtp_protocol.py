@@ -3,8 +3,8 @@
 This is the one module that reaches into aiosmtpd's private attributes (``_reader``,
 ``_writer``, ``_timeout_handle``, ``_reset_timeout``, ``_set_post_data_state``,
 ``_call_handler_hook``, ``_original_transport``, ``_getaddr``, ``_authenticate``,
-``_authenticator``, ``_handler_coroutine``, ``_smtp_methods``), the module function
-``aiosmtpd.smtp.sanitized_log`` (replaced: see :func:`_sanitized_log`) and asyncio's
+``_authenticator``, ``_handler_coroutine``, ``_smtp_methods``, ``_timeout_cb``), the module
+function ``aiosmtpd.smtp.sanitized_log`` (replaced: see :func:`_sanitized_log`) and asyncio's
 ``StreamReader._buffer`` and ``._limit``; keep it so: no other module of the sink may touch
 them. ``tests/test_door.py`` (:data:`AIOSMTPD_PRIVATES`) names them, so an aiosmtpd upgrade
 that changes them fails loudly (and pyproject pins aiosmtpd below 1.5).
@@ -56,7 +56,7 @@ DATA_PIECE = 1024 * 1024           # DATA is read in pieces of at most this (mem
 AIOSMTPD_PRIVATES = ("_reader", "_writer", "_timeout_handle", "_reset_timeout",
                      "_set_post_data_state", "_call_handler_hook", "_original_transport",
                      "_getaddr", "_authenticate", "_authenticator", "_handler_coroutine",
-                     "_smtp_methods")
+                     "_smtp_methods", "_timeout_cb")
 STREAM_PRIVATES = ("_buffer", "_limit")
 MAX_HELD_REPLIES = 64              # replies held for one write (PIPELINING): a bound anyway
 GROUP_COMMANDS = ("MAIL", "RCPT", "RSET")  # may stand anywhere in a pipelined group (RFC 2920)
@@ -190,6 +190,8 @@ class _Guarded:
     _progress_at = 0.0          # loop time of the session's start, or of its last DATA
     _mail_at = 0.0              # loop time of the transaction's accepted MAIL
     _command: str | None = None     # the command being answered (None: none, or a bad line)
+    _input_ended = False        # the client half-closed: nothing more will arrive
+    _slot_given_back = False
     hello_commands: tuple[str, ...] = ()
 
     def __init__(self, *args, **kwargs):
@@ -268,10 +270,20 @@ class _Guarded:
         log.info("connection.open", peer=_peer(peer), listener=state.address,
                  protocol=state.listener.protocol)
         super().connection_made(transport)
+        self._end_with_the_input()
 
     def connection_lost(self, error):
         if self._refused:
             return
+        self._give_the_slot_back()
+        super().connection_lost(error)
+
+    def _give_the_slot_back(self) -> None:
+        """Once per connection: from connection_lost, or from a TLS handshake cut by the
+        timeout (asyncio then never calls connection_lost)."""
+        if self._slot_given_back:
+            return
+        self._slot_given_back = True
         self.state.connections -= 1
         left = self.state.per_client.get(self._client, 1) - 1
         if left > 0:
@@ -281,7 +293,6 @@ class _Guarded:
         self.state.live.discard(self)
         log.info("connection.close", peer=_peer(self.session.peer if self.session else None),
                  listener=self.state.address)
-        super().connection_lost(error)
 
     def eof_received(self):
         if self._refused:
@@ -292,8 +303,9 @@ class _Guarded:
             # the replies. aiosmtpd cancels the session here, so what was buffered went
             # unanswered and a message being stored lost its 250 (the MTA sent it again).
             # The session now answers every whole command line that arrived, and ends where
-            # the input ends. (Over TLS the peer's close ends the session, as before.)
-            self._end_with_the_input()
+            # the input ends (:meth:`_end_with_the_input`). (Over TLS the peer's close ends
+            # the session, as before.)
+            self._input_ended = True
             keep_open = asyncio.StreamReaderProtocol.eof_received(self)
         else:
             keep_open = super().eof_received()
@@ -312,9 +324,12 @@ class _Guarded:
             self.transport.close()
 
     def _end_with_the_input(self) -> None:
-        """Let reading past the end of the input end the session, as QUIT and a closed
-        connection do in aiosmtpd (its command loop would answer the IncompleteReadError
-        with a 500 for ever): a line or message cut off by the end is never acted on."""
+        """Let reading past the end of the input end the session, as QUIT does in aiosmtpd:
+        its command loop answers an IncompleteReadError as a handler error (a 451 and an
+        error logged for a client that merely closed, or a 500 for ever once the input has
+        ended). A line or message cut off by the end is never acted on. For the whole
+        session (the same reader after STARTTLS): the read waiting when the end arrives is
+        the one that meets it."""
         reader = self._reader
         read = reader.readuntil
 
@@ -324,7 +339,7 @@ class _Guarded:
             except asyncio.IncompleteReadError:
                 self._writer.close()
                 raise asyncio.CancelledError from None
-        reader.readuntil = readuntil    # this session's reader only, from its end on
+        reader.readuntil = readuntil    # this session's reader only
 
     # RFC 2920 (PIPELINING, which RFC 2033 5 requires of an LMTP server): a client may send
     # MAIL, its RCPTs and DATA in one write. The replies to the commands inside such a group
@@ -370,6 +385,35 @@ class _Guarded:
         await self.push(reply)
         if self.transport is not None:
             self.transport.close()
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str):
+        if self._input_ended:
+            # A client whose input has ended can send no handshake: answering 220 left the
+            # session waiting for one (asyncio's 60 s, and with a shorter ``timeout`` its
+            # slot was never given back). The session ends as at the end of its input.
+            self._writer.close()
+            raise asyncio.CancelledError
+        return await super().smtp_STARTTLS(arg)
+
+    def _timeout_cb(self):
+        """aiosmtpd's timeout closes the transport. close() first sends what is buffered,
+        so a client that sends and never reads (its receive window shut) kept the session
+        and its slot for ever; and a TLS handshake that never came left the slot taken
+        (asyncio calls connection_lost only after a handshake). Both are cut here."""
+        handshaking = self._original_transport is not None and not self.session.ssl
+        transport = self._original_transport if handshaking else self.transport
+        if transport is None:
+            return
+        if handshaking or transport.get_write_buffer_size():
+            log.info("session.timeout", peer=self._client, listener=self.state.address,
+                     unsent=transport.get_write_buffer_size(), handshaking=handshaking)
+            transport.abort()
+            if handshaking:
+                self._handler_coroutine.cancel()
+                self._give_the_slot_back()
+            return
+        super()._timeout_cb()
 
     def _getaddr(self, arg: str):
         """aiosmtpd's path parser (MAIL, RCPT, VRFY), with :func:`simple_path` first."""
@@ -521,9 +565,7 @@ class _Guarded:
                 # what is certainly not part of it; the message is too big in any case.
                 chunk = await reader.read(error.consumed)
                 done = False
-            except asyncio.IncompleteReadError:
-                self._writer.close()    # the client went away before the end mark
-                raise asyncio.CancelledError from None
+            # (the input ending before the end mark ends the session: _end_with_the_input)
             size += len(chunk)
             if too_much or (wire_limit and size - (3 if done else 0) > wire_limit):
                 too_much = True
