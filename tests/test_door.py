@@ -532,6 +532,46 @@ def test_a_starttls_whose_handshake_never_comes_gives_its_slot_back(serve, tls_f
     assert MailClient(server.smtp_port).greeting[0] == 220
 
 
+def tls_client(server, ca) -> tuple[ssl.SSLSocket, object]:
+    """A session switched to TLS by STARTTLS: the TLS socket and a reader of its lines."""
+    sock = socket.create_connection(("127.0.0.1", server.smtp_port), timeout=15)
+    plain = sock.makefile("rb")
+    plain.readline()
+    sock.sendall(b"EHLO client.test\r\nSTARTTLS\r\n")
+    while not plain.readline().startswith(b"250 "):
+        pass
+    assert plain.readline().startswith(b"220 ")
+    tls = client_context(ca).wrap_socket(sock, server_hostname="sink.test")
+    return tls, tls.makefile("rb")
+
+
+@LOOPS
+def test_starttls_inside_tls_is_refused_and_the_slot_comes_back(serve, tls_files, ca,
+                                                              loop_factory):
+    """Found in review: aiosmtpd starts a second TLS layer inside TLS (RFC 3207 4: a client
+    MUST NOT ask). A connection whose inner handshake never came was cut at the timeout but
+    never gave its slot back: a few of them and the listener answered 421 to everyone."""
+    server = serve(loop_factory=loop_of(loop_factory), timeout=1,
+                   tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"])
+    tls, lines = tls_client(server, ca)
+    tls.sendall(b"EHLO client.test\r\n")
+    while not lines.readline().startswith(b"250 "):
+        pass
+    tls.sendall(b"STARTTLS\r\n")
+    assert lines.readline() == b"554 5.5.1 Error: TLS already active\r\n"
+    tls.sendall(b"NOOP\r\n")
+    assert lines.readline().startswith(b"250 ")             # the session goes on
+    assert slots_given_back(server, 0) is False
+    tls.sendall(b"QUIT\r\n")
+    assert lines.readline().startswith(b"221 ")
+    # the client lingers without its TLS close alert: the slot comes back at the timeout
+    # (it waited for asyncio's 30 s TLS shutdown before)
+    began = time.monotonic()
+    assert slots_given_back(server, 10)
+    assert time.monotonic() - began < 5
+    tls.close()
+
+
 @LOOPS
 def test_starttls_after_the_input_ended_ends_the_session(serve, tls_files, sqlite_engine,
                                                          loop_factory):

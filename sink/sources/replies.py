@@ -22,6 +22,7 @@ AUTH with a wrong user or password          ``535 5.7.8``
 too many failed AUTHs from one address      ``421 4.7.0``, then close
 client certificate missing or not named     ``554 5.7.1`` to every command after STARTTLS
 in ``tls_client_names``
+STARTTLS inside TLS                         ``554 5.5.1``
 DATA phase longer than ``data_deadline``    ``421 4.4.2``, then close
 any command but QUIT when no message came   ``421 4.4.2``, then close
 for longer than ``timeout`` (RCPT, DATA,
@@ -55,6 +56,7 @@ REPLY_LINE_TOO_LONG = "500 5.5.2 Line too long"
 REPLY_NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 REPLY_AUTH_BLOCKED = "421 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_CERT_REFUSED = "554 5.7.1 Client certificate not accepted"
+REPLY_TLS_ACTIVE = "554 5.5.1 Error: TLS already active"      # Postfix's words (RFC 3207 4)
 REPLY_DATA_DEADLINE = "421 4.4.2 DATA took too long, closing connection"
 REPLY_NO_MAIL = "421 4.4.2 No message within {seconds:.0f} seconds, closing connection"
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"

@@ -45,8 +45,8 @@ from sink.log import get_logger
 from sink.sources.auth import FailureLimiter
 from sink.sources.replies import (REPLY_AUTH_BLOCKED, REPLY_BUSY, REPLY_BUSY_CLIENT,
                                   REPLY_DATA_DEADLINE, REPLY_NEED_TLS, REPLY_NO_MAIL,
-                                  REPLY_NOT_ALLOWED, REPLY_SHUTTING_DOWN, REWRITE,
-                                  with_status_code)
+                                  REPLY_NOT_ALLOWED, REPLY_SHUTTING_DOWN, REPLY_TLS_ACTIVE,
+                                  REWRITE, with_status_code)
 
 log = get_logger("sink.sources.smtp")
 
@@ -394,21 +394,29 @@ class _Guarded:
             # slot was never given back). The session ends as at the end of its input.
             self._writer.close()
             raise asyncio.CancelledError
+        if self._original_transport is not None:
+            # aiosmtpd starts a TLS layer inside TLS (RFC 3207 4: a client MUST NOT ask), and
+            # a connection whose inner handshake never came never gave its slot back
+            return await self.push(REPLY_TLS_ACTIVE)
         return await super().smtp_STARTTLS(arg)
 
     def _timeout_cb(self):
         """aiosmtpd's timeout closes the transport. close() first sends what is buffered,
         so a client that sends and never reads (its receive window shut) kept the session
-        and its slot for ever; and a TLS handshake that never came left the slot taken
-        (asyncio calls connection_lost only after a handshake). Both are cut here."""
-        handshaking = self._original_transport is not None and not self.session.ssl
-        transport = self._original_transport if handshaking else self.transport
-        if transport is None:
+        and its slot for ever; a TLS handshake that never came left the slot taken (asyncio
+        calls connection_lost only after a handshake); and a TLS session already ended
+        (QUIT, or its input) waited on the client's close alert. These are cut here, at the
+        socket's own transport (under TLS the one beneath the session's)."""
+        socket_transport = self._original_transport or self.transport
+        if socket_transport is None:
             return
-        if handshaking or transport.get_write_buffer_size():
+        handshaking = self._original_transport is not None and not self.session.ssl
+        unsent = socket_transport.get_write_buffer_size()
+        ended = self._handler_coroutine is not None and self._handler_coroutine.done()
+        if handshaking or unsent or ended:
             log.info("session.timeout", peer=self._client, listener=self.state.address,
-                     unsent=transport.get_write_buffer_size(), handshaking=handshaking)
-            transport.abort()
+                     unsent=unsent, handshaking=handshaking)
+            socket_transport.abort()
             if handshaking:
                 self._handler_coroutine.cancel()
                 self._give_the_slot_back()
