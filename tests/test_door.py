@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import smtplib
 import socket
 import ssl
@@ -121,6 +122,44 @@ def test_tls_below_1_2_is_refused(serve, tls_files, ca):
         smtp.ehlo()
         with pytest.raises((ssl.SSLError, OSError)):
             smtp.starttls(context=context)
+
+
+@pytest.mark.parametrize("handshake", ["tls-1.1", "not-tls", "gone-after-220"])
+def test_a_failed_handshake_is_a_warning_with_its_cause(serve, tls_files, ca, handshake):
+    """A TLS handshake that fails is the client's doing (a scanner, an old client): it was
+    logged ``session.error`` at error level, as if the sink had failed, with an empty
+    message. Now a warning, ``session.tls_failed``, with the cause; the slot comes back."""
+    import structlog
+    server = serve(tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"])
+    with structlog.testing.capture_logs() as logged:
+        client = MailClient(server.smtp_port)
+        client.hello(lmtp=False)
+        assert client.cmd("STARTTLS")[0] == 220
+        if handshake == "tls-1.1":
+            context = client_context(ca)
+            with pytest.warns(DeprecationWarning):
+                context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+            with pytest.raises((ssl.SSLError, OSError)):
+                context.wrap_socket(client.sock, server_hostname="sink.test")
+        elif handshake == "not-tls":
+            client.sock.sendall(b"EHLO client.test\r\n")
+        else:
+            client.sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):         # (a failed wrap_socket closed it)
+            client.sock.settimeout(10)
+            while client.sock.recv(4096):
+                pass
+        client.abort()
+        [state] = server.server.listeners.states
+        deadline = time.monotonic() + 10
+        while state.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert state.connections == 0
+    assert not [e for e in logged if e["log_level"] == "error"], logged
+    failed = [e for e in logged if e["event"] == "session.tls_failed"]
+    assert len(failed) == 1 and failed[0]["log_level"] == "warning", logged
+    assert failed[0]["error"].split(":")[0] in ("SSLError", "ConnectionResetError",
+                                                "ConnectionAbortedError", "OSError"), failed
 
 
 def door_with_client_ca(serve, tls_files, names=("mail.protection.outlook.com",)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiosmtpd.smtp import Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope, Session, TLSSetupException
 
 from sink.config import Config, ListenerConfig
 from sink.errors import classify
@@ -114,6 +114,14 @@ class Handler:
         return ok
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # The client's TLS handshake failed (a scanner, an old client, a client that went
+            # away after the 220): the client's doing, not ours - a warning with the cause,
+            # never an error line. aiosmtpd closes the connection; no reply reaches it.
+            cause = error.__cause__ or error
+            log.warning("session.tls_failed",
+                        error=f"{type(cause).__name__}: {cause}"[:300])
+            return reply_for(error)
         log.error("session.error", error=f"{type(error).__name__}: {error}"[:300])
         return reply_for(error)
 
