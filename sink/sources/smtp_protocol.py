@@ -337,9 +337,13 @@ class _Guarded:
             try:
                 return await read(separator)
             except asyncio.IncompleteReadError:
-                self._writer.close()
-                raise asyncio.CancelledError from None
+                self._end_session()
         reader.readuntil = readuntil    # this session's reader only
+
+    def _end_session(self):
+        """End the session as aiosmtpd's own command loop ends on CancelledError."""
+        self._writer.close()
+        raise asyncio.CancelledError
 
     # RFC 2920 (PIPELINING, which RFC 2033 5 requires of an LMTP server): a client may send
     # MAIL, its RCPTs and DATA in one write. The replies to the commands inside such a group
@@ -392,8 +396,7 @@ class _Guarded:
             # A client whose input has ended can send no handshake: answering 220 left the
             # session waiting for one (asyncio's 60 s, and with a shorter ``timeout`` its
             # slot was never given back). The session ends as at the end of its input.
-            self._writer.close()
-            raise asyncio.CancelledError
+            self._end_session()
         if self._original_transport is not None:
             # aiosmtpd starts a TLS layer inside TLS (RFC 3207 4: a client MUST NOT ask), and
             # a connection whose inner handshake never came never gave its slot back
